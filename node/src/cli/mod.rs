@@ -1,0 +1,2 @@
+//! Subcommands of `hotspot-node`, one module each.
+pub mod check;
