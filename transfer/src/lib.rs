@@ -1,1 +1,5 @@
-//! Content-addressed CRIU image transfer over QUIC (issue: transfer). Empty until that lands.
+//! Content-addressed CRIU image transfer over QUIC.
+//!
+//! - [`identity`]: the node's long-lived ed25519 key (shared with the mesh).
+
+pub mod identity;
