@@ -12,12 +12,14 @@
 //! - [`election`]: choosing a target and deciding whether a hop pays off.
 //! - [`manifest`]: CRIU image manifests and chunk-transfer messages.
 //! - [`migration`]: messages between source and target during a migration.
+//! - [`handoff`]: the migration state machine and its crash-recovery rules.
 //! - [`error`]: error codes carried on the wire.
 
 pub mod advert;
 pub mod codec;
 pub mod election;
 pub mod error;
+pub mod handoff;
 pub mod ids;
 pub mod manifest;
 pub mod migration;
