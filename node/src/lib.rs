@@ -2,8 +2,10 @@
 //! benchmarks drive the same code.
 //!
 //! - [`hostcheck`]: what this host can do for migration (CRIU, kernel features, namespaces).
+//! - [`journal`]: the crash-safe migration journal (sled).
 //! - [`observability`]: tracing subscriber set-up.
 
 pub mod hostcheck;
+pub mod journal;
 pub mod observability;
 pub mod testing;
