@@ -7,5 +7,6 @@
 
 pub mod hostcheck;
 pub mod journal;
+pub mod migrate;
 pub mod observability;
 pub mod testing;

@@ -154,11 +154,12 @@ fn next_source_phase(p: SourcePhase) -> Option<SourcePhase> {
     })
 }
 
-/// Whether pre-copy should run another `dump --leave-running` round: while each round still
-/// shrinks the bytes that had to travel by a useful factor and a round budget remains. The final
-/// (frozen) dump then ships only what changed since the last round.
-pub fn another_precopy_round(round: u32, max_rounds: u32, prev_round_bytes: Option<u64>, this_round_bytes: u64, min_shrink: f64) -> bool {
-    if round >= max_rounds {
+/// Whether pre-copy should run another `dump --leave-running` round. Stop when the round budget
+/// is spent, when this round already shipped no more than `done_bytes` (the frozen final dump
+/// will ship about as much, so another round buys nothing), or when it no longer shrinks the
+/// bytes to send by `min_shrink` (the workload dirties memory as fast as we ship it).
+pub fn another_precopy_round(round: u32, max_rounds: u32, prev_round_bytes: Option<u64>, this_round_bytes: u64, min_shrink: f64, done_bytes: u64) -> bool {
+    if round >= max_rounds || this_round_bytes <= done_bytes {
         return false;
     }
     match prev_round_bytes {
@@ -225,9 +226,10 @@ mod tests {
 
     #[test]
     fn precopy_rounds_stop_when_they_stop_shrinking() {
-        assert!(another_precopy_round(0, 4, None, 1 << 30, 0.5));
-        assert!(another_precopy_round(1, 4, Some(1 << 30), 10 << 20, 0.5));
-        assert!(!another_precopy_round(2, 4, Some(10 << 20), 8 << 20, 0.5));
-        assert!(!another_precopy_round(4, 4, Some(1 << 30), 1, 0.5));
+        assert!(another_precopy_round(1, 4, None, 1 << 30, 0.5, 1 << 20));
+        assert!(another_precopy_round(2, 4, Some(1 << 30), 100 << 20, 0.5, 1 << 20));
+        assert!(!another_precopy_round(3, 4, Some(100 << 20), 80 << 20, 0.5, 1 << 20), "did not shrink enough");
+        assert!(!another_precopy_round(2, 4, Some(1 << 30), 1 << 20, 0.5, 1 << 20), "small enough already");
+        assert!(!another_precopy_round(4, 4, Some(1 << 30), 100 << 20, 0.5, 1 << 20), "budget spent");
     }
 }

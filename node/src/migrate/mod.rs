@@ -1,0 +1,122 @@
+//! Migration of one workload from this node (the source) to a target.
+//!
+//! The driver ([`source::run`]) is written against three small traits so each piece is the real
+//! thing in production and can be swapped in tests that inject faults:
+//! - [`Checkpointer`]: CRIU dumps and local (rollback) restores of the workload;
+//! - [`TargetLink`]: the connection to the target node (offer, ship an image, restore, status);
+//! - [`ResourceMover`]: the volume and service address (local loop devices and netns
+//!   interfaces, or EBS and ENI on EC2).
+//!
+//! Every phase is journaled before it starts (see [`crate::journal`]); a node restarted mid-way
+//! runs [`recovery::recover`], which applies [`hotspot_protocol::handoff::recover_source`].
+
+pub mod recovery;
+pub mod source;
+
+use std::future::Future;
+use std::path::Path;
+
+use hotspot_protocol::handoff::TargetReport;
+use hotspot_protocol::migration::{MigrationId, MigrationMode, WorkloadSpec};
+use hotspot_protocol::reservation::ReservationId;
+use hotspot_protocol::NodeId;
+
+/// A failure of one of the pieces, with enough context to say what broke.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What a dump produced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DumpReport {
+    /// Size of the image directory.
+    pub image_bytes: u64,
+    /// How long the workload was frozen by this dump.
+    pub frozen_ms: u64,
+}
+
+/// What shipping an image to the target cost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShipReport {
+    /// Bytes of the image (uncompressed).
+    pub image_bytes: u64,
+    /// Uncompressed bytes of the chunks the target lacked.
+    pub new_bytes: u64,
+    /// Bytes that crossed the network (compressed chunks and framing).
+    pub wire_bytes: u64,
+}
+
+pub trait Checkpointer: Send + Sync {
+    /// Dumps the workload into `dir`. With `leave_running` it keeps running (pre-copy round);
+    /// without, the dump stops it (final dump).
+    fn dump(&self, workload: &str, dir: &Path, leave_running: bool) -> impl Future<Output = Result<DumpReport, BoxError>> + Send;
+    /// Brings the workload back on this node from `dir` (rollback after a final dump).
+    fn restore_local(&self, workload: &str, dir: &Path) -> impl Future<Output = Result<(), BoxError>> + Send;
+    /// Forgets the workload on this node after the target confirmed it runs there.
+    fn retire(&self, workload: &str) -> impl Future<Output = Result<(), BoxError>> + Send;
+}
+
+pub trait TargetLink: Send + Sync {
+    fn offer(&self, migration: MigrationId, reservation: ReservationId, workload: &WorkloadSpec, mode: MigrationMode)
+        -> impl Future<Output = Result<(), BoxError>> + Send;
+    /// Ships the image in `dir`; only chunks the target lacks travel. Returns the transfer id.
+    fn ship(&self, migration: MigrationId, dir: &Path) -> impl Future<Output = Result<([u8; 16], ShipReport), BoxError>> + Send;
+    /// Asks the target to restore the shipped image; returns the restored PID.
+    fn restore(&self, migration: MigrationId, transfer_id: [u8; 16]) -> impl Future<Output = Result<u32, BoxError>> + Send;
+    fn status(&self, migration: MigrationId) -> impl Future<Output = Result<TargetReport, BoxError>> + Send;
+    /// Tells the target the source has let go; the workload is the target's.
+    fn commit(&self, migration: MigrationId) -> impl Future<Output = Result<(), BoxError>> + Send;
+    fn abort(&self, migration: MigrationId, reason: &str) -> impl Future<Output = Result<(), BoxError>> + Send;
+    /// Gives the reservation back (migration abandoned before the target took anything).
+    fn release(&self, reservation: ReservationId) -> impl Future<Output = Result<(), BoxError>> + Send;
+}
+
+/// Moves the workload's volume and service address. Every call is idempotent: repeating a
+/// step that already happened succeeds without doing it twice (a resumed migration repeats the
+/// step it was in). `state` is the provider's own record, journaled between calls.
+pub trait ResourceMover: Send + Sync {
+    fn move_to_target(&self, workload: &WorkloadSpec, target: &NodeId, state: &mut Vec<u8>) -> impl Future<Output = Result<(), BoxError>> + Send;
+    fn move_back(&self, workload: &WorkloadSpec, state: &mut Vec<u8>) -> impl Future<Output = Result<(), BoxError>> + Send;
+}
+
+/// Progress of a migration, for the CLI's progress bar and `--json` output.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Progress {
+    Phase { phase: String },
+    Round { round: u32, image_bytes: u64, new_bytes: u64, wire_bytes: u64 },
+    RolledBack { reason: String },
+    Done(Summary),
+}
+
+/// What `hotspot-node migrate` prints at the end.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Summary {
+    pub migration: String,
+    pub workload: String,
+    pub target: String,
+    pub precopy_rounds: u32,
+    /// Time the workload was stopped: final dump + final ship + resource move + restore.
+    pub freeze_ms: u64,
+    pub image_bytes: u64,
+    /// Bytes on the wire over all rounds.
+    pub wire_bytes: u64,
+    /// Image bytes that did not travel because the target had them.
+    pub dedup_saved_bytes: u64,
+    pub total_ms: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("journal: {0}")]
+    Journal(#[from] crate::journal::JournalError),
+    /// The migration failed and the workload runs on the source again.
+    #[error("migration of {workload} failed during {phase}, rolled back to this node: {cause}")]
+    RolledBack { workload: String, phase: &'static str, cause: BoxError },
+    /// The migration failed and so did the rollback: an operator must look.
+    #[error("migration of {workload} failed during {phase} ({cause}); rollback failed too: {rollback}")]
+    RollbackFailed { workload: String, phase: &'static str, cause: BoxError, rollback: BoxError },
+    /// The target may run the workload but cannot be asked; nothing is done until it answers.
+    #[error("migration {migration} is in doubt: the target may be running {workload} but does not answer ({cause}); retrying recovery later")]
+    InDoubt { migration: MigrationId, workload: String, cause: BoxError },
+}
+#[cfg(test)]
+mod tests;

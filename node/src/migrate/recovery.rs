@@ -1,0 +1,95 @@
+//! What a restarted source does with migrations its journal says were under way.
+
+use std::path::PathBuf;
+
+use hotspot_protocol::handoff::{recover_source, SourcePhase, SourceRecovery};
+use hotspot_protocol::migration::{MigrationId, WorkloadSpec};
+use tracing::{info, warn};
+
+use super::source::{finish, now_ms, Parts};
+use super::{BoxError, Checkpointer, MigrateError, ResourceMover, TargetLink};
+use crate::journal::{JournalError, MigrationRecord, Role};
+
+/// The outcome for one journaled migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovered {
+    /// The workload runs on this node again.
+    RolledBack,
+    /// The workload runs on the target; the source cleaned up.
+    Completed,
+    /// Nothing to do.
+    AlreadyOver,
+}
+
+/// Recovers one source-side record. `spec` describes the workload (for the resource mover).
+pub async fn recover<C: Checkpointer, L: TargetLink, R: ResourceMover>(
+    rec: &MigrationRecord,
+    spec: &WorkloadSpec,
+    images_root: PathBuf,
+    p: &Parts<'_, C, L, R>,
+) -> Result<Recovered, MigrateError> {
+    let Role::Source(phase) = rec.role else { return Ok(Recovered::AlreadyOver) };
+    let report = match phase {
+        SourcePhase::MovingResources | SourcePhase::RestoreRequested => p.link.status(rec.migration).await.ok(),
+        _ => None,
+    };
+    let action = recover_source(phase, report);
+    info!(migration = %rec.migration, workload = %rec.workload, ?phase, ?report, ?action, "recovering migration");
+    let id = rec.migration;
+    let dir = images_root.join(id.to_string());
+    let fail = |cause: BoxError| MigrateError::RollbackFailed { workload: rec.workload.clone(), phase: "recovery", cause, rollback: "not attempted".into() };
+    match action {
+        SourceRecovery::Nothing => Ok(Recovered::AlreadyOver),
+        SourceRecovery::ReleaseAndRollBack => {
+            if let Some(r) = rec.reservation {
+                let _ = p.link.release(r).await;
+            }
+            p.journal.advance_source(&id, SourcePhase::RolledBack, now_ms())?;
+            Ok(Recovered::RolledBack)
+        }
+        SourceRecovery::RestoreLocally { resources_moved } => {
+            let _ = p.link.abort(id, "source restarted and rolled back").await;
+            if resources_moved {
+                let mut state = rec.provider_state.clone();
+                p.mover.move_back(spec, &mut state).await.map_err(fail)?;
+                save_state(p, id, state)?;
+            }
+            let image_dir = rec.image_dir.clone().ok_or_else(|| fail("no image directory journaled".into()))?;
+            p.checkpointer.restore_local(&rec.workload, &image_dir).await.map_err(fail)?;
+            p.journal.advance_source(&id, SourcePhase::RolledBack, now_ms())?;
+            Ok(Recovered::RolledBack)
+        }
+        SourceRecovery::ResumeForward => {
+            let mut state = rec.provider_state.clone();
+            let moved = p.mover.move_to_target(spec, &rec.peer, &mut state).await;
+            save_state(p, id, state)?;
+            moved.map_err(fail)?;
+            if phase != SourcePhase::RestoreRequested {
+                p.journal.advance_source(&id, SourcePhase::RestoreRequested, now_ms())?;
+            }
+            // The transfer id is not needed to find a fully received image: the target keys it
+            // by migration. An all-zero id asks for "the latest image of this migration".
+            p.link.restore(id, [0; 16]).await.map_err(|cause| MigrateError::InDoubt { migration: id, workload: rec.workload.clone(), cause })?;
+            p.journal.advance_source(&id, SourcePhase::Confirmed, now_ms())?;
+            finish(id, &rec.workload, &dir, p).await?;
+            Ok(Recovered::Completed)
+        }
+        SourceRecovery::Finish => {
+            if phase != SourcePhase::Confirmed {
+                p.journal.advance_source(&id, SourcePhase::Confirmed, now_ms())?;
+            }
+            finish(id, &rec.workload, &dir, p).await?;
+            Ok(Recovered::Completed)
+        }
+        SourceRecovery::WaitForTarget => {
+            warn!(migration = %id, "target unreachable after the restore request; waiting");
+            Err(MigrateError::InDoubt { migration: id, workload: rec.workload.clone(), cause: "target does not answer".into() })
+        }
+    }
+}
+
+fn save_state<C, L, R>(p: &Parts<'_, C, L, R>, id: MigrationId, state: Vec<u8>) -> Result<(), JournalError> {
+    let mut rec = p.journal.get(&id)?.ok_or(JournalError::Missing(id))?;
+    rec.provider_state = state;
+    p.journal.put(&rec)
+}

@@ -1,0 +1,250 @@
+//! Driver logic under injected faults. The parts are scripted stand-ins that record every call,
+//! so each test can assert what the driver did to the workload (the real parts are exercised by
+//! the end-to-end tests); the journal is the real sled journal.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use hotspot_protocol::handoff::{SourcePhase, TargetPhase, TargetReport};
+use hotspot_protocol::migration::{MigrationId, MigrationMode, WorkloadSpec};
+use hotspot_protocol::reservation::ReservationId;
+use hotspot_protocol::{NodeId, Resources};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::source::{run, Parts, SourcePlan};
+use super::*;
+use crate::journal::{Journal, Role};
+
+#[derive(Default)]
+struct Script {
+    fail_ship_call: Option<usize>,
+    fail_restore: bool,
+    status: Option<TargetReport>,
+    fail_move: bool,
+    calls: Mutex<Vec<String>>,
+    ships: Mutex<usize>,
+}
+
+impl Script {
+    fn log(&self, s: impl Into<String>) {
+        self.calls.lock().unwrap().push(s.into());
+    }
+    fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+impl Checkpointer for Script {
+    async fn dump(&self, _: &str, dir: &Path, leave_running: bool) -> Result<DumpReport, BoxError> {
+        std::fs::write(dir.join("pages-1.img"), b"x")?;
+        self.log(format!("dump leave_running={leave_running}"));
+        Ok(DumpReport { image_bytes: 100, frozen_ms: 1 })
+    }
+    async fn restore_local(&self, _: &str, dir: &Path) -> Result<(), BoxError> {
+        assert!(dir.join("pages-1.img").exists(), "local restore needs the final images");
+        self.log("restore_local");
+        Ok(())
+    }
+    async fn retire(&self, _: &str) -> Result<(), BoxError> {
+        self.log("retire");
+        Ok(())
+    }
+}
+
+impl TargetLink for Script {
+    async fn offer(&self, _: MigrationId, _: ReservationId, _: &WorkloadSpec, _: MigrationMode) -> Result<(), BoxError> {
+        self.log("offer");
+        Ok(())
+    }
+    async fn ship(&self, _: MigrationId, _: &Path) -> Result<([u8; 16], ShipReport), BoxError> {
+        let n = {
+            let mut s = self.ships.lock().unwrap();
+            *s += 1;
+            *s
+        };
+        if self.fail_ship_call == Some(n) {
+            self.log("ship failed");
+            return Err("connection lost".into());
+        }
+        self.log("ship");
+        // First round sends everything, later rounds 1 %.
+        let new = if n == 1 { 100 } else { 1 };
+        Ok(([n as u8; 16], ShipReport { image_bytes: 100, new_bytes: new, wire_bytes: new }))
+    }
+    async fn restore(&self, _: MigrationId, _: [u8; 16]) -> Result<u32, BoxError> {
+        if self.fail_restore {
+            self.log("restore failed");
+            return Err("criu restore failed".into());
+        }
+        self.log("restore");
+        Ok(42)
+    }
+    async fn status(&self, _: MigrationId) -> Result<TargetReport, BoxError> {
+        self.log("status");
+        self.status.ok_or_else(|| "unreachable".into())
+    }
+    async fn commit(&self, _: MigrationId) -> Result<(), BoxError> {
+        self.log("commit");
+        Ok(())
+    }
+    async fn abort(&self, _: MigrationId, _: &str) -> Result<(), BoxError> {
+        self.log("abort");
+        Ok(())
+    }
+    async fn release(&self, _: ReservationId) -> Result<(), BoxError> {
+        self.log("release");
+        Ok(())
+    }
+}
+
+impl ResourceMover for Script {
+    async fn move_to_target(&self, _: &WorkloadSpec, _: &NodeId, state: &mut Vec<u8>) -> Result<(), BoxError> {
+        state.push(1);
+        if self.fail_move {
+            self.log("move failed");
+            return Err("volume stuck".into());
+        }
+        self.log("move");
+        Ok(())
+    }
+    async fn move_back(&self, _: &WorkloadSpec, state: &mut Vec<u8>) -> Result<(), BoxError> {
+        state.push(2);
+        self.log("move_back");
+        Ok(())
+    }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    journal: Journal,
+    plan: SourcePlan,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::open(dir.path().join("db")).unwrap();
+    let plan = SourcePlan {
+        migration: MigrationId([1; 16]),
+        workload: WorkloadSpec { name: "redis".into(), needs: Resources::default(), address: None, volume: None },
+        target: NodeId([2; 32]),
+        target_name: "node2".into(),
+        reservation: ReservationId([3; 16]),
+        mode: MigrationMode::PreCopy,
+        images_root: dir.path().join("images"),
+        max_precopy_rounds: 3,
+        min_shrink: 0.5,
+        done_fraction: 0.02,
+    };
+    Fixture { journal: Journal::open(&db).unwrap(), plan, _dir: dir }
+}
+
+async fn go(f: &Fixture, s: &Script) -> Result<Summary, MigrateError> {
+    let (tx, _rx) = mpsc::channel(4);
+    let cancel = CancellationToken::new();
+    let parts = Parts { journal: &f.journal, checkpointer: s, link: s, mover: s, progress: &tx, cancel: &cancel };
+    run(&f.plan, &parts).await
+}
+
+fn phase(f: &Fixture) -> Role {
+    f.journal.get(&f.plan.migration).unwrap().unwrap().role
+}
+
+#[tokio::test]
+async fn happy_path_runs_phases_in_order() {
+    let f = fixture();
+    let s = Script::default();
+    let summary = go(&f, &s).await.unwrap();
+    assert_eq!(
+        s.calls(),
+        ["offer", "dump leave_running=true", "ship", "dump leave_running=true", "ship", "dump leave_running=false", "ship", "move", "restore", "retire", "commit"]
+    );
+    // Round 2 shipped 1 % of the image (under the 2 % done fraction): 2 pre-copy rounds.
+    assert_eq!(summary.precopy_rounds, 2);
+    assert_eq!(summary.wire_bytes, 102);
+    assert_eq!(summary.dedup_saved_bytes, 300 - 102);
+    assert_eq!(phase(&f), Role::Source(SourcePhase::CleanedUp));
+    let history: Vec<Role> = f.journal.get(&f.plan.migration).unwrap().unwrap().history.into_iter().map(|(r, _)| r).collect();
+    assert!(history.contains(&Role::Source(SourcePhase::RestoreRequested)));
+    assert!(!f.plan.images_root.join(f.plan.migration.to_string()).exists(), "images cleaned up");
+}
+
+#[tokio::test]
+async fn failure_before_freeze_never_stops_the_workload() {
+    let f = fixture();
+    let s = Script { fail_ship_call: Some(1), ..Script::default() };
+    let err = go(&f, &s).await.unwrap_err();
+    assert!(matches!(err, MigrateError::RolledBack { phase: "pre-copy", .. }), "{err}");
+    assert_eq!(s.calls(), ["offer", "dump leave_running=true", "ship failed", "abort", "release"]);
+    assert_eq!(phase(&f), Role::Source(SourcePhase::RolledBack));
+}
+
+#[tokio::test]
+async fn failure_after_freeze_restores_locally() {
+    let f = fixture();
+    let s = Script { fail_ship_call: Some(3), ..Script::default() };
+    let err = go(&f, &s).await.unwrap_err();
+    assert!(matches!(err, MigrateError::RolledBack { phase: "final transfer", .. }), "{err}");
+    let calls = s.calls();
+    assert_eq!(&calls[calls.len() - 3..], ["abort", "restore_local", "release"]);
+    assert!(!calls.contains(&"move_back".to_string()), "resources never moved");
+}
+
+#[tokio::test]
+async fn failed_restore_on_target_moves_resources_back() {
+    let f = fixture();
+    let s = Script { fail_restore: true, status: Some(TargetReport::Phase(TargetPhase::Abandoned)), ..Script::default() };
+    let err = go(&f, &s).await.unwrap_err();
+    assert!(matches!(err, MigrateError::RolledBack { phase: "restore on target", .. }), "{err}");
+    let calls = s.calls();
+    assert_eq!(&calls[calls.len() - 5..], ["status", "abort", "move_back", "restore_local", "release"]);
+    let state = f.journal.get(&f.plan.migration).unwrap().unwrap().provider_state;
+    assert_eq!(state, vec![1, 2], "provider state journaled across move and move-back");
+}
+
+#[tokio::test]
+async fn lost_restore_reply_with_running_target_completes() {
+    let f = fixture();
+    let s = Script { fail_restore: true, status: Some(TargetReport::Phase(TargetPhase::Running)), ..Script::default() };
+    go(&f, &s).await.unwrap();
+    assert!(!s.calls().contains(&"restore_local".to_string()));
+    assert_eq!(phase(&f), Role::Source(SourcePhase::CleanedUp));
+}
+
+#[tokio::test]
+async fn unreachable_target_after_restore_request_is_in_doubt_and_touches_nothing() {
+    let f = fixture();
+    let s = Script { fail_restore: true, status: None, ..Script::default() };
+    let err = go(&f, &s).await.unwrap_err();
+    assert!(matches!(err, MigrateError::InDoubt { .. }), "{err}");
+    assert!(!s.calls().contains(&"restore_local".to_string()), "must not run it twice");
+    assert_eq!(phase(&f), Role::Source(SourcePhase::RestoreRequested));
+}
+
+#[tokio::test]
+async fn recovery_after_crash_in_final_dump_restores_locally() {
+    let f = fixture();
+    // Simulate a crash: a journaled final dump with images on disk, then a restart.
+    let final_dir = f.plan.images_root.join("x/final");
+    std::fs::create_dir_all(&final_dir).unwrap();
+    std::fs::write(final_dir.join("pages-1.img"), b"x").unwrap();
+    let rec = crate::journal::MigrationRecord {
+        migration: f.plan.migration,
+        workload: "redis".into(),
+        peer: f.plan.target,
+        reservation: Some(f.plan.reservation),
+        role: Role::Source(SourcePhase::FinalDump),
+        image_dir: Some(final_dir),
+        provider_state: vec![],
+        history: vec![],
+    };
+    f.journal.put(&rec).unwrap();
+    let s = Script::default();
+    let (tx, _rx) = mpsc::channel(4);
+    let cancel = CancellationToken::new();
+    let parts = Parts { journal: &f.journal, checkpointer: &s, link: &s, mover: &s, progress: &tx, cancel: &cancel };
+    let out = recovery::recover(&rec, &f.plan.workload, f.plan.images_root.clone(), &parts).await.unwrap();
+    assert_eq!(out, recovery::Recovered::RolledBack);
+    assert_eq!(s.calls(), ["abort", "restore_local"]);
+    assert_eq!(phase(&f), Role::Source(SourcePhase::RolledBack));
+}
