@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::advert::Resources;
 use crate::codec::{check_str, Limit, WireMessage};
 use crate::error::WireError;
+use crate::handoff::TargetReport;
 use crate::reservation::ReservationId;
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -63,6 +64,11 @@ pub enum MigrationMessage {
     /// Source -> target: the source has cleaned up; the workload is the target's now.
     Commit { migration: MigrationId },
     Abort { migration: MigrationId, reason: String },
+    /// Source -> target after a reconnect or a lost reply: where is this migration?
+    Status { migration: MigrationId },
+    StatusReply { migration: MigrationId, report: TargetReport },
+    /// Target -> source: a Commit or Abort was applied.
+    Ack { migration: MigrationId },
 }
 
 impl WireMessage for MigrationMessage {

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use hotspot_protocol::advert::{Capacity, NodeAdvert, NodeId, NodeState, Resources, WorkloadSummary};
 use hotspot_protocol::codec::{decode, encode, DecodeError, WireMessage, HEADER_LEN};
 use hotspot_protocol::error::{ErrorCode, WireError};
+use hotspot_protocol::handoff::{TargetPhase, TargetReport};
 use hotspot_protocol::manifest::{ChunkHash, ChunkRef, Compression, ImageManifest, ManifestFile, TransferMessage};
 use hotspot_protocol::migration::{MigrationId, MigrationMessage, MigrationMode, WorkloadSpec};
 use hotspot_protocol::reservation::{DenyReason, ReservationId, ReservationMessage, ReserveRequest};
@@ -116,7 +117,17 @@ fn migration() -> impl Strategy<Value = MigrationMessage> {
         (mid.clone(), any::<u32>()).prop_map(|(migration, pid)| MigrationMessage::Restored { migration, pid }),
         (mid.clone(), wire_error()).prop_map(|(migration, error)| MigrationMessage::RestoreFailed { migration, error }),
         mid.clone().prop_map(|migration| MigrationMessage::Commit { migration }),
-        (mid, "[ -~]{0,40}").prop_map(|(migration, reason)| MigrationMessage::Abort { migration, reason }),
+        (mid.clone(), "[ -~]{0,40}").prop_map(|(migration, reason)| MigrationMessage::Abort { migration, reason }),
+        mid.clone().prop_map(|migration| MigrationMessage::Status { migration }),
+        mid.clone().prop_map(|migration| MigrationMessage::Ack { migration }),
+        (mid, prop::sample::select(vec![
+            TargetReport::Unknown,
+            TargetReport::Phase(TargetPhase::Receiving),
+            TargetReport::Phase(TargetPhase::Restoring),
+            TargetReport::Phase(TargetPhase::Running),
+            TargetReport::Phase(TargetPhase::Abandoned),
+        ]))
+        .prop_map(|(migration, report)| MigrationMessage::StatusReply { migration, report }),
     ]
 }
 

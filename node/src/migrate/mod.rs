@@ -12,6 +12,7 @@
 
 pub mod recovery;
 pub mod source;
+pub mod target;
 
 use std::future::Future;
 use std::path::Path;
@@ -120,3 +121,5 @@ pub enum MigrateError {
 }
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod target_tests;
