@@ -3,7 +3,11 @@
 //!
 //! - [`hostcheck`]: what this host can do for migration (CRIU, kernel features, namespaces).
 //! - [`observability`]: tracing subscriber set-up.
+//! - [`criu`]: the CRIU driver (dump, restore, network lock).
+//! - [`workload`]: namespaced workloads, their records, checkpoint and restore.
 
 pub mod hostcheck;
 pub mod observability;
 pub mod testing;
+pub mod criu;
+pub mod workload;
