@@ -4,9 +4,13 @@
 //! - [`hostcheck`]: what this host can do for migration (CRIU, kernel features, namespaces).
 //! - [`journal`]: the crash-safe migration journal (sled).
 //! - [`observability`]: tracing subscriber set-up.
+//! - [`criu`]: the CRIU driver (dump, restore, network lock).
+//! - [`workload`]: namespaced workloads, their records, checkpoint and restore.
 
 pub mod hostcheck;
 pub mod journal;
 pub mod migrate;
 pub mod observability;
 pub mod testing;
+pub mod criu;
+pub mod workload;

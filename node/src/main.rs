@@ -27,6 +27,8 @@ struct Cli {
 enum Command {
     /// Check whether this host can checkpoint and migrate workloads (CRIU, kernel, namespaces).
     Check(cli::check::CheckArgs),
+    /// Start, list, stop, checkpoint and restore namespaced workloads.
+    Workload(cli::workload::WorkloadArgs),
 }
 
 fn main() -> Result<()> {
@@ -34,6 +36,7 @@ fn main() -> Result<()> {
     observability::init(cli.log_format, "info");
     let code = match &cli.command {
         Command::Check(args) => cli::check::run(args)?,
+        Command::Workload(args) => cli::workload::run(args)?,
     };
     std::process::exit(code);
 }

@@ -1,0 +1,262 @@
+//! Checkpointing a workload into an image directory and restoring it, possibly under a new
+//! name in another network namespace, with rollback to the source when the restore fails.
+//!
+//! The image directory holds CRIU's images, the network-lock rules
+//! ([`crate::criu::netlock::RULES_FILE`]) and our metadata ([`CHECKPOINT_META`]): the source
+//! workload's record, versioned, so a target knows the address, volume and rootfs to set up.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::cgroup::Cgroup;
+use super::{netns, now_ms, record, require_root, validate_name, Undo, Workload, WorkloadError, WorkloadKind, WorkloadRecord, Workloads};
+use crate::criu::{netlock, Criu, DumpOptions, DumpStats, PageServer, RestoreOptions, RestoreOutcome};
+
+/// Metadata file written next to CRIU's images.
+pub const CHECKPOINT_META: &str = "hotspot-checkpoint.json";
+/// Current metadata format; a newer one is refused before CRIU is run.
+pub const CHECKPOINT_FORMAT: u32 = 1;
+/// Name CRIU knows the volume bind mount by (rootfs workloads).
+const VOLUME_EXT: &str = "hotspot-volume";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointMeta {
+    pub format: u32,
+    pub workload: WorkloadRecord,
+    pub criu_version: String,
+    pub leave_running: bool,
+    pub created_unix_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct CheckpointOptions {
+    pub image_dir: PathBuf,
+    /// Pre-copy round: keep the workload running (frozen only during the dump).
+    pub leave_running: bool,
+    pub page_server: Option<PageServer>,
+    pub timeout: Duration,
+}
+
+impl CheckpointOptions {
+    pub fn new(image_dir: impl Into<PathBuf>) -> Self {
+        CheckpointOptions { image_dir: image_dir.into(), leave_running: false, page_server: None, timeout: Duration::from_secs(300) }
+    }
+}
+
+/// A checkpoint on disk.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    pub dir: PathBuf,
+    pub meta: CheckpointMeta,
+    /// Present when this node just made it.
+    pub stats: Option<DumpStats>,
+}
+
+impl Checkpoint {
+    /// Reads and checks the metadata (format, workload name) and CRIU's image format.
+    pub fn open(dir: &Path, criu: &Criu) -> Result<Self, WorkloadError> {
+        let bad = |reason: String| WorkloadError::BadCheckpoint { dir: dir.to_path_buf(), reason };
+        let text = std::fs::read(dir.join(CHECKPOINT_META)).map_err(|e| bad(format!("no {CHECKPOINT_META}: {e}")))?;
+        let format = serde_json::from_slice::<serde_json::Value>(&text)
+            .map_err(|e| bad(format!("{CHECKPOINT_META} is not JSON: {e}")))?
+            .get("format")
+            .and_then(|f| f.as_u64())
+            .ok_or_else(|| bad(format!("{CHECKPOINT_META} has no format")))?;
+        if format > u64::from(CHECKPOINT_FORMAT) {
+            return Err(bad(format!(
+                "checkpoint format {format} is newer than {CHECKPOINT_FORMAT}; it was made by a newer hotspot-node, upgrade this one"
+            )));
+        }
+        let meta: CheckpointMeta = serde_json::from_slice(&text).map_err(|e| bad(format!("{CHECKPOINT_META}: {e}")))?;
+        validate_name(&meta.workload.name)?;
+        criu.check_images(dir)?;
+        Ok(Checkpoint { dir: dir.to_path_buf(), meta, stats: None })
+    }
+}
+
+/// How the service interface reaches the target namespace before the restore.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceNet {
+    /// Move `eth0` from this namespace (same host: the stand-in for re-attaching an ENI).
+    MoveFrom(String),
+    /// The caller already put `eth0` into the target namespace (down or up).
+    Present,
+}
+
+/// Where and as what to restore.
+#[derive(Debug, Clone)]
+pub struct RestoreSpec {
+    /// Name of the restored workload (may be the source's).
+    pub name: String,
+    /// Target network namespace; created when missing.
+    pub netns: String,
+    pub service_net: ServiceNet,
+    pub timeout: Duration,
+}
+
+impl Workloads {
+    /// Dumps a running workload. A final dump (not `leave_running`) stops it: its record keeps
+    /// everything but the PID until it is restored or stopped.
+    #[tracing::instrument(skip_all, fields(workload = %name, dir = %opts.image_dir.display()))]
+    pub fn checkpoint(&self, criu: &Criu, name: &str, opts: &CheckpointOptions) -> Result<Checkpoint, WorkloadError> {
+        require_root()?;
+        let mut w = self.get(name)?;
+        if !w.is_running() {
+            return Err(WorkloadError::NotRunning { name: name.into(), console: Some(self.console_log(name)) });
+        }
+        if let WorkloadKind::Runc { id, .. } = w.record.kind.clone() {
+            return super::runc::checkpoint(self, &mut w, id, opts, criu);
+        }
+        let mut dump = DumpOptions::new(w.pid().unwrap_or(0), &opts.image_dir);
+        dump.leave_running = opts.leave_running;
+        dump.netns = Some(w.netns_path());
+        dump.freeze_cgroup = w.cgroup().freezer();
+        dump.page_server = opts.page_server;
+        dump.timeout = opts.timeout;
+        if w.record.rootfs.is_some() && w.record.volume.is_some() {
+            dump.external.push(format!("mnt[/volume]:{VOLUME_EXT}"));
+        }
+        let stats = criu.dump(&dump)?;
+        let meta = CheckpointMeta {
+            format: CHECKPOINT_FORMAT,
+            workload: w.record.clone(),
+            criu_version: criu.version_string(),
+            leave_running: opts.leave_running,
+            created_unix_ms: now_ms(),
+        };
+        write_meta(&opts.image_dir, &meta)?;
+        if !opts.leave_running {
+            w.record.pid = None;
+            self.save(&w.record)?;
+        }
+        Ok(Checkpoint { dir: opts.image_dir.clone(), meta, stats: Some(stats) })
+    }
+
+    /// Restores a checkpoint as workload `spec.name` in namespace `spec.netns`: service
+    /// interface moved in, network lock installed, address up, then CRIU. On failure the
+    /// interface goes back where it came from and everything created here is removed; the
+    /// images are untouched.
+    #[tracing::instrument(skip_all, fields(workload = %spec.name, netns = %spec.netns, dir = %cp.dir.display()))]
+    pub fn restore(&self, criu: &Criu, cp: &Checkpoint, spec: &RestoreSpec) -> Result<(Workload, RestoreOutcome), WorkloadError> {
+        require_root()?;
+        validate_name(&spec.name)?;
+        if let Ok(existing) = self.get(&spec.name) {
+            if existing.is_running() || existing.record.name != cp.meta.workload.name {
+                return Err(WorkloadError::NameTaken(spec.name.clone()));
+            }
+        }
+        let src = &cp.meta.workload;
+        if let WorkloadKind::Runc { .. } = src.kind {
+            return super::runc::restore(self, cp, spec);
+        }
+        let rules = netlock::load(&cp.dir).map_err(crate::criu::CriuError::from)?;
+        let mut undo = Undo::default();
+        if !netns::exists(&spec.netns) {
+            netns::create(&spec.netns)?;
+            undo.netns = Some(spec.netns.clone());
+        }
+        let target = netns::path(&spec.netns);
+        let moved_from = match (&spec.service_net, src.address) {
+            (ServiceNet::MoveFrom(from), Some(_)) if from != &spec.netns => {
+                netns::move_service_if(from, &spec.netns)?;
+                Some(from.clone())
+            }
+            _ => None,
+        };
+        let result = (|| {
+            netlock::install(&target, &rules).map_err(crate::criu::CriuError::from)?;
+            if let Some(addr) = src.address {
+                netns::bring_up_service(&spec.netns, addr)?;
+            }
+            let cg_rel = format!("hotspot/{}", spec.name);
+            let cg = Cgroup::create(&cg_rel)?;
+            let mut opts = RestoreOptions::new(&cp.dir);
+            opts.work_dir = Some(self.state_dir.join("criu").join(&spec.name));
+            opts.netns = Some(target.clone());
+            opts.root = src.rootfs.clone().unwrap_or_else(|| PathBuf::from("/"));
+            opts.cgroup_root = Some(format!("/{cg_rel}"));
+            opts.timeout = spec.timeout;
+            if let (Some(_), Some(vol)) = (&src.rootfs, &src.volume) {
+                opts.external.push(format!("mnt[{VOLUME_EXT}]:{}", vol.display()));
+            }
+            match criu.restore(&opts) {
+                Ok(out) => Ok((cg_rel, out)),
+                Err(e) => {
+                    let _ = netlock::remove(&target, &rules);
+                    let _ = cg.destroy(Duration::from_secs(2));
+                    Err(WorkloadError::from(e))
+                }
+            }
+        })();
+        let (cg_rel, outcome) = match result {
+            Ok(v) => v,
+            Err(e) => {
+                if let Some(from) = moved_from {
+                    if let Err(back) = netns::move_service_if(&spec.netns, &from) {
+                        tracing::error!(error = %back, "could not move the service interface back");
+                    }
+                }
+                return Err(e);
+            }
+        };
+        undo.disarm();
+        let rec = WorkloadRecord {
+            name: spec.name.clone(),
+            pid: Some(outcome.pid),
+            netns: spec.netns.clone(),
+            cgroup: cg_rel,
+            started_unix_ms: now_ms(),
+            ..src.clone()
+        };
+        self.save(&rec)?;
+        if spec.name == src.name && src.netns != spec.netns {
+            // Same workload, new home: the old namespace only holds the stale network lock.
+            let _ = netns::delete(&src.netns);
+        }
+        tracing::info!(pid = outcome.pid, elapsed_ms = outcome.elapsed.as_millis() as u64, "workload restored");
+        Ok((Workload { record: rec }, outcome))
+    }
+
+    /// Restores `target` as `spec`; if that fails, restores `source` (the same workload's
+    /// intact images on this host) back into its own namespace and reports
+    /// [`WorkloadError::RolledBack`].
+    pub fn restore_or_roll_back(
+        &self,
+        criu: &Criu,
+        target: &Checkpoint,
+        spec: &RestoreSpec,
+        source: &Checkpoint,
+    ) -> Result<(Workload, RestoreOutcome), WorkloadError> {
+        let cause = match self.restore(criu, target, spec) {
+            Ok(done) => return Ok(done),
+            Err(e) => e,
+        };
+        tracing::warn!(error = %cause, "restore failed; rolling back to the source");
+        let src = &source.meta.workload;
+        let back = RestoreSpec { name: src.name.clone(), netns: src.netns.clone(), service_net: ServiceNet::Present, timeout: spec.timeout };
+        match self.restore(criu, source, &back) {
+            Ok((w, _)) => Err(WorkloadError::RolledBack { pid: w.pid().unwrap_or(0), cause: Box::new(cause) }),
+            Err(rollback) => Err(WorkloadError::RollbackFailed { cause: Box::new(cause), rollback: Box::new(rollback) }),
+        }
+    }
+
+    /// Forgets a workload that was moved away: removes its record, cgroup and namespace
+    /// (with its stale network lock) once its restored copy runs elsewhere.
+    pub fn retire(&self, name: &str) -> Result<(), WorkloadError> {
+        let w = self.get(name)?;
+        if w.is_running() {
+            return Err(WorkloadError::NameTaken(name.into()));
+        }
+        w.cgroup().destroy(Duration::from_secs(2))?;
+        netns::delete(&w.record.netns)?;
+        record::remove(&self.state_dir, name)?;
+        Ok(())
+    }
+}
+
+pub(super) fn write_meta(dir: &Path, meta: &CheckpointMeta) -> Result<(), WorkloadError> {
+    let path = dir.join(CHECKPOINT_META);
+    std::fs::write(&path, serde_json::to_vec_pretty(meta).expect("meta serializes")).map_err(|source| WorkloadError::Io { path, source })
+}
