@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use hotspot_protocol::manifest::{check_relative_path, ChunkHash, ChunkRef, ImageManifest};
@@ -48,7 +49,8 @@ pub struct ImageWriter {
     manifest: ImageManifest,
     /// Chunks already written into place by this writer.
     written: Mutex<std::collections::HashSet<ChunkHash>>,
-    done: bool,
+    /// Set once the staging directory was moved into place (so drop keeps it).
+    done: AtomicBool,
 }
 
 impl ImageWriter {
@@ -68,7 +70,7 @@ impl ImageWriter {
             places: HashMap::new(),
             manifest: manifest.clone(),
             written: Mutex::new(Default::default()),
-            done: false,
+            done: AtomicBool::new(false),
         };
         for (i, f) in manifest.files.iter().enumerate() {
             check_relative_path(&f.path).map_err(|_| RebuildError::BadPath(f.path.clone()))?;
@@ -129,7 +131,7 @@ impl ImageWriter {
     }
 
     /// Sets modes, syncs and renames the staging directory to `dest` (replacing an old copy).
-    pub fn commit(mut self, sync: bool) -> Result<PathBuf, RebuildError> {
+    pub fn commit(&self, sync: bool) -> Result<PathBuf, RebuildError> {
         for ((path, file), f) in self.files.iter().zip(&self.manifest.files) {
             if sync {
                 file.sync_data().map_err(|e| io_err(path, e))?;
@@ -140,14 +142,14 @@ impl ImageWriter {
             std::fs::remove_dir_all(&self.dest).map_err(|e| io_err(&self.dest, e))?;
         }
         std::fs::rename(&self.staging, &self.dest).map_err(|e| io_err(&self.dest, e))?;
-        self.done = true;
+        self.done.store(true, Ordering::SeqCst);
         Ok(self.dest.clone())
     }
 }
 
 impl Drop for ImageWriter {
     fn drop(&mut self) {
-        if !self.done {
+        if !self.done.load(Ordering::SeqCst) {
             let _ = std::fs::remove_dir_all(&self.staging);
         }
     }

@@ -193,7 +193,7 @@ async fn run(
     let inflight_cap = opts.max_inflight_bytes.clamp(MAX_BATCH_WIRE, u32::MAX as usize);
     let data_task = DataStreams { conn: conn.clone(), store: store.clone(), writer: writer.clone(), expected: expected.clone(), events: events_tx, inflight: Arc::new(Semaphore::new(inflight_cap)), inflight_cap };
     let data_task = tokio::spawn(data_task.run().in_current_span());
-    let _abort = AbortOnDrop(data_task);
+    let data_guard = AbortOnDrop(data_task);
 
     let (mut chunks_received, mut bytes_received, mut rejected) = (0u64, 0u64, 0u64);
     loop {
@@ -228,7 +228,7 @@ async fn run(
             Err(e) => return Err(e.into()),
         }
     }
-    let writer = Arc::try_unwrap(writer).map_err(|_| ReceiveError::Task("image writer still in use".into()))?;
+    drop(data_guard); // every chunk asked for is in: stop accepting data
     let (st, sync) = (store.clone(), opts.sync);
     let path = tokio::task::spawn_blocking(move || -> Result<PathBuf, ReceiveError> {
         let path = writer.commit(sync)?;
