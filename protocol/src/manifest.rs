@@ -117,7 +117,8 @@ pub enum Compression {
 pub enum TransferMessage {
     /// Sender -> receiver: the image to rebuild.
     Offer { transfer_id: [u8; 16], manifest: ImageManifest },
-    /// Receiver -> sender: the chunks it does not have yet.
+    /// Receiver -> sender: the chunks it does not have yet. May be sent several times (large
+    /// images are asked for in pieces, and chunks that failed verification are asked for again).
     Want { missing: Vec<ChunkHash> },
     /// Sender -> receiver: header of one chunk; `compressed_len` bytes follow on the stream.
     Chunk { hash: ChunkHash, raw_len: u32, compressed_len: u32, compression: Compression },
@@ -126,6 +127,23 @@ pub enum TransferMessage {
     /// Receiver -> sender: every chunk is stored and the image rebuilt.
     Complete { files: u32, bytes: u64 },
     Error(WireError),
+    /// Sender -> receiver: header of several chunks compressed together as one frame (small
+    /// chunks compress badly one by one); `compressed_len` bytes follow on the stream. The
+    /// decompressed frame is the chunks' bytes in order; each is verified on its own.
+    ChunkBatch { chunks: Vec<ChunkRef>, compressed_len: u32, compression: Compression },
+}
+
+impl TransferMessage {
+    /// Most chunks in one [`TransferMessage::ChunkBatch`].
+    pub const MAX_BATCH_CHUNKS: usize = 4096;
+    /// Most uncompressed bytes in one [`TransferMessage::ChunkBatch`].
+    pub const MAX_BATCH_BYTES: u32 = 16 * 1024 * 1024;
+}
+
+/// Largest compressed size accepted for `raw` bytes: zstd's worst case expands by a small bound;
+/// anything past 2x (or 1 KiB for tiny inputs) is not a frame of ours.
+pub fn max_compressed_len(raw: u32) -> u32 {
+    raw.saturating_mul(2).max(1024)
 }
 
 impl WireMessage for TransferMessage {
@@ -144,6 +162,20 @@ impl WireMessage for TransferMessage {
             TransferMessage::Rejected { reason, .. } => check_str("reason", reason, 1024),
             TransferMessage::Complete { .. } => Ok(()),
             TransferMessage::Error(e) => check_str("message", &e.message, 64 * 1024),
+            TransferMessage::ChunkBatch { chunks, compressed_len, .. } => {
+                if chunks.is_empty() {
+                    return Err("chunk batch is empty".into());
+                }
+                check_len("chunks", chunks, Self::MAX_BATCH_CHUNKS)?;
+                if chunks.iter().any(|c| c.len == 0 || c.len > ImageManifest::MAX_CHUNK_LEN) {
+                    return Err("chunk batch holds a chunk of 0 or too many bytes".into());
+                }
+                let raw: u64 = chunks.iter().map(|c| c.len as u64).sum();
+                if raw > Self::MAX_BATCH_BYTES as u64 || *compressed_len > max_compressed_len(raw as u32) {
+                    return Err(format!("chunk batch lengths raw={raw} compressed={compressed_len} out of range"));
+                }
+                Ok(())
+            }
         }
     }
 }

@@ -94,9 +94,18 @@ fn transfer() -> impl Strategy<Value = TransferMessage> {
             compressed_len: raw_len / 2,
             compression: if z { Compression::Zstd } else { Compression::None },
         }),
-        (hash, "[ -~]{0,40}").prop_map(|(hash, reason)| TransferMessage::Rejected { hash, reason }),
+        (hash.clone(), "[ -~]{0,40}").prop_map(|(hash, reason)| TransferMessage::Rejected { hash, reason }),
         (any::<u32>(), any::<u64>()).prop_map(|(files, bytes)| TransferMessage::Complete { files, bytes }),
         wire_error().prop_map(TransferMessage::Error),
+        (prop::collection::vec((hash, 1u32..65_536), 1..20), any::<bool>()).prop_map(|(chunks, z)| {
+            let chunks: Vec<ChunkRef> = chunks.into_iter().map(|(hash, len)| ChunkRef { hash, len }).collect();
+            let raw: u32 = chunks.iter().map(|c| c.len).sum();
+            TransferMessage::ChunkBatch {
+                chunks,
+                compressed_len: raw / 2,
+                compression: if z { Compression::Zstd } else { Compression::None },
+            }
+        }),
     ]
 }
 

@@ -1,5 +1,27 @@
 //! Content-addressed CRIU image transfer over QUIC.
 //!
 //! - [`identity`]: the node's long-lived ed25519 key (shared with the mesh).
+//! - [`criu_image`]: the bits of CRIU's image format needed to cut pages by virtual address.
+//! - [`chunker`]: image directory -> manifest of blake3-addressed chunks.
+//! - [`store`]: chunk store (packs + versioned sled index, refcounts, GC, disk limits).
+//! - [`rebuild`]: manifest + store -> image directory, every chunk verified.
+//! - [`tls`], [`endpoint`]: QUIC endpoints authenticated by node keys against a trust set.
+//! - [`wire`]: message framing on QUIC streams.
+//! - [`send`], [`receive`]: the two sides of a transfer (dedup, zstd, parallel streams, resume).
 
+pub mod chunker;
+pub mod criu_image;
+pub mod endpoint;
 pub mod identity;
+pub mod rebuild;
+pub mod receive;
+pub mod send;
+pub mod store;
+pub mod tls;
+pub mod wire;
+
+pub use chunker::{build_manifest, ChunkerConfig};
+pub use receive::{receive_one, serve, ReceiveError, ReceiveOptions, Received};
+pub use send::{send_dir, SendError, SendOptions, SendProgress, SendReport};
+pub use store::{ManifestId, Store, StoreError, StoreOptions};
+pub use tls::TrustSet;

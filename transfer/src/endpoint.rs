@@ -1,0 +1,81 @@
+//! QUIC endpoints for image transfer: TLS from [`crate::tls`], transport tuned for bulk data.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hotspot_protocol::NodeId;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{EndpointConfig, MtuDiscoveryConfig, TransportConfig, VarInt};
+
+use crate::identity::NodeKey;
+use crate::tls::{self, TlsError, TrustSet};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("binding UDP socket {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("no async runtime for QUIC (call from inside tokio)")]
+    NoRuntime,
+}
+
+/// Path MTU discovery may grow packets up to this (jumbo frames in a VPC, 64 KiB on loopback);
+/// fewer, larger packets cut per-packet CPU, the bottleneck of QUIC bulk transfer.
+const MAX_UDP_PAYLOAD: u16 = 65_000;
+
+fn transport() -> Arc<TransportConfig> {
+    let mut t = TransportConfig::default();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(4))
+        .max_concurrent_uni_streams(VarInt::from_u32(32))
+        // Windows large enough for a few batches per stream in flight at loopback/LAN speed.
+        .stream_receive_window(VarInt::from_u32(16 * 1024 * 1024))
+        .receive_window(VarInt::from_u32(64 * 1024 * 1024))
+        .send_window(64 * 1024 * 1024)
+        .keep_alive_interval(Some(Duration::from_secs(5)))
+        .max_idle_timeout(Some(VarInt::from_u32(30_000).into()));
+    let mut mtu = MtuDiscoveryConfig::default();
+    mtu.upper_bound(MAX_UDP_PAYLOAD);
+    t.mtu_discovery_config(Some(mtu));
+    Arc::new(t)
+}
+
+fn endpoint_config() -> EndpointConfig {
+    let mut c = EndpointConfig::default();
+    c.max_udp_payload_size(MAX_UDP_PAYLOAD).expect("within QUIC's limit");
+    c
+}
+
+/// Client (sender) config presenting `key`; accepts a receiver in `trust` (and only `expected`
+/// when given).
+pub fn client_config(key: &NodeKey, trust: TrustSet, expected: Option<NodeId>) -> Result<quinn::ClientConfig, EndpointError> {
+    let crypto = tls::client_crypto(key, trust, expected)?;
+    let quic = QuicClientConfig::try_from(Arc::new(crypto)).map_err(|e| TlsError::Quic(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    config.transport_config(transport());
+    Ok(config)
+}
+
+fn bind(addr: SocketAddr, server: Option<quinn::ServerConfig>) -> Result<quinn::Endpoint, EndpointError> {
+    let socket = std::net::UdpSocket::bind(addr).map_err(|source| EndpointError::Bind { addr, source })?;
+    let runtime = quinn::default_runtime().ok_or(EndpointError::NoRuntime)?;
+    quinn::Endpoint::new(endpoint_config(), server, socket, runtime).map_err(|source| EndpointError::Bind { addr, source })
+}
+
+/// A receiving endpoint: presents `key`, lets in only clients whose key is in `trust`.
+pub fn receiver(key: &NodeKey, trust: TrustSet, addr: SocketAddr) -> Result<quinn::Endpoint, EndpointError> {
+    let crypto = tls::server_crypto(key, trust)?;
+    let quic = QuicServerConfig::try_from(Arc::new(crypto)).map_err(|e| TlsError::Quic(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    config.transport_config(transport());
+    bind(addr, Some(config))
+}
+
+/// A sending endpoint bound to an ephemeral port of the right address family for `peer`.
+pub fn sender(key: &NodeKey, trust: TrustSet, expected: Option<NodeId>, peer: SocketAddr) -> Result<quinn::Endpoint, EndpointError> {
+    let any: SocketAddr = if peer.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("valid");
+    let mut ep = bind(any, None)?;
+    ep.set_default_client_config(client_config(key, trust, expected)?);
+    Ok(ep)
+}

@@ -1,0 +1,163 @@
+//! Rebuilds an image directory from a manifest, verifying every chunk.
+//!
+//! The directory is written under `<dest>.partial` and renamed into place only when every file
+//! is complete, so a crash or a full disk never leaves a half image where a restore would look.
+//! During a transfer, freshly received chunks are written straight into place
+//! ([`ImageWriter::write_chunk`]); [`ImageWriter::finish`] fills in the rest from the store.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use hotspot_protocol::manifest::{check_relative_path, ChunkHash, ChunkRef, ImageManifest};
+
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RebuildError {
+    #[error("disk full writing image file {path}: {detail}; the partial image was removed")]
+    DiskFull { path: PathBuf, detail: String },
+    #[error("writing image file {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("manifest path {0:?} is not a plain relative path")]
+    BadPath(String),
+    #[error("{} chunk(s) missing or corrupt in the store", .0.len())]
+    Missing(Vec<ChunkHash>),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn io_err(path: &Path, source: std::io::Error) -> RebuildError {
+    if matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) {
+        RebuildError::DiskFull { path: path.into(), detail: source.to_string() }
+    } else {
+        RebuildError::Io { path: path.into(), source }
+    }
+}
+
+/// Where one chunk goes: (file index, offset).
+type Places = HashMap<ChunkHash, Vec<(u32, u64)>>;
+
+pub struct ImageWriter {
+    dest: PathBuf,
+    staging: PathBuf,
+    files: Vec<(PathBuf, File)>,
+    places: Places,
+    manifest: ImageManifest,
+    /// Chunks already written into place by this writer.
+    written: Mutex<std::collections::HashSet<ChunkHash>>,
+    /// Set once the staging directory was moved into place (so drop keeps it).
+    done: AtomicBool,
+}
+
+impl ImageWriter {
+    /// Creates `<dest>.partial` with every file of `manifest` at its final size.
+    pub fn create(manifest: &ImageManifest, dest: &Path) -> Result<ImageWriter, RebuildError> {
+        let mut name = dest.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+        name.push(".partial");
+        let staging = dest.with_file_name(name);
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging).map_err(|e| io_err(&staging, e))?;
+        }
+        std::fs::create_dir_all(&staging).map_err(|e| io_err(&staging, e))?;
+        let mut writer = ImageWriter {
+            dest: dest.into(),
+            staging: staging.clone(),
+            files: Vec::with_capacity(manifest.files.len()),
+            places: HashMap::new(),
+            manifest: manifest.clone(),
+            written: Mutex::new(Default::default()),
+            done: AtomicBool::new(false),
+        };
+        for (i, f) in manifest.files.iter().enumerate() {
+            check_relative_path(&f.path).map_err(|_| RebuildError::BadPath(f.path.clone()))?;
+            let path = staging.join(&f.path);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
+            }
+            let file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).map_err(|e| io_err(&path, e))?;
+            file.set_len(f.size).map_err(|e| io_err(&path, e))?;
+            let mut offset = 0;
+            for c in &f.chunks {
+                writer.places.entry(c.hash).or_default().push((i as u32, offset));
+                offset += c.len as u64;
+            }
+            writer.files.push((path, file));
+        }
+        Ok(writer)
+    }
+
+    /// Whether `hash` belongs to this image.
+    pub fn wants(&self, hash: &ChunkHash) -> bool {
+        self.places.contains_key(hash)
+    }
+
+    /// Writes verified chunk bytes into every place the chunk occurs.
+    pub fn write_chunk(&self, hash: &ChunkHash, data: &[u8]) -> Result<(), RebuildError> {
+        let Some(places) = self.places.get(hash) else { return Ok(()) };
+        for &(file, offset) in places {
+            let (path, f) = &self.files[file as usize];
+            f.write_all_at(data, offset).map_err(|e| io_err(path, e))?;
+        }
+        self.written.lock().unwrap_or_else(|e| e.into_inner()).insert(*hash);
+        Ok(())
+    }
+
+    /// Writes every chunk not written yet from `store` (verifying each), then moves the image
+    /// into place. Chunks missing or corrupt in the store are returned as
+    /// [`RebuildError::Missing`]; the writer stays usable so the caller can fetch them and retry.
+    pub fn fill_from_store(&self, store: &Store) -> Result<(), RebuildError> {
+        let todo: Vec<ChunkRef> = {
+            let written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+            let mut seen = std::collections::HashSet::new();
+            self.manifest.chunks().filter(|c| !written.contains(&c.hash) && seen.insert(c.hash)).copied().collect()
+        };
+        let mut missing = Vec::new();
+        for c in todo {
+            match store.read(&c) {
+                Ok(bytes) => self.write_chunk(&c.hash, &bytes)?,
+                Err(StoreError::Corrupt(h) | StoreError::Missing(h)) => missing.push(h),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(RebuildError::Missing(missing))
+        }
+    }
+
+    /// Sets modes, syncs and renames the staging directory to `dest` (replacing an old copy).
+    pub fn commit(&self, sync: bool) -> Result<PathBuf, RebuildError> {
+        for ((path, file), f) in self.files.iter().zip(&self.manifest.files) {
+            if sync {
+                file.sync_data().map_err(|e| io_err(path, e))?;
+            }
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(f.mode & 0o7777)).map_err(|e| io_err(path, e))?;
+        }
+        if self.dest.exists() {
+            std::fs::remove_dir_all(&self.dest).map_err(|e| io_err(&self.dest, e))?;
+        }
+        std::fs::rename(&self.staging, &self.dest).map_err(|e| io_err(&self.dest, e))?;
+        self.done.store(true, Ordering::SeqCst);
+        Ok(self.dest.clone())
+    }
+}
+
+impl Drop for ImageWriter {
+    fn drop(&mut self) {
+        if !self.done.load(Ordering::SeqCst) {
+            let _ = std::fs::remove_dir_all(&self.staging);
+        }
+    }
+}
+
+/// Rebuilds the image of `manifest` at `dest` from `store` alone.
+pub fn rebuild(store: &Store, manifest: &ImageManifest, dest: &Path) -> Result<PathBuf, RebuildError> {
+    let writer = ImageWriter::create(manifest, dest)?;
+    writer.fill_from_store(store)?;
+    writer.commit(true)
+}

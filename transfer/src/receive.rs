@@ -1,0 +1,394 @@
+//! The receiving side: accept trusted senders, register the offered manifest in the store,
+//! ask for the chunks it lacks, verify and store each one as it arrives (writing it straight
+//! into the image being rebuilt), ask again for any that failed, then finish the image from the
+//! store and answer `Complete`.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hotspot_protocol::error::ErrorCode;
+use hotspot_protocol::manifest::{max_compressed_len, ChunkHash, Compression, TransferMessage};
+use hotspot_protocol::NodeId;
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::rebuild::{ImageWriter, RebuildError};
+use crate::store::{ManifestId, Store, StoreError};
+use crate::tls;
+use crate::wire::{self, FrameError, MAX_CONTROL_FRAME, MAX_DATA_HEADER};
+
+/// Largest payload of one batch on the wire.
+const MAX_BATCH_WIRE: usize = 2 * TransferMessage::MAX_BATCH_BYTES as usize;
+
+#[derive(Debug, Clone)]
+pub struct ReceiveOptions {
+    /// Rebuilt images go to `<images_dir>/<manifest id>`.
+    pub images_dir: PathBuf,
+    /// Most compressed bytes read off the network and not yet verified, across all streams.
+    pub max_inflight_bytes: usize,
+    /// fsync rebuilt image files before reporting `Complete`.
+    pub sync: bool,
+    /// Most hashes per `Want` message.
+    pub want_piece: usize,
+}
+
+impl ReceiveOptions {
+    pub fn new(images_dir: PathBuf) -> Self {
+        ReceiveOptions { images_dir, max_inflight_bytes: 64 * 1024 * 1024, sync: true, want_piece: 65_536 }
+    }
+}
+
+/// One finished (or failed) incoming transfer.
+#[derive(Debug)]
+pub struct Received {
+    pub peer: NodeId,
+    pub manifest_id: ManifestId,
+    pub label: String,
+    pub path: PathBuf,
+    pub files: usize,
+    pub bytes: u64,
+    pub chunks_received: u64,
+    pub bytes_received: u64,
+    pub rejected: u64,
+    pub elapsed: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiveError {
+    #[error("handshake with {addr} failed (untrusted or incompatible peer): {detail}")]
+    Handshake { addr: std::net::SocketAddr, detail: String },
+    #[error("connection lost: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("sender broke the protocol: {0}")]
+    Protocol(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Rebuild(#[from] RebuildError),
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+impl ReceiveError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            ReceiveError::Store(StoreError::DiskFull { .. }) | ReceiveError::Rebuild(RebuildError::DiskFull { .. }) => ErrorCode::DiskFull,
+            ReceiveError::Frame(_) | ReceiveError::Protocol(_) => ErrorCode::BadRequest,
+            _ => ErrorCode::Internal,
+        }
+    }
+}
+
+fn task_err(e: tokio::task::JoinError) -> ReceiveError {
+    ReceiveError::Task(e.to_string())
+}
+
+/// Accepts transfers until `shutdown`; each finished transfer is reported on `done` (bounded:
+/// a slow consumer slows acceptance, it never grows a queue).
+pub async fn serve(
+    endpoint: quinn::Endpoint,
+    store: Arc<Store>,
+    opts: ReceiveOptions,
+    done: mpsc::Sender<Result<Received, ReceiveError>>,
+    shutdown: CancellationToken,
+) {
+    let mut conns = JoinSet::new();
+    let limit = Arc::new(Semaphore::new(8));
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                let Ok(permit) = limit.clone().acquire_owned().await else { break };
+                let (store, opts, done, shutdown) = (store.clone(), opts.clone(), done.clone(), shutdown.clone());
+                conns.spawn(async move {
+                    let addr = incoming.remote_address();
+                    let result = match incoming.await {
+                        Ok(conn) => tokio::select! {
+                            r = receive_one(conn.clone(), store, opts) => r,
+                            _ = shutdown.cancelled() => { conn.close(ErrorCode::Busy.as_u16().into(), b"receiver shutting down"); return; }
+                        },
+                        Err(e) => {
+                            tracing::warn!(%addr, error = %e, "refused connection");
+                            Err(ReceiveError::Handshake { addr, detail: e.to_string() })
+                        }
+                    };
+                    drop(permit);
+                    let _ = done.send(result).await;
+                });
+            }
+        }
+    }
+    endpoint.close(0u32.into(), b"shutdown");
+    conns.shutdown().await;
+}
+
+/// Events from the data streams to the transfer's control loop.
+enum DataEvent {
+    Stored { hashes: Vec<ChunkHash>, bytes: u64 },
+    Rejected { hash: ChunkHash, reason: String },
+    Failed(ReceiveError),
+}
+
+/// Runs one transfer on an established connection.
+pub async fn receive_one(conn: quinn::Connection, store: Arc<Store>, opts: ReceiveOptions) -> Result<Received, ReceiveError> {
+    let peer = tls::peer_node_id(&conn).ok_or_else(|| ReceiveError::Protocol("peer has no node key".into()))?;
+    let span = tracing::info_span!("receive", peer = %peer.short(), remote = %conn.remote_address());
+    let (mut ctl_tx, mut ctl_rx) = conn.accept_bi().instrument(span.clone()).await?;
+    let result = run(&conn, peer, &mut ctl_tx, &mut ctl_rx, store, opts).instrument(span).await;
+    match &result {
+        Ok(_) => {
+            // Let the sender read `Complete` and close first; don't hang on a vanished peer.
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            tracing::warn!(error = %msg, "transfer failed");
+            let _ = tokio::time::timeout(Duration::from_secs(1), wire::write_msg(&mut ctl_tx, &wire::error_msg(e.code(), &msg))).await;
+            let _ = ctl_tx.finish();
+            conn.close(e.code().as_u16().into(), msg.as_bytes());
+        }
+    }
+    result
+}
+
+async fn run(
+    conn: &quinn::Connection,
+    peer: NodeId,
+    ctl_tx: &mut quinn::SendStream,
+    ctl_rx: &mut quinn::RecvStream,
+    store: Arc<Store>,
+    opts: ReceiveOptions,
+) -> Result<Received, ReceiveError> {
+    let start = Instant::now();
+    let manifest = match wire::read_msg(ctl_rx, MAX_CONTROL_FRAME).await? {
+        Some(TransferMessage::Offer { manifest, .. }) => manifest,
+        other => return Err(ReceiveError::Protocol(format!("expected an offer, got {other:?}"))),
+    };
+    let (files, bytes, label) = (manifest.files.len(), manifest.total_bytes(), manifest.label.clone());
+    let manifest = Arc::new(manifest);
+    let (st, m) = (store.clone(), manifest.clone());
+    let (manifest_id, missing) = tokio::task::spawn_blocking(move || st.register(&m)).await.map_err(task_err)??;
+    let dest = opts.images_dir.join(manifest_id.to_string());
+    let (m, d) = (manifest.clone(), dest.clone());
+    let writer = Arc::new(tokio::task::spawn_blocking(move || ImageWriter::create(&m, &d)).await.map_err(task_err)??);
+    tracing::info!(manifest = %manifest_id, files, bytes, missing = missing.len(), "offer registered");
+
+    let mut outstanding: HashSet<ChunkHash> = missing.iter().copied().collect();
+    let expected = Arc::new(std::sync::Mutex::new(outstanding.clone()));
+    for piece in missing.chunks(opts.want_piece.max(1)) {
+        wire::write_msg(ctl_tx, &TransferMessage::Want { missing: piece.to_vec() }).await?;
+    }
+
+    let (events_tx, mut events) = mpsc::channel::<DataEvent>(256);
+    let inflight_cap = opts.max_inflight_bytes.clamp(MAX_BATCH_WIRE, u32::MAX as usize);
+    let data_task = DataStreams { conn: conn.clone(), store: store.clone(), writer: writer.clone(), expected: expected.clone(), events: events_tx, inflight: Arc::new(Semaphore::new(inflight_cap)), inflight_cap };
+    let data_task = tokio::spawn(data_task.run().in_current_span());
+    let data_guard = AbortOnDrop(data_task);
+
+    let (mut chunks_received, mut bytes_received, mut rejected) = (0u64, 0u64, 0u64);
+    loop {
+        while !outstanding.is_empty() {
+            match events.recv().await {
+                Some(DataEvent::Stored { hashes, bytes }) => {
+                    chunks_received += hashes.len() as u64;
+                    bytes_received += bytes;
+                    hashes.iter().for_each(|h| {
+                        outstanding.remove(h);
+                    });
+                }
+                Some(DataEvent::Rejected { hash, reason }) => {
+                    rejected += 1;
+                    tracing::warn!(chunk = %hash, %reason, "chunk failed verification; asking again");
+                    wire::write_msg(ctl_tx, &TransferMessage::Rejected { hash, reason }).await?;
+                }
+                Some(DataEvent::Failed(e)) => return Err(e),
+                None => return Err(ReceiveError::Connection(conn.closed().await)),
+            }
+        }
+        // Everything asked for is stored: fill the rest of the image from the store.
+        let (w, st) = (writer.clone(), store.clone());
+        match tokio::task::spawn_blocking(move || w.fill_from_store(&st)).await.map_err(task_err)? {
+            Ok(()) => break,
+            Err(RebuildError::Missing(again)) => {
+                tracing::warn!(chunks = again.len(), "stored chunks failed verification; fetching them again");
+                expected.lock().unwrap_or_else(|e| e.into_inner()).extend(again.iter().copied());
+                outstanding.extend(again.iter().copied());
+                wire::write_msg(ctl_tx, &TransferMessage::Want { missing: again }).await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    drop(data_guard); // every chunk asked for is in: stop accepting data
+    let (st, sync) = (store.clone(), opts.sync);
+    let path = tokio::task::spawn_blocking(move || -> Result<PathBuf, ReceiveError> {
+        let path = writer.commit(sync)?;
+        st.mark_complete(&manifest_id)?;
+        Ok(path)
+    })
+    .await
+    .map_err(task_err)??;
+    wire::write_msg(ctl_tx, &TransferMessage::Complete { files: files as u32, bytes }).await?;
+    let _ = ctl_tx.finish();
+    let elapsed = start.elapsed();
+    tracing::info!(path = %path.display(), chunks_received, bytes_received, rejected, ms = elapsed.as_millis() as u64, "image received");
+    Ok(Received { peer, manifest_id, label, path, files, bytes, chunks_received, bytes_received, rejected, elapsed })
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Accepts the sender's data streams and verifies, stores and places every chunk they carry.
+struct DataStreams {
+    conn: quinn::Connection,
+    store: Arc<Store>,
+    writer: Arc<ImageWriter>,
+    /// Chunks this receiver asked for and has not stored yet: anything else is refused.
+    expected: Arc<std::sync::Mutex<HashSet<ChunkHash>>>,
+    events: mpsc::Sender<DataEvent>,
+    inflight: Arc<Semaphore>,
+    inflight_cap: usize,
+}
+
+impl DataStreams {
+    async fn run(self) {
+        let me = Arc::new(self);
+        let mut streams = JoinSet::new();
+        loop {
+            let stream = tokio::select! {
+                s = me.conn.accept_uni() => s,
+                Some(_) = streams.join_next(), if !streams.is_empty() => continue,
+            };
+            match stream {
+                Ok(recv) => {
+                    let me = me.clone();
+                    streams.spawn(async move {
+                        if let Err(e) = me.read_stream(recv).await {
+                            let _ = me.events.send(DataEvent::Failed(e)).await;
+                        }
+                    });
+                }
+                Err(_) => break, // connection gone: the control loop sees the channel close
+            }
+        }
+        streams.shutdown().await;
+    }
+
+    async fn read_stream(&self, mut recv: quinn::RecvStream) -> Result<(), ReceiveError> {
+        while let Some(msg) = wire::read_msg(&mut recv, MAX_DATA_HEADER).await? {
+            let TransferMessage::ChunkBatch { chunks, compressed_len, compression } = msg else {
+                return Err(ReceiveError::Protocol(format!("expected a chunk batch on a data stream, got {msg:?}")));
+            };
+            {
+                let expected = self.expected.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(c) = chunks.iter().find(|c| !expected.contains(&c.hash)) {
+                    return Err(ReceiveError::Protocol(format!("sent chunk {} that was not asked for", c.hash)));
+                }
+            }
+            let raw_len: u32 = chunks.iter().map(|c| c.len).sum();
+            let permit = self.inflight.clone().acquire_many_owned((compressed_len as usize).min(self.inflight_cap) as u32).await;
+            let permit = permit.map_err(|e| ReceiveError::Task(e.to_string()))?;
+            let mut payload = vec![0u8; compressed_len as usize];
+            AsyncReadExt::read_exact(&mut recv, &mut payload).await.map_err(FrameError::Io)?;
+            let (store, writer) = (self.store.clone(), self.writer.clone());
+            let outcome = tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                verify_and_store(&store, &writer, &chunks, raw_len, compression, payload)
+            })
+            .await
+            .map_err(task_err)??;
+            for (hash, reason) in outcome.rejected {
+                let _ = self.events.send(DataEvent::Rejected { hash, reason }).await;
+            }
+            if !outcome.stored.is_empty() {
+                let mut expected = self.expected.lock().unwrap_or_else(|e| e.into_inner());
+                outcome.stored.iter().for_each(|h| {
+                    expected.remove(h);
+                });
+            }
+            let _ = self.events.send(DataEvent::Stored { hashes: outcome.stored, bytes: outcome.bytes }).await;
+        }
+        Ok(())
+    }
+
+}
+
+struct BatchOutcome {
+    stored: Vec<ChunkHash>,
+    bytes: u64,
+    rejected: Vec<(ChunkHash, String)>,
+}
+
+thread_local! {
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Decompresses a batch, checks every chunk's blake3, stores the good ones and writes them
+/// into the image. Runs on the blocking pool.
+fn verify_and_store(
+    store: &Store,
+    writer: &ImageWriter,
+    chunks: &[hotspot_protocol::manifest::ChunkRef],
+    raw_len: u32,
+    compression: Compression,
+    payload: Vec<u8>,
+) -> Result<BatchOutcome, ReceiveError> {
+    let raw = match compression {
+        Compression::None => payload,
+        Compression::Zstd => {
+            if payload.len() as u32 > max_compressed_len(raw_len) {
+                return Err(ReceiveError::Protocol("compressed batch larger than its bound".into()));
+            }
+            let out = DECOMPRESSOR.with(|cell| {
+                let mut cell = cell.borrow_mut();
+                if cell.is_none() {
+                    *cell = Some(zstd::bulk::Decompressor::new()?);
+                }
+                cell.as_mut().expect("just set").decompress(&payload, raw_len as usize)
+            });
+            match out {
+                Ok(raw) => raw,
+                Err(e) => {
+                    let rejected = chunks.iter().map(|c| (c.hash, format!("batch does not decompress: {e}"))).collect();
+                    return Ok(BatchOutcome { stored: vec![], bytes: 0, rejected });
+                }
+            }
+        }
+    };
+    if raw.len() != raw_len as usize {
+        let rejected = chunks.iter().map(|c| (c.hash, format!("batch decompressed to {} bytes, expected {raw_len}", raw.len()))).collect();
+        return Ok(BatchOutcome { stored: vec![], bytes: 0, rejected });
+    }
+    let mut good: Vec<(ChunkHash, &[u8])> = Vec::with_capacity(chunks.len());
+    let mut rejected = Vec::new();
+    let mut at = 0usize;
+    for c in chunks {
+        let data = &raw[at..at + c.len as usize];
+        at += c.len as usize;
+        if blake3::hash(data).as_bytes() == &c.hash.0 {
+            good.push((c.hash, data));
+        } else {
+            rejected.push((c.hash, "blake3 mismatch".to_string()));
+        }
+    }
+    store.put_verified(&good)?;
+    for (h, data) in &good {
+        writer.write_chunk(h, data)?;
+    }
+    let bytes = good.iter().map(|(_, d)| d.len() as u64).sum();
+    Ok(BatchOutcome { stored: good.into_iter().map(|(h, _)| h).collect(), bytes, rejected })
+}

@@ -1,0 +1,267 @@
+//! Transfers over real QUIC on loopback with synthetic CRIU-shaped images (no root needed).
+//! The real-CRIU round trip and the real-filesystem disk-full case are in `host_transfer.rs`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use hotspot_protocol::error::ErrorCode;
+use hotspot_protocol::manifest::{ChunkHash, ChunkRef, Compression, ImageManifest, ManifestFile, TransferMessage};
+use hotspot_transfer::{build_manifest, endpoint, send_dir, ReceiveError, SendError, StoreError, StoreOptions, TrustSet};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_then_second_transfer_sends_no_chunk_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fake_image_mib(&src, 8, 1);
+    let (r, s) = (key(1), key(2));
+    let mut rx = Receiver::start(&r, &[&s], &tmp.path().join("rx"), StoreOptions::default()).await;
+    let ep = sender_endpoint(&s, &r, rx.addr);
+
+    let first = send_dir(&ep, rx.addr, &src, send_opts(), None).await.unwrap();
+    let got = rx.next().await.unwrap();
+    assert_same_tree(&src, &got.path);
+    assert_eq!(got.peer, s.node_id());
+    assert_eq!(first.chunks_sent as usize, first.distinct_chunks);
+    assert!(first.raw_bytes_sent >= 8 << 20);
+
+    let second = send_dir(&ep, rx.addr, &src, send_opts(), None).await.unwrap();
+    let got2 = rx.next().await.unwrap();
+    assert_eq!((second.chunks_sent, second.raw_bytes_sent, second.compressed_bytes_sent), (0, 0, 0), "{second:?}");
+    assert_eq!(got2.chunks_received, 0);
+    assert_same_tree(&src, &got2.path);
+    // Only the manifest and protocol overhead (handshake, MTU probes) crossed the wire.
+    assert!(second.wire_bytes < first.wire_bytes / 10, "{} vs {}", second.wire_bytes, first.wire_bytes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grown_process_shares_pages_by_virtual_address() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let page = |v: u64| noise(v, 4096);
+    fake_image(&a, &[(0x10_0000, 512), (0x40_0000, 512)], page);
+    // The process grew a new run in front (shifting every file offset) and changed 4 pages.
+    fake_image(&b, &[(0x8_0000, 16), (0x10_0000, 512), (0x40_0000, 512)], |v| if v % (256 * 4096) == 0 { noise(v + 1, 4096) } else { page(v) });
+    let (r, s) = (key(1), key(2));
+    let mut rx = Receiver::start(&r, &[&s], &tmp.path().join("rx"), StoreOptions::default()).await;
+    let ep = sender_endpoint(&s, &r, rx.addr);
+    send_dir(&ep, rx.addr, &a, send_opts(), None).await.unwrap();
+    rx.next().await.unwrap();
+    let second = send_dir(&ep, rx.addr, &b, send_opts(), None).await.unwrap();
+    let got = rx.next().await.unwrap();
+    assert_same_tree(&b, &got.path);
+    let image = second.image_bytes;
+    // 16 new pages + 4 changed pages (+ their chunk neighbours) + the small non-page files.
+    assert!(second.raw_bytes_sent < image / 20, "sent {} of {image}", second.raw_bytes_sent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupted_chunk_is_rejected_and_fetched_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fake_image_mib(&src, 4, 3);
+    let (r, s) = (key(1), key(2));
+    let mut rx = Receiver::start(&r, &[&s], &tmp.path().join("rx"), StoreOptions::default()).await;
+    let ep = sender_endpoint(&s, &r, rx.addr);
+    let opts = hotspot_transfer::SendOptions { fault_corrupt_chunks: 3, ..send_opts() };
+    let report = send_dir(&ep, rx.addr, &src, opts, None).await.unwrap();
+    let got = rx.next().await.unwrap();
+    assert_eq!(report.rejected, 3);
+    assert_eq!(got.rejected, 3);
+    assert_same_tree(&src, &got.path);
+    assert_eq!(rx.store.verify_all().unwrap().1, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunk_corrupted_at_rest_is_fetched_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fake_image_mib(&src, 2, 4);
+    let (r, s) = (key(1), key(2));
+    let rx_root = tmp.path().join("rx");
+    let mut rx = Receiver::start(&r, &[&s], &rx_root, StoreOptions::default()).await;
+    let ep = sender_endpoint(&s, &r, rx.addr);
+    send_dir(&ep, rx.addr, &src, send_opts(), None).await.unwrap();
+    rx.next().await.unwrap();
+    rx.stop().await;
+    // Flip one byte in the middle of a pack: exactly one stored chunk is now bad.
+    let pack = std::fs::read_dir(rx_root.join("store/packs")).unwrap().map(|e| e.unwrap().path()).find(|p| p.metadata().unwrap().len() > 0).unwrap();
+    let mut bytes = std::fs::read(&pack).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(&pack, bytes).unwrap();
+
+    let mut rx = Receiver::start(&r, &[&s], &rx_root, StoreOptions::default()).await;
+    let report = send_dir(&ep, rx.addr, &src, send_opts(), None).await.unwrap();
+    let got = rx.next().await.unwrap();
+    assert_eq!(report.chunks_sent, 1, "only the corrupted chunk travels again");
+    assert_same_tree(&src, &got.path);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untrusted_client_is_refused_before_any_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fake_image_mib(&src, 1, 5);
+    let (r, trusted, stranger) = (key(1), key(2), key(3));
+    let mut rx = Receiver::start(&r, &[&trusted], &tmp.path().join("rx"), StoreOptions::default()).await;
+    // The stranger trusts the receiver; the receiver does not trust the stranger.
+    let ep = sender_endpoint(&stranger, &r, rx.addr);
+    let err = send_dir(&ep, rx.addr, &src, send_opts(), None).await.unwrap_err();
+    assert!(matches!(err, SendError::Connect { .. } | SendError::Connection(_) | SendError::Remote { .. }), "{err:?}");
+    assert!(matches!(rx.next().await, Err(ReceiveError::Handshake { .. })));
+    assert!(rx.store.manifests().unwrap().is_empty(), "nothing registered");
+    assert_eq!(rx.store.disk_bytes(), 0, "no chunk stored");
+
+    // A sender that does not trust the receiver's key refuses it too.
+    let wrong = endpoint::sender(&trusted, TrustSet::new([stranger.node_id()]), None, rx.addr).unwrap();
+    let err = send_dir(&wrong, rx.addr, &src, send_opts(), None).await.unwrap_err();
+    assert!(matches!(err, SendError::Connect { .. }), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_connection_and_restarted_receiver_resume_with_only_missing_chunks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fake_image_mib(&src, 48, 6);
+    let (r, s) = (key(1), key(2));
+    let rx_root = tmp.path().join("rx");
+    let mut rx = Receiver::start(&r, &[&s], &rx_root, StoreOptions::default()).await;
+    let ep = sender_endpoint(&s, &r, rx.addr);
+    let opts = hotspot_transfer::SendOptions { streams: 1, batch_bytes: 64 * 1024, ..send_opts() };
+    let send = send_dir(&ep, rx.addr, &src, opts, None);
+    tokio::pin!(send);
+    // Kill the connection once the receiver has stored a few MiB.
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    loop {
+        tokio::select! {
+            r = &mut send => panic!("transfer finished before it could be killed: {r:?}"),
+            _ = tick.tick() => if rx.store.disk_bytes() > 4 << 20 { break },
+        }
+    }
+    ep.close(0u32.into(), b"killed");
+    drop(send);
+    assert!(rx.next().await.is_err(), "receiver sees the transfer fail");
+    let store = rx.store.clone();
+    let manifest = build_manifest(&src, "test", &Default::default()).unwrap();
+    let distinct: std::collections::HashSet<_> = manifest.chunks().map(|c| c.hash).collect();
+    let present = distinct.iter().filter(|h| store.has(h).unwrap()).count();
+    drop(store);
+    assert!(present > 0 && present < distinct.len(), "{present} of {} chunks arrived", distinct.len());
+    rx.stop().await; // the receiving process dies too
+
+    let mut rx = Receiver::start(&r, &[&s], &rx_root, StoreOptions::default()).await;
+    let ep = sender_endpoint(&s, &r, rx.addr);
+    let report = send_dir(&ep, rx.addr, &src, send_opts(), None).await.unwrap();
+    let got = rx.next().await.unwrap();
+    assert_eq!(report.chunks_sent as usize, distinct.len() - present, "only the missing chunks travel");
+    assert_same_tree(&src, &got.path);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_limit_gives_clear_error_and_consistent_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fake_image_mib(&src, 8, 7);
+    let (r, s) = (key(1), key(2));
+    let limit = StoreOptions { max_bytes: Some(3 << 20), ..Default::default() };
+    let mut rx = Receiver::start(&r, &[&s], &tmp.path().join("rx"), limit).await;
+    let ep = sender_endpoint(&s, &r, rx.addr);
+    let err = send_dir(&ep, rx.addr, &src, send_opts(), None).await.unwrap_err();
+    match &err {
+        SendError::Remote { code, message } => {
+            assert_eq!(*code, ErrorCode::DiskFull);
+            assert!(message.contains("disk full"), "{message}");
+        }
+        other => panic!("expected a disk-full refusal, got {other:?}"),
+    }
+    let rx_err = rx.next().await.unwrap_err();
+    assert!(matches!(rx_err, ReceiveError::Store(StoreError::DiskFull { .. })), "{rx_err:?}");
+    assert!(rx.store.disk_bytes() <= 3 << 20);
+    let (checked, corrupt) = rx.store.verify_all().unwrap();
+    assert!(checked > 0 && corrupt == 0, "{checked} checked, {corrupt} corrupt");
+    assert!(rx.store.manifests().unwrap().iter().all(|m| !m.complete));
+    assert!(!rx.images.exists() || std::fs::read_dir(&rx.images).unwrap().next().is_none(), "no partial image left");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_reclaims_released_images() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    fake_image_mib(&a, 4, 8);
+    fake_image_mib(&b, 4, 9);
+    let (r, s) = (key(1), key(2));
+    let mut rx = Receiver::start(&r, &[&s], &tmp.path().join("rx"), StoreOptions { pack_bytes: 1 << 20, ..Default::default() }).await;
+    let ep = sender_endpoint(&s, &r, rx.addr);
+    send_dir(&ep, rx.addr, &a, send_opts(), None).await.unwrap();
+    let ga = rx.next().await.unwrap();
+    send_dir(&ep, rx.addr, &b, send_opts(), None).await.unwrap();
+    let gb = rx.next().await.unwrap();
+    let before = rx.store.disk_bytes();
+    assert!(rx.store.release(&ga.manifest_id).unwrap());
+    let report = rx.store.gc().unwrap();
+    assert!(report.chunks_removed > 0 && report.bytes_freed >= 3 << 20, "{report:?}");
+    assert!(rx.store.disk_bytes() < before);
+    // The other image still rebuilds from what is left.
+    let dest = tmp.path().join("rebuilt");
+    let manifest = rx.store.manifest(&gb.manifest_id).unwrap().unwrap();
+    hotspot_transfer::rebuild::rebuild(&rx.store, &manifest, &dest).unwrap();
+    assert_same_tree(&b, &dest);
+}
+
+/// Opens a raw trusted connection to the receiver, for feeding it bad input.
+async fn raw_connection(s: &hotspot_transfer::identity::NodeKey, r: &hotspot_transfer::identity::NodeKey, rx: &Receiver) -> quinn::Connection {
+    let ep = sender_endpoint(s, r, rx.addr);
+    ep.connect(rx.addr, hotspot_transfer::tls::SERVER_NAME).unwrap().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_messages_are_refused_without_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (r, s) = (key(1), key(2));
+    let mut rx = Receiver::start(&r, &[&s], &tmp.path().join("rx"), StoreOptions::default()).await;
+    let garbage: Vec<Vec<u8>> = vec![
+        vec![0xff; 3],
+        vec![0xff, 0xff, 0xff, 0xff, 1, 2, 3],
+        [&8u32.to_be_bytes()[..], b"HM\x00\x01notcbor"].concat(),
+        [&6u32.to_be_bytes()[..], b"HM\x00\x09\xa0\xa0"].concat(),
+        noise(11, 5000),
+    ];
+    for bytes in garbage {
+        let conn = raw_connection(&s, &r, &rx).await;
+        let (mut tx, _rx) = conn.open_bi().await.unwrap();
+        tx.write_all(&bytes).await.unwrap();
+        let _ = tx.finish();
+        let err = rx.next().await.unwrap_err();
+        assert!(matches!(err, ReceiveError::Frame(_) | ReceiveError::Protocol(_)), "{err:?}");
+    }
+    // A manifest that tries to escape the image directory.
+    let evil = ImageManifest { label: "x".into(), files: vec![ManifestFile { path: "../escape".into(), mode: 0o644, size: 1, chunks: vec![ChunkRef { hash: ChunkHash([1; 32]), len: 1 }] }] };
+    let conn = raw_connection(&s, &r, &rx).await;
+    let (mut tx, _rx) = conn.open_bi().await.unwrap();
+    let msg = hotspot_protocol::codec::encode(&TransferMessage::Offer { transfer_id: [0; 16], manifest: evil }).unwrap();
+    tx.write_all(&(msg.len() as u32).to_be_bytes()).await.unwrap();
+    tx.write_all(&msg).await.unwrap();
+    assert!(matches!(rx.next().await.unwrap_err(), ReceiveError::Frame(_)));
+    assert!(!tmp.path().join("escape").exists());
+
+    // A chunk nobody asked for on a data stream.
+    let src = tmp.path().join("src");
+    fake_image_mib(&src, 1, 12);
+    let manifest = build_manifest(&src, "t", &Default::default()).unwrap();
+    let conn = raw_connection(&s, &r, &rx).await;
+    let (mut tx, mut ctl_rx) = conn.open_bi().await.unwrap();
+    hotspot_transfer::wire::write_msg(&mut tx, &TransferMessage::Offer { transfer_id: [0; 16], manifest }).await.unwrap();
+    let _want = hotspot_transfer::wire::read_msg(&mut ctl_rx, 64 << 20).await.unwrap();
+    let mut data = conn.open_uni().await.unwrap();
+    let bogus = TransferMessage::ChunkBatch { chunks: vec![ChunkRef { hash: ChunkHash([9; 32]), len: 4 }], compressed_len: 4, compression: Compression::None };
+    hotspot_transfer::wire::write_msg(&mut data, &bogus).await.unwrap();
+    data.write_all(b"abcd").await.unwrap();
+    assert!(matches!(rx.next().await.unwrap_err(), ReceiveError::Protocol(_)));
+
+    // After all that, the receiver still serves a good transfer.
+    let ep = sender_endpoint(&s, &r, rx.addr);
+    tokio::time::timeout(Duration::from_secs(30), send_dir(&ep, rx.addr, &src, send_opts(), None)).await.unwrap().unwrap();
+    assert_same_tree(&src, &rx.next().await.unwrap().path);
+}
