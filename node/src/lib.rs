@@ -7,3 +7,5 @@
 pub mod hostcheck;
 pub mod observability;
 pub mod testing;
+pub mod mesh;
+pub mod daemon;

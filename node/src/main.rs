@@ -27,6 +27,16 @@ struct Cli {
 enum Command {
     /// Check whether this host can checkpoint and migrate workloads (CRIU, kernel, namespaces).
     Check(cli::check::CheckArgs),
+    /// Run the node daemon: join the mesh, advertise price and capacity, answer reservations.
+    Run(Box<cli::run::RunArgs>),
+    /// List the peers this node knows: price, free capacity, state, age of their last advert.
+    Peers(cli::peers::PeersArgs),
+    /// Show this node: identity, price, capacity, workloads, reservations, mesh counters.
+    Status(cli::status::StatusArgs),
+    /// Reserve capacity on a peer (elected by price and capacity unless --peer is given).
+    Reserve(cli::reserve::ReserveArgs),
+    /// Release a reservation obtained with `reserve`.
+    Release(cli::reserve::ReleaseArgs),
 }
 
 fn main() -> Result<()> {
@@ -34,6 +44,11 @@ fn main() -> Result<()> {
     observability::init(cli.log_format, "info");
     let code = match &cli.command {
         Command::Check(args) => cli::check::run(args)?,
+        Command::Run(args) => cli::run::run(args)?,
+        Command::Peers(args) => cli::peers::run(args)?,
+        Command::Status(args) => cli::status::run(args)?,
+        Command::Reserve(args) => cli::reserve::run(args)?,
+        Command::Release(args) => cli::reserve::release(args)?,
     };
     std::process::exit(code);
 }

@@ -1,2 +1,6 @@
 //! Subcommands of `hotspot-node`, one module each.
 pub mod check;
+pub mod peers;
+pub mod reserve;
+pub mod run;
+pub mod status;
