@@ -18,24 +18,17 @@ use futures::StreamExt;
 use hotspot_node::mesh::behaviour::{advert_topic, build_swarm, Behaviour, BehaviourEvent};
 use hotspot_node::mesh::{node_id_of, MeshOptions};
 use hotspot_protocol::advert::WorkloadSummary;
-use hotspot_protocol::{encode, Capacity, NodeAdvert, NodeId, NodeState};
+use hotspot_protocol::{encode, NodeAdvert, NodeId};
 use libp2p::{gossipsub, identity, swarm::SwarmEvent, Multiaddr, PeerId, Swarm};
 use mesh_support::Node;
 
 fn advert(node: NodeId, name: &str, price: f64) -> NodeAdvert {
     NodeAdvert {
-        node,
-        name: name.into(),
         seq: 1 << 50,
-        issued_at_ms: 0,
-        state: NodeState::Healthy,
         price_per_hour: price,
-        capacity: Capacity::default(),
         arch: std::env::consts::ARCH.into(),
-        cpu_features: Default::default(),
         zone: "local".into(),
-        workloads: vec![],
-        transfer_addr: None,
+        ..NodeAdvert::blank(node, name)
     }
 }
 

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use hotspot_protocol::election::{decide, rank, CurrentHost, HopDecision, HopPolicy, WorkloadProfile};
-use hotspot_protocol::{Capacity, NodeAdvert, NodeId, NodeState, Resources};
+use hotspot_protocol::{Capacity, NodeAdvert, NodeId, Resources};
 use proptest::prelude::*;
 
 const FLAGS: [&str; 6] = ["sse4_2", "avx", "avx2", "avx512f", "aes", "sha_ni"];
@@ -19,18 +19,11 @@ fn flags(mask: u8) -> BTreeSet<String> {
 
 fn peer(n: u8, price: f64, mask: u8) -> NodeAdvert {
     NodeAdvert {
-        node: NodeId([n; 32]),
-        name: format!("n{n}"),
-        seq: 1,
-        issued_at_ms: 0,
-        state: NodeState::Healthy,
         price_per_hour: price,
         capacity: Capacity { total: res(4000, 16), free: res(4000, 16) },
         arch: "x86_64".into(),
         cpu_features: flags(mask),
-        zone: "a".into(),
-        workloads: vec![],
-        transfer_addr: None,
+        ..NodeAdvert::blank(NodeId([n; 32]), format!("n{n}"))
     }
 }
 

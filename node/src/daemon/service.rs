@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use hotspot_protocol::election::{rank, HopPolicy, WorkloadProfile};
 use hotspot_protocol::reservation::{DenyReason, ReservationId, ReservationMessage, ReserveRequest};
-use hotspot_protocol::{Capacity, NodeAdvert, NodeId, NodeState, Resources};
+use hotspot_protocol::{Capacity, NodeAdvert, NodeId, Resources};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -125,18 +125,12 @@ impl NodeService {
             }
         };
         NodeAdvert {
-            node: self.node,
-            name: self.name.clone(),
-            seq: 0,
-            issued_at_ms: 0,
-            state: NodeState::Healthy,
             price_per_hour: self.current_price(),
             capacity,
             arch: self.arch.clone(),
             cpu_features: self.cpu_features.clone(),
             zone: self.zone.clone(),
-            workloads: Vec::new(),
-            transfer_addr: None,
+            ..NodeAdvert::blank(self.node, self.name.clone())
         }
     }
 

@@ -99,27 +99,14 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
-    use hotspot_protocol::{encode, Capacity, NodeState};
+    use hotspot_protocol::encode;
 
     fn key(n: u8) -> identity::Keypair {
         identity::Keypair::ed25519_from_bytes([n; 32]).unwrap()
     }
 
     fn advert_of(k: &identity::Keypair, seq: u64) -> NodeAdvert {
-        NodeAdvert {
-            node: node_id_of(k).unwrap(),
-            name: "n".into(),
-            seq,
-            issued_at_ms: 0,
-            state: NodeState::Healthy,
-            price_per_hour: 0.5,
-            capacity: Capacity::default(),
-            arch: "x86_64".into(),
-            cpu_features: Default::default(),
-            zone: "z".into(),
-            workloads: vec![],
-            transfer_addr: None,
-        }
+        NodeAdvert { seq, price_per_hour: 0.5, ..NodeAdvert::blank(node_id_of(k).unwrap(), "n") }
     }
 
     fn table() -> PeerTable {

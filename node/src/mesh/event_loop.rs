@@ -150,6 +150,8 @@ impl EventLoop {
 
     fn on_command(&mut self, cmd: Command) {
         match cmd {
+            // Once `leaving` went out, a late update must not bring the node back to life.
+            Command::SetAdvert(_) if self.advert.as_ref().is_some_and(|a| a.state == NodeState::Leaving) => {}
             Command::SetAdvert(advert) => {
                 self.advert = Some(*advert);
                 self.publish();

@@ -106,23 +106,9 @@ impl PeerTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hotspot_protocol::Capacity;
 
     fn advert(n: u8, seq: u64, state: NodeState) -> NodeAdvert {
-        NodeAdvert {
-            node: NodeId([n; 32]),
-            name: format!("n{n}"),
-            seq,
-            issued_at_ms: 0,
-            state,
-            price_per_hour: 0.1,
-            capacity: Capacity::default(),
-            arch: "x86_64".into(),
-            cpu_features: Default::default(),
-            zone: "z".into(),
-            workloads: vec![],
-            transfer_addr: None,
-        }
+        NodeAdvert { seq, state, ..NodeAdvert::blank(NodeId([n; 32]), format!("n{n}")) }
     }
 
     #[test]
