@@ -14,3 +14,5 @@ pub mod observability;
 pub mod testing;
 pub mod criu;
 pub mod workload;
+pub mod mesh;
+pub mod daemon;

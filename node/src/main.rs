@@ -29,6 +29,16 @@ enum Command {
     Check(cli::check::CheckArgs),
     /// Start, list, stop, checkpoint and restore namespaced workloads.
     Workload(cli::workload::WorkloadArgs),
+    /// Run the node daemon: join the mesh, advertise price and capacity, answer reservations.
+    Run(Box<cli::run::RunArgs>),
+    /// List the peers this node knows: price, free capacity, state, age of their last advert.
+    Peers(cli::peers::PeersArgs),
+    /// Show this node: identity, price, capacity, workloads, reservations, mesh counters.
+    Status(cli::status::StatusArgs),
+    /// Reserve capacity on a peer (elected by price and capacity unless --peer is given).
+    Reserve(cli::reserve::ReserveArgs),
+    /// Release a reservation obtained with `reserve`.
+    Release(cli::reserve::ReleaseArgs),
 }
 
 fn main() -> Result<()> {
@@ -37,6 +47,11 @@ fn main() -> Result<()> {
     let code = match &cli.command {
         Command::Check(args) => cli::check::run(args)?,
         Command::Workload(args) => cli::workload::run(args)?,
+        Command::Run(args) => cli::run::run(args)?,
+        Command::Peers(args) => cli::peers::run(args)?,
+        Command::Status(args) => cli::status::run(args)?,
+        Command::Reserve(args) => cli::reserve::run(args)?,
+        Command::Release(args) => cli::reserve::release(args)?,
     };
     std::process::exit(code);
 }

@@ -170,6 +170,25 @@ impl NodeAdvert {
     /// Prices beyond this are a bug or an attack, not a market.
     pub const MAX_PRICE_PER_HOUR: f64 = 10_000.0;
 
+    /// A healthy advert with nothing else filled in (price 0, no capacity, no features): the
+    /// starting point for builders and tests, `NodeAdvert { price_per_hour: .., ..blank(..) }`.
+    pub fn blank(node: NodeId, name: impl Into<String>) -> NodeAdvert {
+        NodeAdvert {
+            node,
+            name: name.into(),
+            seq: 0,
+            issued_at_ms: 0,
+            state: NodeState::Healthy,
+            price_per_hour: 0.0,
+            capacity: Capacity::default(),
+            arch: String::new(),
+            cpu_features: BTreeSet::new(),
+            zone: String::new(),
+            workloads: Vec::new(),
+            transfer_addr: None,
+        }
+    }
+
     pub fn accepts_workloads(&self) -> bool {
         self.state == NodeState::Healthy
     }

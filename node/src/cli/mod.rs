@@ -1,3 +1,7 @@
 //! Subcommands of `hotspot-node`, one module each.
 pub mod check;
 pub mod workload;
+pub mod peers;
+pub mod reserve;
+pub mod run;
+pub mod status;

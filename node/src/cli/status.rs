@@ -1,0 +1,57 @@
+//! `hotspot-node status`: this node, its workloads and reservations.
+
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use hotspot_node::daemon::control::{HeldReservation, Reply, Request};
+
+use super::peers::{resources, ControlArgs};
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+fn reservation_lines(title: &str, list: &[HeldReservation]) -> String {
+    let mut out = format!("{title}: {}\n", list.len());
+    for r in list {
+        out += &format!(
+            "  {}  peer {}  workload {}  {}  expires_at_ms {}{}\n",
+            r.id,
+            &r.peer[..12.min(r.peer.len())],
+            r.workload,
+            resources(&r.needs),
+            r.expires_at_ms,
+            if r.committed { " (committed)" } else { "" }
+        );
+    }
+    out
+}
+
+pub fn run(args: &StatusArgs) -> Result<i32> {
+    let Reply::Status(s) = args.control.call(&Request::Status, Duration::from_secs(10))? else {
+        bail!("daemon sent an unexpected reply to `status`");
+    };
+    if args.control.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(0);
+    }
+    let mut out = format!("node      {} ({})\n", s.name, s.node);
+    out += &format!("state     {}   zone {}   arch {}   up {:.0}s\n", s.state, s.zone, s.arch, s.uptime_ms as f64 / 1000.0);
+    out += &format!("price     {:.4} USD/h ({})\n", s.price_per_hour, s.price_source);
+    out += &format!("capacity  free {} of {}\n", resources(&s.free), resources(&s.total));
+    let m = &s.mesh;
+    out += &format!(
+        "mesh      {} connected, adverts sent {} accepted {} ignored {} rejected {}\n",
+        m["connected_peers"], m["adverts_sent"], m["adverts_accepted"], m["adverts_ignored"], m["adverts_rejected"]
+    );
+    out += &format!("workloads: {}\n", s.workloads.len());
+    for w in &s.workloads {
+        out += &format!("  {}  {}\n", w.name, resources(&w.needs));
+    }
+    out += &reservation_lines("reservations held for peers", &s.reservations_held);
+    out += &reservation_lines("reservations obtained on peers", &s.reservations_obtained);
+    print!("{out}");
+    Ok(0)
+}

@@ -1,0 +1,301 @@
+//! The local control API: a unix socket (mode 0600 in a 0700 directory, so root only) speaking
+//! one JSON request line and one JSON response line per connection, both carrying the protocol
+//! version (`hotspot_protocol::ids::CONTROL_PROTOCOL_VERSION`). JSON keeps it scriptable with
+//! `socat`; the version lets an old CLI and a new daemon refuse each other clearly.
+
+use std::future::Future;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hotspot_protocol::ids::CONTROL_PROTOCOL_VERSION;
+use hotspot_protocol::{NodeState, Resources};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+/// Longest request line accepted.
+const MAX_LINE: u64 = 64 * 1024;
+/// Connections served at once; more wait in the kernel backlog.
+const MAX_CONNECTIONS: usize = 32;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    pub version: u16,
+    #[serde(flatten)]
+    pub body: T,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    Peers,
+    Reserve(ReserveParams),
+    Release { peer: String, id: String },
+    /// Pins the advertised price (`None` returns to the configured source). For operators and tests.
+    SetPrice { price_per_hour: Option<f64> },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReserveParams {
+    /// Peer name or node id (prefix); `None` elects the best target by price and capacity.
+    pub peer: Option<String>,
+    pub workload: String,
+    pub needs: Resources,
+    pub ttl_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Reply {
+    Status(Box<StatusReport>),
+    Peers { peers: Vec<PeerRow> },
+    Reserve(ReserveOutcome),
+    Released { released: bool },
+    PriceSet { price_per_hour: f64 },
+    Error { message: String },
+}
+
+/// One row of `hotspot-node peers`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerRow {
+    pub node: String,
+    pub name: String,
+    pub price_per_hour: f64,
+    pub free: Resources,
+    pub total: Resources,
+    pub state: NodeState,
+    pub zone: String,
+    pub arch: String,
+    pub workloads: usize,
+    pub seq: u64,
+    /// Time since the last advert from this peer.
+    pub age_ms: u64,
+    /// Wall clock (ms since the epoch) when that advert arrived.
+    pub received_at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeldReservation {
+    pub id: String,
+    /// Source node (held here) or target node (obtained elsewhere).
+    pub peer: String,
+    pub workload: String,
+    pub needs: Resources,
+    pub expires_at_ms: u64,
+    pub committed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub node: String,
+    pub name: String,
+    pub zone: String,
+    pub arch: String,
+    pub state: NodeState,
+    pub price_per_hour: f64,
+    pub price_source: String,
+    pub total: Resources,
+    pub free: Resources,
+    pub uptime_ms: u64,
+    pub workloads: Vec<hotspot_protocol::advert::WorkloadSummary>,
+    /// Capacity this node promised to sources.
+    pub reservations_held: Vec<HeldReservation>,
+    /// Capacity this node reserved on targets.
+    pub reservations_obtained: Vec<HeldReservation>,
+    pub mesh: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub peer: String,
+    pub name: String,
+    /// "granted", or why not.
+    pub outcome: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReserveOutcome {
+    pub granted: Option<HeldReservation>,
+    /// Targets tried, best first.
+    pub attempts: Vec<Attempt>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(
+        "the hotspot-node daemon is not running (nothing listening on {}): start it with `hotspot-node run` \
+         (see `hotspot-node run --help`), or point --socket / HOTSPOT_CONTROL_SOCKET at its control socket",
+        .socket.display()
+    )]
+    NotRunning { socket: PathBuf },
+    #[error("permission denied on {}: the control socket is root-only; run as root", .socket.display())]
+    PermissionDenied { socket: PathBuf },
+    #[error("control socket {}: {source}", .socket.display())]
+    Io { socket: PathBuf, source: std::io::Error },
+    #[error("daemon speaks control protocol version {got}, this CLI speaks {CONTROL_PROTOCOL_VERSION}; use matching versions")]
+    Version { got: u16 },
+    #[error("bad control message: {0}")]
+    Malformed(String),
+    #[error("another daemon is already serving {}", .socket.display())]
+    InUse { socket: PathBuf },
+}
+
+/// Sends one request to the daemon and waits (up to `timeout`) for its reply.
+pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Reply, ControlError> {
+    use std::io::ErrorKind;
+    let io = |source: std::io::Error| ControlError::Io { socket: socket.into(), source };
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).map_err(|e| match e.kind() {
+        ErrorKind::NotFound | ErrorKind::ConnectionRefused => ControlError::NotRunning { socket: socket.into() },
+        ErrorKind::PermissionDenied => ControlError::PermissionDenied { socket: socket.into() },
+        _ => io(e),
+    })?;
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    stream.set_write_timeout(Some(timeout)).map_err(io)?;
+    let mut line = serde_json::to_vec(&Envelope { version: CONTROL_PROTOCOL_VERSION, body: request })
+        .map_err(|e| ControlError::Malformed(e.to_string()))?;
+    line.push(b'\n');
+    stream.write_all(&line).map_err(io)?;
+    let mut reply = String::new();
+    BufReader::new(stream.take(MAX_LINE * 16)).read_line(&mut reply).map_err(io)?;
+    let value: serde_json::Value = serde_json::from_str(&reply).map_err(|e| ControlError::Malformed(e.to_string()))?;
+    let got = value.get("version").and_then(|v| v.as_u64()).unwrap_or(0) as u16;
+    if got != CONTROL_PROTOCOL_VERSION {
+        return Err(ControlError::Version { got });
+    }
+    let env: Envelope<Reply> = serde_json::from_value(value).map_err(|e| ControlError::Malformed(e.to_string()))?;
+    Ok(env.body)
+}
+
+/// Answers control requests.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, request: Request) -> impl Future<Output = Reply> + Send;
+}
+
+/// Binds the socket root-only. Refuses if a live daemon already serves it; replaces a stale one.
+pub fn bind(socket: &Path) -> Result<UnixListener, ControlError> {
+    let io = |source: std::io::Error| ControlError::Io { socket: socket.into(), source };
+    if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+        }
+    }
+    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        return Err(ControlError::InUse { socket: socket.into() });
+    }
+    let _ = std::fs::remove_file(socket);
+    let listener = UnixListener::bind(socket).map_err(io)?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    Ok(listener)
+}
+
+/// Serves until `cancel` fires; connections in flight are finished (bounded) before returning.
+pub async fn serve<H: Handler>(listener: UnixListener, handler: Arc<H>, cancel: CancellationToken) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
+        };
+        let stream = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    warn!(error = %e, "control accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let handler = handler.clone();
+        tasks.spawn(async move {
+            let _permit = permit;
+            if let Err(e) = serve_one(stream, &*handler).await {
+                debug!(error = %e, "control connection ended with an error");
+            }
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    tasks.shutdown().await;
+}
+
+async fn serve_one<H: Handler>(stream: tokio::net::UnixStream, handler: &H) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    tokio::io::BufReader::new(read.take(MAX_LINE)).read_line(&mut line).await?;
+    let reply = match serde_json::from_str::<serde_json::Value>(&line) {
+        Err(e) => Reply::Error { message: format!("request is not JSON: {e}") },
+        Ok(v) if v.get("version").and_then(|v| v.as_u64()) != Some(CONTROL_PROTOCOL_VERSION as u64) => Reply::Error {
+            message: format!("unsupported control protocol version (this daemon speaks {CONTROL_PROTOCOL_VERSION})"),
+        },
+        Ok(v) => match serde_json::from_value::<Envelope<Request>>(v) {
+            Ok(env) => handler.handle(env.body).await,
+            Err(e) => Reply::Error { message: format!("unknown or malformed request: {e}") },
+        },
+    };
+    let mut out = serde_json::to_vec(&Envelope { version: CONTROL_PROTOCOL_VERSION, body: reply })?;
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    write.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Echo;
+    impl Handler for Echo {
+        async fn handle(&self, request: Request) -> Reply {
+            match request {
+                Request::SetPrice { price_per_hour } => Reply::PriceSet { price_per_hour: price_per_hour.unwrap_or(0.0) },
+                other => Reply::Error { message: format!("{other:?}") },
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn round_trip_permissions_and_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("ctl/control.sock");
+        let missing = call(&socket, &Request::Status, Duration::from_secs(1)).unwrap_err();
+        assert!(missing.to_string().contains("hotspot-node run"), "{missing}");
+        let listener = bind(&socket).unwrap();
+        let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(matches!(bind(&socket), Err(ControlError::InUse { .. })));
+        let cancel = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, Arc::new(Echo), cancel.clone()));
+        let s = socket.clone();
+        let reply = tokio::task::spawn_blocking(move || {
+            call(&s, &Request::SetPrice { price_per_hour: Some(0.25) }, Duration::from_secs(5))
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(reply, Reply::PriceSet { price_per_hour: 0.25 });
+        // A raw client with a wrong version gets a clear error, not a hang.
+        let s = socket.clone();
+        let raw = tokio::task::spawn_blocking(move || {
+            let mut c = std::os::unix::net::UnixStream::connect(&s).unwrap();
+            c.write_all(b"{\"version\":99,\"command\":\"status\"}\n").unwrap();
+            let mut out = String::new();
+            BufReader::new(c).read_line(&mut out).unwrap();
+            out
+        })
+        .await
+        .unwrap();
+        assert!(raw.contains("unsupported control protocol version"), "{raw}");
+        cancel.cancel();
+        server.await.unwrap();
+    }
+}

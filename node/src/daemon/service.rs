@@ -1,0 +1,386 @@
+//! The node's state and behaviour: what it advertises, how it answers reservations, and what the
+//! control API can ask of it.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hotspot_protocol::election::{rank, HopPolicy, WorkloadProfile};
+use hotspot_protocol::reservation::{DenyReason, ReservationId, ReservationMessage, ReserveRequest};
+use hotspot_protocol::{Capacity, NodeAdvert, NodeId, Resources};
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::config::{CapacityConfig, Config};
+use super::control::{self, Attempt, HeldReservation, PeerRow, ReserveOutcome, ReserveParams, Reply, Request, StatusReport};
+use super::host;
+use super::ledger::{LedgerError, LedgerStore, ReservationBook};
+use super::price::PriceSource;
+use crate::mesh::{MeshClient, MeshEvent, PeerSnapshot};
+
+/// How often the advert is rebuilt from fresh measurements (sent only when it changed).
+const MEASURE_EVERY: Duration = Duration::from_secs(1);
+
+pub struct NodeService {
+    node: NodeId,
+    name: String,
+    zone: String,
+    arch: String,
+    cpu_features: BTreeSet<String>,
+    data_dir: PathBuf,
+    overrides: CapacityConfig,
+    started: Instant,
+    mesh: MeshClient,
+    book: ReservationBook,
+    price: Mutex<Box<dyn PriceSource>>,
+    pinned_price: Mutex<Option<f64>>,
+    obtained: Mutex<Vec<HeldReservation>>,
+    changed: Notify,
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn parse_reservation_id(s: &str) -> Option<ReservationId> {
+    let mut out = [0u8; 16];
+    if s.len() != 32 {
+        return None;
+    }
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(ReservationId(out))
+}
+
+fn now_ms() -> u64 {
+    crate::mesh::now_ms()
+}
+
+impl NodeService {
+    pub fn new(
+        config: &Config,
+        node: NodeId,
+        mesh: MeshClient,
+        store: Box<dyn LedgerStore>,
+        price: Box<dyn PriceSource>,
+    ) -> Result<Self, LedgerError> {
+        let mut service = NodeService {
+            node,
+            name: config.node_name(),
+            zone: config.zone.clone(),
+            arch: host::arch(),
+            cpu_features: host::cpu_features(),
+            data_dir: config.data_dir.clone(),
+            overrides: config.capacity.clone(),
+            started: Instant::now(),
+            mesh,
+            book: ReservationBook::open(store, Resources::default())?,
+            price: Mutex::new(price),
+            pinned_price: Mutex::new(None),
+            obtained: Mutex::new(Vec::new()),
+            changed: Notify::new(),
+        };
+        service.name.truncate(NodeAdvert::MAX_NAME);
+        Ok(service)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Total and offered capacity: measured, with each configured override taking precedence.
+    fn offered(&self) -> Capacity {
+        let m = host::measure(&self.data_dir);
+        let o = &self.overrides;
+        let pick = |over: Option<u64>, total: u64, free: u64| over.map_or((total, free), |v| (v, v));
+        let (cpu_t, cpu_f) = pick(o.cpu_millis.map(u64::from), m.total.cpu_millis as u64, m.free.cpu_millis as u64);
+        let (mem_t, mem_f) = pick(o.memory_bytes, m.total.memory_bytes, m.free.memory_bytes);
+        let (disk_t, disk_f) = pick(o.disk_bytes, m.total.disk_bytes, m.free.disk_bytes);
+        Capacity {
+            total: Resources { cpu_millis: cpu_t as u32, memory_bytes: mem_t, disk_bytes: disk_t },
+            free: Resources { cpu_millis: cpu_f as u32, memory_bytes: mem_f, disk_bytes: disk_f },
+        }
+    }
+
+    fn current_price(&self) -> f64 {
+        if let Some(p) = *self.pinned_price.lock().unwrap_or_else(|p| p.into_inner()) {
+            return p;
+        }
+        let price = self.price.lock().unwrap_or_else(|p| p.into_inner()).price_at(self.started.elapsed());
+        price.clamp(0.0, NodeAdvert::MAX_PRICE_PER_HOUR)
+    }
+
+    /// Our advert as of now (the mesh fills in `seq` and `issued_at_ms`). Free capacity is what
+    /// the ledger can still promise.
+    pub fn advert(&self) -> NodeAdvert {
+        let mut capacity = self.offered();
+        capacity.free = match self.book.tick(capacity.free, now_ms()) {
+            Ok(available) => available,
+            Err(e) => {
+                warn!(error = %e, "cannot persist reservation expiry; advertising no free capacity");
+                Resources::default()
+            }
+        };
+        NodeAdvert {
+            price_per_hour: self.current_price(),
+            capacity,
+            arch: self.arch.clone(),
+            cpu_features: self.cpu_features.clone(),
+            zone: self.zone.clone(),
+            ..NodeAdvert::blank(self.node, self.name.clone())
+        }
+    }
+
+    /// Rebuilds the advert every second (or at once on a change) and hands it to the mesh when
+    /// it differs from the last one; the mesh re-sends it periodically for liveness.
+    pub async fn advertise(self: Arc<Self>, cancel: CancellationToken) {
+        let mut last: Option<NodeAdvert> = None;
+        let mut tick = tokio::time::interval(MEASURE_EVERY);
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+                _ = self.changed.notified() => {}
+            }
+            let this = self.clone();
+            let Ok(advert) = tokio::task::spawn_blocking(move || this.advert()).await else { return };
+            if last.as_ref() != Some(&advert) {
+                if self.mesh.set_advert(advert.clone()).await.is_err() {
+                    return;
+                }
+                last = Some(advert);
+            }
+        }
+    }
+
+    /// Answers reservation requests from peers, one at a time (the ledger is the single writer).
+    pub async fn answer_reservations(self: Arc<Self>, mut events: mpsc::Receiver<MeshEvent>, cancel: CancellationToken) {
+        loop {
+            let event = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return,
+                e = events.recv() => match e { Some(e) => e, None => return },
+            };
+            let MeshEvent::Reservation { from, message, responder } = event;
+            let this = self.clone();
+            let answer = tokio::task::spawn_blocking(move || this.on_reservation(from, message)).await;
+            match answer {
+                Ok(Some(answer)) => {
+                    if matches!(answer, ReservationMessage::Granted { .. } | ReservationMessage::Released { .. }) {
+                        self.changed.notify_one();
+                    }
+                    let _ = self.mesh.respond(responder, answer).await;
+                }
+                Ok(None) => {}
+                Err(e) => warn!(error = %e, "reservation handler panicked"),
+            }
+        }
+    }
+
+    fn on_reservation(&self, from: NodeId, message: ReservationMessage) -> Option<ReservationMessage> {
+        let now = now_ms();
+        match message {
+            ReservationMessage::Request(req) => {
+                let answer = self.book.request(&req, None::<DenyReason>, now);
+                match &answer {
+                    Ok(ReservationMessage::Granted { id, .. }) => {
+                        info!(source = %from.short(), workload = %req.workload, reservation = %id, "reservation granted")
+                    }
+                    Ok(ReservationMessage::Denied { reason, .. }) => {
+                        info!(source = %from.short(), workload = %req.workload, %reason, "reservation denied")
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!(error = %e, "reservation not persisted; denying"),
+                }
+                Some(answer.unwrap_or(ReservationMessage::Denied { id: req.id, reason: DenyReason::NoCapacity }))
+            }
+            ReservationMessage::Release { id } => {
+                let ours = self.book.snapshot().get(&id).is_some_and(|r| r.request.source == from);
+                if ours {
+                    if let Err(e) = self.book.release(&id) {
+                        warn!(error = %e, "release not persisted");
+                    }
+                }
+                Some(ReservationMessage::Released { id })
+            }
+            _ => None,
+        }
+    }
+
+    fn find_peer<'a>(peers: &'a [PeerSnapshot], wanted: &str) -> Option<&'a PeerSnapshot> {
+        peers
+            .iter()
+            .find(|p| p.advert.name == wanted)
+            .or_else(|| peers.iter().find(|p| !wanted.is_empty() && p.advert.node.to_string().starts_with(wanted)))
+    }
+
+    async fn reserve(&self, params: ReserveParams) -> Reply {
+        let peers = match self.mesh.peers().await {
+            Ok(p) => p,
+            Err(e) => return Reply::Error { message: e.to_string() },
+        };
+        let targets: Vec<(NodeId, String)> = match &params.peer {
+            Some(wanted) => match Self::find_peer(&peers, wanted) {
+                Some(p) => vec![(p.advert.node, p.advert.name.clone())],
+                None => return Reply::Error { message: format!("no live peer named {wanted:?} (see `hotspot-node peers`)") },
+            },
+            None => {
+                let profile = WorkloadProfile {
+                    needs: params.needs,
+                    arch: self.arch.clone(),
+                    cpu_features: self.cpu_features.clone(),
+                    volume_zone: None,
+                    image_bytes: 0,
+                };
+                let adverts: Vec<NodeAdvert> = peers.iter().map(|p| p.advert.clone()).collect();
+                rank(&profile, &self.node, self.current_price(), &adverts, &HopPolicy::default())
+                    .into_iter()
+                    .map(|c| (c.node, c.name))
+                    .collect()
+            }
+        };
+        let mut attempts = Vec::new();
+        for (node, name) in targets {
+            let mut id = [0u8; 16];
+            if getrandom::getrandom(&mut id).is_err() {
+                return Reply::Error { message: "no randomness for a reservation id".into() };
+            }
+            let req = ReserveRequest {
+                id: ReservationId(id),
+                source: self.node,
+                workload: params.workload.clone(),
+                needs: params.needs,
+                ttl_ms: params.ttl_ms,
+            };
+            let outcome = match self.mesh.request(node, ReservationMessage::Request(req)).await {
+                Ok(ReservationMessage::Granted { id, expires_at_ms }) => {
+                    let held = HeldReservation {
+                        id: hex(&id.0),
+                        peer: node.to_string(),
+                        workload: params.workload.clone(),
+                        needs: params.needs,
+                        expires_at_ms,
+                        committed: false,
+                    };
+                    attempts.push(Attempt { peer: node.to_string(), name, outcome: "granted".into() });
+                    self.obtained.lock().unwrap_or_else(|p| p.into_inner()).push(held.clone());
+                    return Reply::Reserve(ReserveOutcome { granted: Some(held), attempts });
+                }
+                Ok(ReservationMessage::Denied { reason, .. }) => format!("denied: {reason}"),
+                Ok(other) => format!("unexpected answer {other:?}"),
+                Err(e) => e.to_string(),
+            };
+            attempts.push(Attempt { peer: node.to_string(), name, outcome });
+        }
+        Reply::Reserve(ReserveOutcome { granted: None, attempts })
+    }
+
+    async fn release(&self, peer: &str, id: &str) -> Reply {
+        let Some(rid) = parse_reservation_id(id) else {
+            return Reply::Error { message: format!("reservation id {id:?} must be 32 hex digits") };
+        };
+        let node: NodeId = match peer.parse() {
+            Ok(n) => n,
+            Err(_) => match self.mesh.peers().await.ok().and_then(|p| Self::find_peer(&p, peer).map(|p| p.advert.node)) {
+                Some(n) => n,
+                None => return Reply::Error { message: format!("unknown peer {peer:?}") },
+            },
+        };
+        match self.mesh.request(node, ReservationMessage::Release { id: rid }).await {
+            Ok(ReservationMessage::Released { .. }) => {
+                self.obtained.lock().unwrap_or_else(|p| p.into_inner()).retain(|r| r.id != id);
+                Reply::Released { released: true }
+            }
+            Ok(other) => Reply::Error { message: format!("unexpected answer {other:?}") },
+            Err(e) => Reply::Error { message: e.to_string() },
+        }
+    }
+
+    async fn status(&self) -> Reply {
+        let advert = self.advert();
+        let mesh = match self.mesh.stats().await {
+            Ok(s) => serde_json::to_value(s).unwrap_or_default(),
+            Err(e) => return Reply::Error { message: e.to_string() },
+        };
+        let held = self
+            .book
+            .snapshot()
+            .iter()
+            .map(|r| HeldReservation {
+                id: hex(&r.request.id.0),
+                peer: r.request.source.to_string(),
+                workload: r.request.workload.clone(),
+                needs: r.request.needs,
+                expires_at_ms: r.expires_at_ms,
+                committed: r.committed,
+            })
+            .collect();
+        let now = now_ms();
+        let obtained = self.obtained.lock().unwrap_or_else(|p| p.into_inner()).iter().filter(|r| r.expires_at_ms > now).cloned().collect();
+        Reply::Status(Box::new(StatusReport {
+            node: self.node.to_string(),
+            name: self.name.clone(),
+            zone: self.zone.clone(),
+            arch: self.arch.clone(),
+            state: advert.state,
+            price_per_hour: advert.price_per_hour,
+            price_source: match *self.pinned_price.lock().unwrap_or_else(|p| p.into_inner()) {
+                Some(p) => format!("pinned {p:.4} USD/h"),
+                None => self.price.lock().unwrap_or_else(|p| p.into_inner()).describe(),
+            },
+            total: advert.capacity.total,
+            free: advert.capacity.free,
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            workloads: advert.workloads,
+            reservations_held: held,
+            reservations_obtained: obtained,
+            mesh,
+        }))
+    }
+}
+
+pub fn peer_row(p: &PeerSnapshot) -> PeerRow {
+    let a = &p.advert;
+    PeerRow {
+        node: a.node.to_string(),
+        name: a.name.clone(),
+        price_per_hour: a.price_per_hour,
+        free: a.capacity.free,
+        total: a.capacity.total,
+        state: a.state,
+        zone: a.zone.clone(),
+        arch: a.arch.clone(),
+        workloads: a.workloads.len(),
+        seq: a.seq,
+        age_ms: p.age.as_millis() as u64,
+        received_at_ms: p.received_at_ms,
+    }
+}
+
+impl control::Handler for NodeService {
+    async fn handle(&self, request: Request) -> Reply {
+        match request {
+            Request::Status => self.status().await,
+            Request::Peers => match self.mesh.peers().await {
+                Ok(peers) => Reply::Peers { peers: peers.iter().map(peer_row).collect() },
+                Err(e) => Reply::Error { message: e.to_string() },
+            },
+            Request::Reserve(params) => self.reserve(params).await,
+            Request::Release { peer, id } => self.release(&peer, &id).await,
+            Request::SetPrice { price_per_hour } => {
+                if let Some(p) = price_per_hour {
+                    if !(p.is_finite() && (0.0..=NodeAdvert::MAX_PRICE_PER_HOUR).contains(&p)) {
+                        return Reply::Error { message: format!("price {p} must be in 0..={}", NodeAdvert::MAX_PRICE_PER_HOUR) };
+                    }
+                }
+                *self.pinned_price.lock().unwrap_or_else(|p| p.into_inner()) = price_per_hour;
+                self.changed.notify_one();
+                Reply::PriceSet { price_per_hour: self.current_price() }
+            }
+        }
+    }
+}
