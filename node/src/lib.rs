@@ -5,9 +5,11 @@
 //! - [`observability`]: tracing subscriber set-up.
 //! - [`criu`]: the CRIU driver (dump, restore, network lock).
 //! - [`workload`]: namespaced workloads, their records, checkpoint and restore.
+//! - [`testbed`]: real-process fixtures (cleanup guard, pipelining redis client) for host tests and benches.
 
 pub mod hostcheck;
 pub mod observability;
 pub mod testing;
 pub mod criu;
 pub mod workload;
+pub mod testbed;
