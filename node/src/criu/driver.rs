@@ -126,11 +126,15 @@ impl Criu {
         }
     }
 
-    /// Checks that `dir` holds images this CRIU can read, before anything is changed.
-    pub fn check_images(&self, dir: &Path) -> Result<(), CriuError> {
+    /// Checks that `dir` holds images this CRIU can read, before anything is changed;
+    /// with `local_pages`, also that the page files hold every page the maps list.
+    pub fn check_images(&self, dir: &Path, local_pages: bool) -> Result<(), CriuError> {
         let found = image::inventory_version(dir).map_err(|source| CriuError::Image { dir: dir.to_path_buf(), source })?;
         if found > image::SUPPORTED_IMG_VERSION {
             return Err(CriuError::NewerImages { dir: dir.to_path_buf(), found, supported: image::SUPPORTED_IMG_VERSION });
+        }
+        if local_pages {
+            image::verify_pages(dir).map_err(|source| CriuError::Image { dir: dir.to_path_buf(), source })?;
         }
         Ok(())
     }
@@ -140,7 +144,7 @@ impl Criu {
     /// source can restore them again (rollback).
     #[tracing::instrument(skip_all, fields(dir = %opts.image_dir.display()))]
     pub fn restore(&self, opts: &RestoreOptions) -> Result<RestoreOutcome, CriuError> {
-        self.check_images(&opts.image_dir)?;
+        self.check_images(&opts.image_dir, !opts.lazy_pages)?;
         if opts.lazy_pages {
             self.require_lazy_pages()?;
         }

@@ -27,6 +27,9 @@ pub struct CheckpointMeta {
     pub workload: WorkloadRecord,
     pub criu_version: String,
     pub leave_running: bool,
+    /// Pages went to a page server or stay behind a lazy-pages server (not in this dir).
+    #[serde(default)]
+    pub remote_pages: bool,
     pub created_unix_ms: u64,
 }
 
@@ -71,7 +74,7 @@ impl Checkpoint {
         }
         let meta: CheckpointMeta = serde_json::from_slice(&text).map_err(|e| bad(format!("{CHECKPOINT_META}: {e}")))?;
         validate_name(&meta.workload.name)?;
-        criu.check_images(dir)?;
+        criu.check_images(dir, !meta.remote_pages)?;
         Ok(Checkpoint { dir: dir.to_path_buf(), meta, stats: None })
     }
 }
@@ -124,6 +127,7 @@ impl Workloads {
             workload: w.record.clone(),
             criu_version: criu.version_string(),
             leave_running: opts.leave_running,
+            remote_pages: opts.page_server.is_some(),
             created_unix_ms: now_ms(),
         };
         write_meta(&opts.image_dir, &meta)?;
