@@ -132,3 +132,56 @@ fn host_redis_keeps_its_live_client_across_namespaces() {
     eprintln!("client: {} batches, longest stall {:?}", report.incrs.len(), report.max_stall);
     wls.retire(&a).unwrap();
 }
+
+#[test]
+fn host_rootfs_workload_with_volume_moves() {
+    if !testing::require_migration_host("host_rootfs_workload_with_volume_moves") {
+        return;
+    }
+    let busybox = hotspot_node::hostcheck::find_program("busybox").expect("busybox-static is installed by scripts/install-deps");
+    let id = std::process::id();
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = tmp.path().join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    std::fs::create_dir_all(rootfs.join("proc")).unwrap();
+    std::fs::copy(&busybox, rootfs.join("bin/busybox")).unwrap();
+    for applet in ["sh", "sleep", "cat"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+    }
+    let volume = tmp.path().join("vol");
+    std::fs::create_dir(&volume).unwrap();
+    let wls = Workloads::new(tmp.path().join("state"));
+    let name = format!("rootfs-{id}");
+    let mut guard = Cleanup::new(wls.clone());
+    guard.names.push(name.clone());
+    guard.netns.extend([format!("hs-{name}"), format!("hs-{name}-b")]);
+    let w = wls
+        .start(&StartOptions {
+            name: name.clone(),
+            command: vec!["/bin/sh".into(), "-c".into(), "i=0; while :; do i=$((i+1)); echo $i >> /volume/count.log; sleep 0.02; done".into()],
+            rootfs: Some(rootfs.clone()),
+            volume: Some(volume.clone()),
+            address: Some(format!("10.77.{}.2/24", 100 + id % 100).parse().unwrap()),
+            ..Default::default()
+        })
+        .unwrap();
+    let root_link = std::fs::read_link(format!("/proc/{}/root", w.pid().unwrap())).unwrap();
+    assert_eq!(root_link, Path::new("/"), "pivot_root'ed: its root is its own mount");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(std::fs::read_to_string(rootfs.join(".hotspot-console.log")).is_ok(), "console inside the rootfs");
+
+    let criu = Criu::detect().unwrap();
+    let images = tmp.path().join("images");
+    wls.checkpoint(&criu, &name, &CheckpointOptions::new(&images)).unwrap();
+    let at_dump = counts(&volume.join("count.log"));
+    let cp = Checkpoint::open(&images, &criu).unwrap();
+    let spec = RestoreSpec { name: name.clone(), netns: format!("hs-{name}-b"), service_net: ServiceNet::MoveFrom(format!("hs-{name}")), timeout: Duration::from_secs(60) };
+    let (restored, _) = wls.restore(&criu, &cp, &spec).unwrap();
+    assert!(restored.is_running() && netns::has_service_if(&format!("hs-{name}-b")));
+    assert!(!netns::exists(&format!("hs-{name}")), "same workload, new home: the old namespace is gone");
+    std::thread::sleep(Duration::from_millis(300));
+    let after = counts(&volume.join("count.log"));
+    assert!(after.len() > at_dump.len() + 3);
+    assert_eq!(after, (1..=after.len() as u64).collect::<Vec<_>>());
+    wls.stop(&name).unwrap();
+}

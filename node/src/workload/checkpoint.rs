@@ -19,8 +19,10 @@ use crate::criu::{netlock, Criu, DumpOptions, DumpStats, LazyDump, PageServer, R
 pub const CHECKPOINT_META: &str = "hotspot-checkpoint.json";
 /// Current metadata format; a newer one is refused before CRIU is run.
 pub const CHECKPOINT_FORMAT: u32 = 1;
-/// Name CRIU knows the volume bind mount by (rootfs workloads).
+/// Names CRIU knows the host bind mounts of a rootfs workload by (volume, /dev/null): external
+/// mounts, re-bound from this host's paths on restore.
 const VOLUME_EXT: &str = "hotspot-volume";
+const DEV_NULL_EXT: &str = "hotspot-devnull";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CheckpointMeta {
@@ -202,8 +204,11 @@ impl Workloads {
             opts.cgroup_root = Some(format!("/{cg_rel}"));
             opts.timeout = spec.timeout;
             opts.lazy_pages = cp.meta.remote_pages;
-            if let (Some(_), Some(vol)) = (&src.rootfs, &src.volume) {
-                opts.external.push(format!("mnt[{VOLUME_EXT}]:{}", vol.display()));
+            if src.rootfs.is_some() {
+                opts.external.push(format!("mnt[{DEV_NULL_EXT}]:/dev/null"));
+                if let Some(vol) = &src.volume {
+                    opts.external.push(format!("mnt[{VOLUME_EXT}]:{}", vol.display()));
+                }
             }
             match criu.restore(&opts) {
                 Ok(out) => Ok((cg_rel, out)),
@@ -292,8 +297,11 @@ fn dump_options(w: &Workload, opts: &CheckpointOptions) -> DumpOptions {
     dump.freeze_cgroup = w.cgroup().freezer();
     dump.page_server = opts.page_server;
     dump.timeout = opts.timeout;
-    if w.record.rootfs.is_some() && w.record.volume.is_some() {
-        dump.external.push(format!("mnt[/volume]:{VOLUME_EXT}"));
+    if w.record.rootfs.is_some() {
+        dump.external.push(format!("mnt[/dev/null]:{DEV_NULL_EXT}"));
+        if w.record.volume.is_some() {
+            dump.external.push(format!("mnt[/volume]:{VOLUME_EXT}"));
+        }
     }
     dump
 }
