@@ -34,8 +34,8 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn redis_start(wls: &Workloads, name: &str, client_ns: &str, subnet: u32, dir: &Path) -> SocketAddr {
-    wls.start(&StartOptions {
+fn redis_options(name: &str, client_ns: &str, subnet: u32, dir: &Path) -> StartOptions {
+    StartOptions {
         name: name.into(),
         command: ["redis-server", "--port", "6379", "--bind", "0.0.0.0", "--protected-mode", "no", "--appendonly", "no", "--save", "", "--dbfilename", "bench.rdb"]
             .map(String::from)
@@ -45,8 +45,11 @@ fn redis_start(wls: &Workloads, name: &str, client_ns: &str, subnet: u32, dir: &
         uplink_address: Some(format!("10.77.{subnet}.1/24").parse().unwrap()),
         volume: Some(dir.to_path_buf()),
         ..Default::default()
-    })
-    .expect("start redis");
+    }
+}
+
+fn redis_start(wls: &Workloads, name: &str, client_ns: &str, subnet: u32, dir: &Path) -> SocketAddr {
+    wls.start(&redis_options(name, client_ns, subnet, dir)).expect("start redis");
     let addr: SocketAddr = format!("10.77.{subnet}.2:6379").parse().unwrap();
     assert!(testbed::wait_listening(Some(client_ns), addr, Duration::from_secs(20)), "redis listens");
     addr
@@ -119,7 +122,8 @@ fn bench_size(criu: &Criu, label: &str, bytes: u64, runs: usize, subnet: u32) ->
     }
     let t0 = Instant::now();
     wls.stop(&name).expect("stop redis");
-    redis_start_quiet(&wls, &name, &client_ns, subnet, &volume);
+    // Not waiting for it to listen: the loop below times that.
+    wls.start(&redis_options(&name, &client_ns, subnet, &volume)).expect("restart redis");
     loop {
         if let Ok(Reply::Simple(p)) = ask(&client_ns, addr, &[b"PING"]) {
             if p == "PONG" {
@@ -137,22 +141,6 @@ fn bench_size(criu: &Criu, label: &str, bytes: u64, runs: usize, subnet: u32) ->
     eprintln!("[{label}] baseline restart from RDB: client gap {restart_ms:.0} ms (with reconnect)");
     drop(guard);
     (results, restart_ms)
-}
-
-/// Starts redis again without waiting for it to listen (the baseline times that itself).
-fn redis_start_quiet(wls: &Workloads, name: &str, client_ns: &str, subnet: u32, dir: &Path) {
-    wls.start(&StartOptions {
-        name: name.into(),
-        command: ["redis-server", "--port", "6379", "--bind", "0.0.0.0", "--protected-mode", "no", "--appendonly", "no", "--save", "", "--dbfilename", "bench.rdb"]
-            .map(String::from)
-            .to_vec(),
-        address: Some(format!("10.77.{subnet}.2/24").parse().unwrap()),
-        uplink_netns: Some(client_ns.into()),
-        uplink_address: Some(format!("10.77.{subnet}.1/24").parse().unwrap()),
-        volume: Some(dir.to_path_buf()),
-        ..Default::default()
-    })
-    .expect("restart redis");
 }
 
 fn main() {

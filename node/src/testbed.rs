@@ -40,6 +40,11 @@ impl Drop for Cleanup {
     }
 }
 
+/// The numbers a counter workload appended to `file`, one per line.
+pub fn read_counts(file: &std::path::Path) -> Vec<u64> {
+    std::fs::read_to_string(file).unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()).collect()
+}
+
 /// One RESP reply, as much as the client needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use hotspot_node::criu::{Criu, CriuError};
-use hotspot_node::testbed::Cleanup;
+use hotspot_node::testbed::{self, Cleanup};
 use hotspot_node::workload::{netns, Checkpoint, CheckpointOptions, RestoreSpec, ServiceNet, StartOptions, WorkloadError, Workloads, CHECKPOINT_META};
 use hotspot_node::testing;
 
@@ -21,10 +21,6 @@ fn counter(name: &str, volume: &Path, address: Option<&str>) -> StartOptions {
         address: address.map(|a| a.parse().unwrap()),
         ..Default::default()
     }
-}
-
-fn counts(file: &Path) -> Vec<u64> {
-    std::fs::read_to_string(file).unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()).collect()
 }
 
 fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
@@ -60,7 +56,7 @@ fn host_corrupt_image_restore_rolls_back_to_the_source() {
     let (src_dir, dst_dir) = (tmp.path().join("source-images"), tmp.path().join("target-images"));
     wls.checkpoint(&criu, &a, &CheckpointOptions::new(&src_dir)).unwrap();
     let before = snapshot(&src_dir);
-    let at_dump = counts(&volume.join("count.log"));
+    let at_dump = testbed::read_counts(&volume.join("count.log"));
     // The "transferred" copy arrives damaged: the task's core image is cut short.
     copy_dir(&src_dir, &dst_dir);
     let core = std::fs::read_dir(&dst_dir).unwrap().flatten().find(|e| e.file_name().to_string_lossy().starts_with("core-")).unwrap().path();
@@ -82,7 +78,7 @@ fn host_corrupt_image_restore_rolls_back_to_the_source() {
     assert!(!netns::exists(&format!("hs-{b}")), "the half-made target namespace is gone");
     assert!(wls.get(&b).is_err(), "no record for the failed target");
     std::thread::sleep(Duration::from_millis(300));
-    let after = counts(&volume.join("count.log"));
+    let after = testbed::read_counts(&volume.join("count.log"));
     assert!(after.len() > at_dump.len() + 3);
     assert_eq!(after, (1..=after.len() as u64).collect::<Vec<_>>(), "it resumed where it stopped");
     for (name, data) in &before {

@@ -4,13 +4,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use hotspot_node::criu::Criu;
-use hotspot_node::testbed::Cleanup;
+use hotspot_node::testbed::{self, Cleanup};
 use hotspot_node::testing;
 use hotspot_node::workload::{Checkpoint, CheckpointOptions, RestoreSpec, ServiceNet, WorkloadKind, Workloads};
-
-fn counts(file: &std::path::Path) -> Vec<u64> {
-    std::fs::read_to_string(file).unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()).collect()
-}
 
 #[test]
 fn host_runc_container_is_adopted_checkpointed_and_restored() {
@@ -62,13 +58,13 @@ fn host_runc_container_is_adopted_checkpointed_and_restored() {
     let images = tmp.path().join("images");
     wls.checkpoint(&criu, &name, &CheckpointOptions::new(&images)).unwrap();
     let count_file = bundle.join("rootfs/count.log");
-    let at_dump = counts(&count_file);
+    let at_dump = testbed::read_counts(&count_file);
     let cp = Checkpoint::open(&images, &criu).unwrap();
     let spec = RestoreSpec { name: name.clone(), netns: format!("hs-{name}-r"), service_net: ServiceNet::Present, timeout: Duration::from_secs(60) };
     let (restored, _) = wls.restore(&criu, &cp, &spec).unwrap();
     assert!(restored.is_running());
     std::thread::sleep(Duration::from_millis(300));
-    let after = counts(&count_file);
+    let after = testbed::read_counts(&count_file);
     assert!(after.len() > at_dump.len() + 3, "the container keeps counting");
     assert_eq!(after, (1..=after.len() as u64).collect::<Vec<_>>(), "from where it stopped");
     wls.stop(&name).unwrap();

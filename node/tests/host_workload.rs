@@ -10,10 +10,6 @@ use hotspot_node::testbed::{Cleanup, PipeliningClient};
 use hotspot_node::workload::{netns, Checkpoint, CheckpointOptions, RestoreSpec, ServiceNet, StartOptions, Workloads};
 use hotspot_node::{testbed, testing};
 
-fn counts(file: &Path) -> Vec<u64> {
-    std::fs::read_to_string(file).unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()).collect()
-}
-
 fn ns_inode(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path).unwrap().ino()
@@ -56,10 +52,10 @@ fn host_counter_continues_in_a_new_namespace() {
     let cp = wls.checkpoint(&criu, &a, &CheckpointOptions::new(&images)).unwrap();
     let stats = cp.stats.as_ref().unwrap();
     assert!(stats.image_bytes > 0 && stats.criu.is_some(), "{stats:?}");
-    let at_dump = counts(&volume.join("count.log"));
+    let at_dump = testbed::read_counts(&volume.join("count.log"));
     assert!(!wls.get(&a).unwrap().is_running(), "a final dump stops the source");
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(counts(&volume.join("count.log")), at_dump, "nothing counts while checkpointed");
+    assert_eq!(testbed::read_counts(&volume.join("count.log")), at_dump, "nothing counts while checkpointed");
 
     let cp = Checkpoint::open(&images, &criu).unwrap();
     let spec = RestoreSpec { name: b.clone(), netns: format!("hs-{b}"), service_net: ServiceNet::Present, timeout: Duration::from_secs(60) };
@@ -68,7 +64,7 @@ fn host_counter_continues_in_a_new_namespace() {
     assert_eq!(inner_pid(outcome.pid), "1");
     assert_eq!(ns_inode(Path::new(&format!("/proc/{}/ns/net", outcome.pid))), ns_inode(&netns::path(&format!("hs-{b}"))), "restored into namespace B");
     std::thread::sleep(Duration::from_millis(300));
-    let after = counts(&volume.join("count.log"));
+    let after = testbed::read_counts(&volume.join("count.log"));
     assert!(after.len() > at_dump.len() + 3, "it keeps counting: {} -> {}", at_dump.len(), after.len());
     let expected: Vec<u64> = (1..=after.len() as u64).collect();
     assert_eq!(after, expected, "the count continues where it stopped: no restart, gap or repeat");
@@ -173,14 +169,14 @@ fn host_rootfs_workload_with_volume_moves() {
     let criu = Criu::detect().unwrap();
     let images = tmp.path().join("images");
     wls.checkpoint(&criu, &name, &CheckpointOptions::new(&images)).unwrap();
-    let at_dump = counts(&volume.join("count.log"));
+    let at_dump = testbed::read_counts(&volume.join("count.log"));
     let cp = Checkpoint::open(&images, &criu).unwrap();
     let spec = RestoreSpec { name: name.clone(), netns: format!("hs-{name}-b"), service_net: ServiceNet::MoveFrom(format!("hs-{name}")), timeout: Duration::from_secs(60) };
     let (restored, _) = wls.restore(&criu, &cp, &spec).unwrap();
     assert!(restored.is_running() && netns::has_service_if(&format!("hs-{name}-b")));
     assert!(!netns::exists(&format!("hs-{name}")), "same workload, new home: the old namespace is gone");
     std::thread::sleep(Duration::from_millis(300));
-    let after = counts(&volume.join("count.log"));
+    let after = testbed::read_counts(&volume.join("count.log"));
     assert!(after.len() > at_dump.len() + 3);
     assert_eq!(after, (1..=after.len() as u64).collect::<Vec<_>>());
     wls.stop(&name).unwrap();
