@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use hotspot_node::criu::Criu;
@@ -37,15 +38,18 @@ fn host_counter_continues_in_a_new_namespace() {
     let w = wls
         .start(&StartOptions {
             name: a.clone(),
-            command: vec!["sh".into(), "-c".into(), "i=0; while :; do i=$((i+1)); echo $i >> count.log; sleep 0.02; done".into()],
+            // Holds an flock for its whole life: CRIU must carry it (--file-locks).
+            command: vec!["sh".into(), "-c".into(), "exec 9>>lock; flock -x 9; i=0; while :; do i=$((i+1)); echo $i >> count.log; sleep 0.02; done".into()],
             volume: Some(volume.clone()),
             ..Default::default()
         })
         .unwrap();
     let pid = w.pid().unwrap();
+    let lock_is_held = || !Command::new("flock").args(["-n", "-x"]).arg(volume.join("lock")).arg("true").status().unwrap().success();
     assert_eq!(inner_pid(pid), "1", "the workload is PID 1 of its own namespace");
     assert_ne!(ns_inode(Path::new(&format!("/proc/{pid}/ns/net"))), ns_inode(Path::new("/proc/self/ns/net")));
     std::thread::sleep(Duration::from_millis(300));
+    assert!(lock_is_held(), "the workload holds its lock");
 
     let criu = Criu::detect().unwrap();
     let images = tmp.path().join("images");
@@ -61,6 +65,7 @@ fn host_counter_continues_in_a_new_namespace() {
     let spec = RestoreSpec { name: b.clone(), netns: format!("hs-{b}"), service_net: ServiceNet::Present, timeout: Duration::from_secs(60) };
     let (restored, outcome) = wls.restore(&criu, &cp, &spec).unwrap();
     assert!(restored.is_running());
+    assert!(lock_is_held(), "the restored workload holds its lock again");
     assert_eq!(inner_pid(outcome.pid), "1");
     assert_eq!(ns_inode(Path::new(&format!("/proc/{}/ns/net", outcome.pid))), ns_inode(&netns::path(&format!("hs-{b}"))), "restored into namespace B");
     std::thread::sleep(Duration::from_millis(300));
