@@ -9,6 +9,9 @@
 //! instead restarted and reloads the same dataset from its RDB file (SAVE beforehand, not
 //! timed; the client must reconnect, and writes since the SAVE would be lost).
 //!
+//! Also one post-copy move per dataset (lazy pages: restore first, memory faulted in from the
+//! frozen source afterwards), printed on its own line and not part of the last line.
+//!
 //! Last line: `checkpoint gap_ms_64m=<n> gap_ms_1g=<n> image_mb_1g=<n>`.
 
 use std::net::SocketAddr;
@@ -67,6 +70,45 @@ fn ask(client_ns: &str, addr: SocketAddr, args: &'static [&'static [u8]]) -> std
     .map_err(|e| std::io::Error::other(e.to_string()))?
 }
 
+/// One post-copy move (not in the last line): the dump freezes redis and serves its memory;
+/// the target restores at once and faults pages in through `criu lazy-pages`.
+#[allow(clippy::too_many_arguments)]
+fn post_copy_run(criu: &Criu, wls: &Workloads, label: &str, name: &str, client_ns: &str, addr: SocketAddr, (from, to): (&String, &String), tmp: &Path) {
+    if criu.capabilities().lazy_pages != hotspot_node::criu::LazyPages::Available {
+        eprintln!("[{label}] post-copy skipped: {:?}", criu.capabilities().lazy_pages.hint());
+        return;
+    }
+    let client = PipeliningClient::start(Some(client_ns), addr, Duration::from_millis(2), "lazy").expect("client");
+    assert!(client.wait_batches(50, Duration::from_secs(30)), "client runs before the dump");
+    if !netns::exists(to) {
+        netns::create(to).expect("target netns");
+    }
+    let images = tmp.join("images-lazy");
+    let server: SocketAddr = format!("127.0.0.1:{}", 28000 + std::process::id() % 1000).parse().unwrap();
+    let t0 = Instant::now();
+    let (_, lazy) = wls.checkpoint_lazy(criu, name, &images, server).expect("lazy checkpoint");
+    let ready = t0.elapsed();
+    let daemon = criu.lazy_pages_daemon(&images, &wls.restore_work_dir(name), server, lazy.netns()).expect("lazy-pages daemon");
+    let cp = Checkpoint::open(&images, criu).expect("open checkpoint");
+    let spec = RestoreSpec { name: name.into(), netns: to.clone(), service_net: ServiceNet::MoveFrom(from.clone()), timeout: Duration::from_secs(600) };
+    let (_, outcome) = wls.restore(criu, &cp, &spec).expect("lazy restore");
+    assert!(client.wait_batches(50, Duration::from_secs(60)), "client answered after the restore");
+    daemon.finish(Duration::from_secs(600)).expect("lazy-pages daemon");
+    lazy.finish(Duration::from_secs(600)).expect("lazy dump");
+    let all_pages = t0.elapsed();
+    let report = client.finish();
+    assert_eq!(report.error, None, "client must not need a reconnect");
+    report.incr_sequence_ok().expect("INCR sequence continuous");
+    println!(
+        "{label:>4}: post-copy: frozen-to-serving {:.0} ms, restore {:.0} ms, client gap {:.0} ms, all pages moved {:.0} ms after the freeze",
+        ready.as_secs_f64() * 1e3,
+        outcome.elapsed.as_secs_f64() * 1e3,
+        report.max_stall.as_secs_f64() * 1e3,
+        all_pages.as_secs_f64() * 1e3
+    );
+    std::fs::remove_dir_all(&images).ok();
+}
+
 fn bench_size(criu: &Criu, label: &str, bytes: u64, runs: usize, subnet: u32) -> (Vec<Run>, f64) {
     let id = std::process::id();
     let tmp = tempfile::tempdir_in("/var/tmp").expect("tempdir");
@@ -91,6 +133,10 @@ fn bench_size(criu: &Criu, label: &str, bytes: u64, runs: usize, subnet: u32) ->
         let client = PipeliningClient::start(Some(&client_ns), addr, Duration::from_millis(2), &format!("run{run}")).expect("client");
         assert!(client.wait_batches(50, Duration::from_secs(30)), "client runs before the dump");
         let images = tmp.path().join(format!("images-{run}"));
+        // The target prepares its namespace before the source freezes, as a migration would.
+        if !netns::exists(to) {
+            netns::create(to).expect("target netns");
+        }
         let cp = wls.checkpoint(criu, &name, &CheckpointOptions::new(&images)).expect("checkpoint");
         let stats = cp.stats.clone().expect("dump stats");
         let cp = Checkpoint::open(&images, criu).expect("open checkpoint");
@@ -114,6 +160,8 @@ fn bench_size(criu: &Criu, label: &str, bytes: u64, runs: usize, subnet: u32) ->
         std::fs::remove_dir_all(&images).ok();
         results.push(r);
     }
+
+    post_copy_run(criu, &wls, label, &name, &client_ns, addr, (&homes[runs % 2], &homes[(runs + 1) % 2]), tmp.path());
 
     // Baseline: restart from an RDB instead of migrating.
     match ask(&client_ns, addr, &[b"SAVE"]) {

@@ -168,7 +168,8 @@ impl Workloads {
         require_root()?;
         validate_name(&spec.name)?;
         if let Ok(existing) = self.get(&spec.name) {
-            if existing.is_running() || existing.record.name != cp.meta.workload.name {
+            // Only the checkpointed workload itself may be restored over its own record.
+            if existing.is_running() || spec.name != cp.meta.workload.name {
                 return Err(WorkloadError::NameTaken(spec.name.clone()));
             }
         }
