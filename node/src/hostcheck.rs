@@ -164,7 +164,9 @@ pub fn run_checks() -> Report {
                     last_meaningful_line(&text),
                     (!passed).then_some("see `criu check` output; kernel lacks a feature CRIU needs"),
                 ));
-                memory_tracking = run(&path, &["check", "--feature", "mem_dirty_track"]).is_some_and(|(ok, _)| ok);
+                // The same probe the CRIU driver runs before it picks dump and restore modes.
+                let caps = crate::criu::Criu::at(path.clone()).ok().map(|c| c.capabilities().clone());
+                memory_tracking = caps.as_ref().is_some_and(|c| c.memory_tracking);
                 checks.push(check(
                     "soft-dirty tracking",
                     if memory_tracking { Status::Ok } else { Status::Warn },
@@ -175,18 +177,16 @@ pub fn run_checks() -> Report {
                     },
                     (!memory_tracking).then_some("optional: a kernel with CONFIG_MEM_SOFT_DIRTY=y"),
                 ));
-                let uffd = run(&path, &["check", "--feature", "uffd-noncoop"]).is_some_and(|(ok, _)| ok);
+                let lazy = caps.map(|c| c.lazy_pages).unwrap_or(crate::criu::LazyPages::NoUserfaultfd);
+                lazy_pages = lazy == crate::criu::LazyPages::Available;
                 let pipe_max: u64 = read_trimmed("/proc/sys/fs/pipe-max-size").and_then(|s| s.parse().ok()).unwrap_or(0);
-                lazy_pages = uffd && pipe_max >= LAZY_PAGES_PIPE_SIZE;
-                let (detail, hint) = match (uffd, pipe_max >= LAZY_PAGES_PIPE_SIZE) {
-                    (true, true) => (format!("userfaultfd ok, fs.pipe-max-size={pipe_max}"), None),
-                    (true, false) => (
-                        format!("userfaultfd ok, but fs.pipe-max-size={pipe_max} < {LAZY_PAGES_PIPE_SIZE}"),
-                        Some("enable post-copy with: sysctl -w fs.pipe-max-size=4194304"),
-                    ),
-                    (false, _) => ("kernel lacks non-cooperative userfaultfd".to_string(), Some("optional: post-copy needs userfaultfd")),
+                let detail = match &lazy {
+                    crate::criu::LazyPages::Available => format!("userfaultfd ok, fs.pipe-max-size={pipe_max}"),
+                    crate::criu::LazyPages::PipeTooSmall { .. } => format!("userfaultfd ok, but fs.pipe-max-size={pipe_max} < {LAZY_PAGES_PIPE_SIZE}"),
+                    crate::criu::LazyPages::NoUserfaultfd => "kernel lacks non-cooperative userfaultfd".to_string(),
                 };
-                checks.push(check("lazy-pages (post-copy)", if lazy_pages { Status::Ok } else { Status::Warn }, detail, hint));
+                let hint = lazy.hint().map(|h| format!("optional: {h}"));
+                checks.push(Check { name: "lazy-pages (post-copy)", status: if lazy_pages { Status::Ok } else { Status::Warn }, detail, hint });
             }
         }
     }

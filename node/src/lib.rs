@@ -6,6 +6,7 @@
 //! - [`observability`]: tracing subscriber set-up.
 //! - [`criu`]: the CRIU driver (dump, restore, network lock).
 //! - [`workload`]: namespaced workloads, their records, checkpoint and restore.
+//! - [`testbed`]: real-process fixtures (cleanup guard, pipelining redis client) for host tests and benches.
 
 pub mod hostcheck;
 pub mod journal;
@@ -16,3 +17,4 @@ pub mod criu;
 pub mod workload;
 pub mod mesh;
 pub mod daemon;
+pub mod testbed;

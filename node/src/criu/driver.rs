@@ -77,8 +77,29 @@ impl Criu {
         let dir = &opts.image_dir;
         std::fs::create_dir_all(dir).map_err(io_err("create image dir", dir))?;
         if let Some(PageServer::Lazy(_)) = opts.page_server {
-            self.require_lazy_pages()?;
+            // A lazy dump only returns once the target fetched every page.
+            return Err(CriuError::Unsupported { feature: "lazy pages in a blocking dump", hint: "use Criu::dump_lazy".into() });
         }
+        let cmd = self.dump_command(opts)?;
+        let start = Instant::now();
+        self.finish("dump", cmd, dir.join(DUMP_LOG), opts.timeout)?;
+        let elapsed = start.elapsed();
+        let mut locked_connections = 0;
+        if !opts.leave_running && opts.tcp_established {
+            if let Some(ns) = &opts.netns {
+                let rules = netlock::capture(ns)?;
+                locked_connections = rules.len() / 2;
+                netlock::save(dir, &rules)?;
+            }
+        }
+        let stats = DumpStats { elapsed, image_bytes: dir_bytes(dir), locked_connections, criu: image::read_dump_stats(dir) };
+        tracing::info!(elapsed_ms = elapsed.as_millis() as u64, bytes = stats.image_bytes, locked_connections, "criu dump done");
+        Ok(stats)
+    }
+
+    /// `criu dump` argv for `opts`, set to run in the workload's network namespace.
+    pub(super) fn dump_command(&self, opts: &DumpOptions) -> Result<Command, CriuError> {
+        let dir = &opts.image_dir;
         let mut cmd = self.command("dump", dir, DUMP_LOG, opts.log_level);
         cmd.arg("-t").arg(opts.pid.to_string()).args(["--network-lock", "iptables"]);
         flag(&mut cmd, opts.leave_running, "--leave-running");
@@ -103,34 +124,25 @@ impl Criu {
         if let Some(ns) = &opts.netns {
             process::in_netns(&mut cmd, ns).map_err(|source| CriuError::Run { action: "dump", source })?;
         }
-        let start = Instant::now();
-        self.finish("dump", cmd, dir.join(DUMP_LOG), opts.timeout)?;
-        let elapsed = start.elapsed();
-        let mut locked_connections = 0;
-        if !opts.leave_running && opts.tcp_established {
-            if let Some(ns) = &opts.netns {
-                let rules = netlock::capture(ns)?;
-                locked_connections = rules.len() / 2;
-                netlock::save(dir, &rules)?;
-            }
-        }
-        let stats = DumpStats { elapsed, image_bytes: dir_bytes(dir), locked_connections, criu: image::read_dump_stats(dir) };
-        tracing::info!(elapsed_ms = elapsed.as_millis() as u64, bytes = stats.image_bytes, locked_connections, "criu dump done");
-        Ok(stats)
+        Ok(cmd)
     }
 
-    fn require_lazy_pages(&self) -> Result<(), CriuError> {
+    pub(super) fn require_lazy_pages(&self) -> Result<(), CriuError> {
         match &self.caps.lazy_pages {
             LazyPages::Available => Ok(()),
             other => Err(CriuError::Unsupported { feature: "lazy-pages (post-copy)", hint: other.hint().unwrap_or_default() }),
         }
     }
 
-    /// Checks that `dir` holds images this CRIU can read, before anything is changed.
-    pub fn check_images(&self, dir: &Path) -> Result<(), CriuError> {
+    /// Checks that `dir` holds images this CRIU can read, before anything is changed;
+    /// with `local_pages`, also that the page files hold every page the maps list.
+    pub fn check_images(&self, dir: &Path, local_pages: bool) -> Result<(), CriuError> {
         let found = image::inventory_version(dir).map_err(|source| CriuError::Image { dir: dir.to_path_buf(), source })?;
         if found > image::SUPPORTED_IMG_VERSION {
             return Err(CriuError::NewerImages { dir: dir.to_path_buf(), found, supported: image::SUPPORTED_IMG_VERSION });
+        }
+        if local_pages {
+            image::verify_pages(dir).map_err(|source| CriuError::Image { dir: dir.to_path_buf(), source })?;
         }
         Ok(())
     }
@@ -140,7 +152,7 @@ impl Criu {
     /// source can restore them again (rollback).
     #[tracing::instrument(skip_all, fields(dir = %opts.image_dir.display()))]
     pub fn restore(&self, opts: &RestoreOptions) -> Result<RestoreOutcome, CriuError> {
-        self.check_images(&opts.image_dir)?;
+        self.check_images(&opts.image_dir, !opts.lazy_pages)?;
         if opts.lazy_pages {
             self.require_lazy_pages()?;
         }

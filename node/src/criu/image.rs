@@ -13,6 +13,11 @@ const IMG_COMMON_MAGIC: u32 = 0x5456_4319;
 const IMG_SERVICE_MAGIC: u32 = 0x5510_5940;
 const INVENTORY_MAGIC: u32 = 0x5831_3116;
 const STATS_MAGIC: u32 = 0x5709_3306;
+const PAGEMAP_MAGIC: u32 = 0x5608_4025;
+const PAGE_SIZE: u64 = 4096;
+/// pagemap_entry flags (criu/include/pagemap.h).
+const PE_PARENT: u64 = 1 << 0;
+const PE_PRESENT: u64 = 1 << 2;
 
 /// Newest image layout this driver was tested with (`CRTOOLS_IMAGES_V1_1`).
 pub const SUPPORTED_IMG_VERSION: u32 = 2;
@@ -25,6 +30,8 @@ pub enum ImageError {
     BadMagic { path: String, magic: u32 },
     #[error("{path} is truncated or corrupt")]
     Corrupt { path: String },
+    #[error("{pages} holds {found} bytes but {pagemap} lists {expected}: the images are truncated or corrupt")]
+    PagesSize { pages: String, pagemap: String, found: u64, expected: u64 },
 }
 
 /// Reads the first entry of an image file after checking its magic.
@@ -90,7 +97,8 @@ enum Field<'a> {
 }
 
 fn varint_field(fields: &[(u32, Field<'_>)], num: u32) -> Option<u64> {
-    fields.iter().find_map(|(n, f)| match (n, f) {
+    // Protobuf: the last occurrence of a scalar field wins.
+    fields.iter().rev().find_map(|(n, f)| match (n, f) {
         (n, Field::Varint(v)) if *n == num => Some(*v),
         _ => None,
     })
@@ -109,6 +117,64 @@ pub fn inventory_version(image_dir: &Path) -> Result<u32, ImageError> {
     let entry = first_entry(&path, INVENTORY_MAGIC)?;
     let f = fields(&entry).ok_or_else(|| ImageError::Corrupt { path: path.display().to_string() })?;
     varint_field(&f, 1).map(|v| v as u32).ok_or(ImageError::Corrupt { path: path.display().to_string() })
+}
+
+/// All entries of an image file (after its magic), each a protobuf message.
+fn entries(path: &Path, magic: u32) -> Result<Vec<Vec<u8>>, ImageError> {
+    let p = || path.display().to_string();
+    let first = first_entry(path, magic)?;
+    let data = std::fs::read(path).map_err(|source| ImageError::Read { path: p(), source })?;
+    // first_entry validated the header; find where the entries start again.
+    let set = u32::from_le_bytes(data[..4].try_into().unwrap());
+    let mut at = if set == IMG_COMMON_MAGIC || set == IMG_SERVICE_MAGIC { 8 } else { 4 };
+    let mut out = Vec::new();
+    while at < data.len() {
+        let len = data.get(at..at + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()) as usize).ok_or_else(|| ImageError::Corrupt { path: p() })?;
+        out.push(data.get(at + 4..at + 4 + len).ok_or_else(|| ImageError::Corrupt { path: p() })?.to_vec());
+        at += 4 + len;
+    }
+    debug_assert_eq!(out.first(), Some(&first));
+    Ok(out)
+}
+
+/// Checks every `pagemap-*.img` against its `pages-N.img`: the page file must hold exactly
+/// the pages the map says are present. Catches truncated transfers before CRIU restores a
+/// tree from them (a short page file makes CRIU's restorer spin on zero-length reads).
+/// Only for images whose pages were written locally (not to a page server or left lazy).
+pub fn verify_pages(image_dir: &Path) -> Result<(), ImageError> {
+    let rd = std::fs::read_dir(image_dir).map_err(|source| ImageError::Read { path: image_dir.display().to_string(), source })?;
+    for entry in rd.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("pagemap-") || !name.ends_with(".img") || name.starts_with("pagemap-shmem") {
+            continue;
+        }
+        let path = entry.path();
+        let corrupt = || ImageError::Corrupt { path: path.display().to_string() };
+        let all = entries(&path, PAGEMAP_MAGIC)?;
+        let (head, maps) = all.split_first().ok_or_else(corrupt)?;
+        let pages_id = varint_field(&fields(head).ok_or_else(corrupt)?, 1).ok_or_else(corrupt)?;
+        let mut expected = 0u64;
+        for m in maps {
+            let f = fields(m).ok_or_else(corrupt)?;
+            let nr = varint_field(&f, 5).or_else(|| varint_field(&f, 2)).ok_or_else(corrupt)?;
+            let flags = varint_field(&f, 4).unwrap_or(if varint_field(&f, 3) == Some(1) { PE_PARENT } else { PE_PRESENT });
+            // PE_LAZY only says a page *may* be fetched lazily; a local dump still writes it.
+            if flags & PE_PRESENT != 0 && flags & PE_PARENT == 0 {
+                expected += nr * PAGE_SIZE;
+            }
+        }
+        let pages = image_dir.join(format!("pages-{pages_id}.img"));
+        let found = std::fs::metadata(&pages).map(|m| m.len()).unwrap_or(0);
+        if found != expected {
+            return Err(ImageError::PagesSize {
+                pages: pages.display().to_string(),
+                pagemap: path.display().to_string(),
+                found,
+                expected,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Timings CRIU records about a dump (`stats-dump`), microseconds and pages.

@@ -20,6 +20,7 @@
 
 mod driver;
 pub mod image;
+mod lazy;
 pub mod netlock;
 mod options;
 pub(crate) mod process;
@@ -30,6 +31,7 @@ use std::time::Duration;
 
 pub use driver::{DumpStats, RestoreOutcome};
 pub use image::{CriuDumpStats, CriuRestoreStats};
+pub use lazy::{LazyDump, LazyPagesDaemon};
 pub use options::{DumpOptions, PageServer, RestoreOptions};
 
 use crate::hostcheck;

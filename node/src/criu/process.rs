@@ -62,7 +62,9 @@ pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Result<Output, RunEr
 /// [`run_bounded`], feeding `input` on stdin (small inputs: written before waiting).
 pub fn run_with_input(cmd: &mut Command, input: Option<&[u8]>, timeout: Duration) -> Result<Output, RunError> {
     let program = cmd.get_program().to_string_lossy().into_owned();
+    // Its own process group, so a timeout kills helpers it forked too.
     let mut child = cmd
+        .process_group(0)
         .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -85,9 +87,16 @@ pub fn run_with_input(cmd: &mut Command, input: Option<&[u8]>, timeout: Duration
     let result = match rx.recv_timeout(timeout) {
         Ok(r) => r,
         Err(_) => {
-            // SAFETY: plain kill(2) of our own, not yet reaped child.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            let _ = waiter.join();
+            // SAFETY: kill(2) of the process group of our own, not yet reaped child.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+            // The waiter ends once the output pipes close. A descendant that left the group
+            // (setsid) may keep them open: then the thread is left to finish on its own
+            // rather than blocking the caller past its deadline.
+            if rx.recv_timeout(Duration::from_secs(5)).is_ok() {
+                let _ = waiter.join();
+            } else {
+                tracing::warn!(%program, "a descendant of a killed helper still holds its output pipes");
+            }
             return Err(RunError::TimedOut { program, after: timeout });
         }
     };

@@ -5,6 +5,7 @@
 //! ([`crate::criu::netlock::RULES_FILE`]) and our metadata ([`CHECKPOINT_META`]): the source
 //! workload's record, versioned, so a target knows the address, volume and rootfs to set up.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -12,14 +13,16 @@ use serde::{Deserialize, Serialize};
 
 use super::cgroup::Cgroup;
 use super::{netns, now_ms, record, require_root, validate_name, Undo, Workload, WorkloadError, WorkloadKind, WorkloadRecord, Workloads};
-use crate::criu::{netlock, Criu, DumpOptions, DumpStats, PageServer, RestoreOptions, RestoreOutcome};
+use crate::criu::{netlock, Criu, DumpOptions, DumpStats, LazyDump, PageServer, RestoreOptions, RestoreOutcome};
 
 /// Metadata file written next to CRIU's images.
 pub const CHECKPOINT_META: &str = "hotspot-checkpoint.json";
 /// Current metadata format; a newer one is refused before CRIU is run.
 pub const CHECKPOINT_FORMAT: u32 = 1;
-/// Name CRIU knows the volume bind mount by (rootfs workloads).
+/// Names CRIU knows the host bind mounts of a rootfs workload by (volume, /dev/null): external
+/// mounts, re-bound from this host's paths on restore.
 const VOLUME_EXT: &str = "hotspot-volume";
+const DEV_NULL_EXT: &str = "hotspot-devnull";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CheckpointMeta {
@@ -27,6 +30,9 @@ pub struct CheckpointMeta {
     pub workload: WorkloadRecord,
     pub criu_version: String,
     pub leave_running: bool,
+    /// Pages went to a page server or stay behind a lazy-pages server (not in this dir).
+    #[serde(default)]
+    pub remote_pages: bool,
     pub created_unix_ms: u64,
 }
 
@@ -71,7 +77,7 @@ impl Checkpoint {
         }
         let meta: CheckpointMeta = serde_json::from_slice(&text).map_err(|e| bad(format!("{CHECKPOINT_META}: {e}")))?;
         validate_name(&meta.workload.name)?;
-        criu.check_images(dir)?;
+        criu.check_images(dir, !meta.remote_pages)?;
         Ok(Checkpoint { dir: dir.to_path_buf(), meta, stats: None })
     }
 }
@@ -102,28 +108,47 @@ impl Workloads {
     #[tracing::instrument(skip_all, fields(workload = %name, dir = %opts.image_dir.display()))]
     pub fn checkpoint(&self, criu: &Criu, name: &str, opts: &CheckpointOptions) -> Result<Checkpoint, WorkloadError> {
         require_root()?;
-        let mut w = self.get(name)?;
+        let w = self.get(name)?;
         if !w.is_running() {
             return Err(WorkloadError::NotRunning { name: name.into(), console: Some(self.console_log(name)) });
         }
         if let WorkloadKind::Runc { id, .. } = w.record.kind.clone() {
+            let mut w = w;
             return super::runc::checkpoint(self, &mut w, id, opts, criu);
         }
-        let mut dump = DumpOptions::new(w.pid().unwrap_or(0), &opts.image_dir);
-        dump.leave_running = opts.leave_running;
-        dump.netns = Some(w.netns_path());
-        dump.freeze_cgroup = w.cgroup().freezer();
-        dump.page_server = opts.page_server;
-        dump.timeout = opts.timeout;
-        if w.record.rootfs.is_some() && w.record.volume.is_some() {
-            dump.external.push(format!("mnt[/volume]:{VOLUME_EXT}"));
+        if let Some(PageServer::Lazy(_)) = opts.page_server {
+            return Err(crate::criu::CriuError::Unsupported { feature: "lazy pages in a blocking checkpoint", hint: "use Workloads::checkpoint_lazy".into() }.into());
         }
+        let dump = dump_options(&w, opts);
         let stats = criu.dump(&dump)?;
+        self.after_dump(criu, w, opts, Some(stats))
+    }
+
+    /// Post-copy checkpoint: returns once the workload is frozen and its memory is served at
+    /// `address`; restore the checkpoint (it is marked as having remote pages) with a
+    /// [`Criu::lazy_pages_daemon`] running, then call [`LazyDump::finish`].
+    pub fn checkpoint_lazy(&self, criu: &Criu, name: &str, image_dir: &Path, address: SocketAddr) -> Result<(Checkpoint, LazyDump), WorkloadError> {
+        require_root()?;
+        let w = self.get(name)?;
+        if !w.is_running() {
+            return Err(WorkloadError::NotRunning { name: name.into(), console: Some(self.console_log(name)) });
+        }
+        if let WorkloadKind::Runc { .. } = w.record.kind {
+            return Err(crate::criu::CriuError::Unsupported { feature: "post-copy of runc containers", hint: "use checkpoint".into() }.into());
+        }
+        let mut opts = CheckpointOptions::new(image_dir);
+        opts.page_server = Some(PageServer::Lazy(address));
+        let lazy = criu.dump_lazy(&dump_options(&w, &opts), address)?;
+        Ok((self.after_dump(criu, w, &opts, None)?, lazy))
+    }
+
+    fn after_dump(&self, criu: &Criu, mut w: Workload, opts: &CheckpointOptions, stats: Option<DumpStats>) -> Result<Checkpoint, WorkloadError> {
         let meta = CheckpointMeta {
             format: CHECKPOINT_FORMAT,
             workload: w.record.clone(),
             criu_version: criu.version_string(),
             leave_running: opts.leave_running,
+            remote_pages: opts.page_server.is_some(),
             created_unix_ms: now_ms(),
         };
         write_meta(&opts.image_dir, &meta)?;
@@ -131,7 +156,7 @@ impl Workloads {
             w.record.pid = None;
             self.save(&w.record)?;
         }
-        Ok(Checkpoint { dir: opts.image_dir.clone(), meta, stats: Some(stats) })
+        Ok(Checkpoint { dir: opts.image_dir.clone(), meta, stats })
     }
 
     /// Restores a checkpoint as workload `spec.name` in namespace `spec.netns`: service
@@ -143,7 +168,8 @@ impl Workloads {
         require_root()?;
         validate_name(&spec.name)?;
         if let Ok(existing) = self.get(&spec.name) {
-            if existing.is_running() || existing.record.name != cp.meta.workload.name {
+            // Only the checkpointed workload itself may be restored over its own record.
+            if existing.is_running() || spec.name != cp.meta.workload.name {
                 return Err(WorkloadError::NameTaken(spec.name.clone()));
             }
         }
@@ -173,13 +199,17 @@ impl Workloads {
             let cg_rel = format!("hotspot/{}", spec.name);
             let cg = Cgroup::create(&cg_rel)?;
             let mut opts = RestoreOptions::new(&cp.dir);
-            opts.work_dir = Some(self.state_dir.join("criu").join(&spec.name));
+            opts.work_dir = Some(self.restore_work_dir(&spec.name));
             opts.netns = Some(target.clone());
             opts.root = src.rootfs.clone().unwrap_or_else(|| PathBuf::from("/"));
             opts.cgroup_root = Some(format!("/{cg_rel}"));
             opts.timeout = spec.timeout;
-            if let (Some(_), Some(vol)) = (&src.rootfs, &src.volume) {
-                opts.external.push(format!("mnt[{VOLUME_EXT}]:{}", vol.display()));
+            opts.lazy_pages = cp.meta.remote_pages;
+            if src.rootfs.is_some() {
+                opts.external.push(format!("mnt[{DEV_NULL_EXT}]:/dev/null"));
+                if let Some(vol) = &src.volume {
+                    opts.external.push(format!("mnt[{VOLUME_EXT}]:{}", vol.display()));
+                }
             }
             match criu.restore(&opts) {
                 Ok(out) => Ok((cg_rel, out)),
@@ -219,6 +249,11 @@ impl Workloads {
         Ok((Workload { record: rec }, outcome))
     }
 
+    /// Where CRIU's restore log and pidfile (and a lazy-pages daemon's socket) go for `name`.
+    pub fn restore_work_dir(&self, name: &str) -> PathBuf {
+        self.state_dir.join("criu").join(name)
+    }
+
     /// Restores `target` as `spec`; if that fails, restores `source` (the same workload's
     /// intact images on this host) back into its own namespace and reports
     /// [`WorkloadError::RolledBack`].
@@ -254,6 +289,22 @@ impl Workloads {
         record::remove(&self.state_dir, name)?;
         Ok(())
     }
+}
+
+fn dump_options(w: &Workload, opts: &CheckpointOptions) -> DumpOptions {
+    let mut dump = DumpOptions::new(w.pid().unwrap_or(0), &opts.image_dir);
+    dump.leave_running = opts.leave_running;
+    dump.netns = Some(w.netns_path());
+    dump.freeze_cgroup = w.cgroup().freezer();
+    dump.page_server = opts.page_server;
+    dump.timeout = opts.timeout;
+    if w.record.rootfs.is_some() {
+        dump.external.push(format!("mnt[/dev/null]:{DEV_NULL_EXT}"));
+        if w.record.volume.is_some() {
+            dump.external.push(format!("mnt[/volume]:{VOLUME_EXT}"));
+        }
+    }
+    dump
 }
 
 pub(super) fn write_meta(dir: &Path, meta: &CheckpointMeta) -> Result<(), WorkloadError> {

@@ -120,6 +120,7 @@ pub(super) fn checkpoint(
         workload: w.record.clone(),
         criu_version: criu.version_string(),
         leave_running: opts.leave_running,
+        remote_pages: false,
         created_unix_ms: now_ms(),
     };
     write_meta(dir, &meta)?;

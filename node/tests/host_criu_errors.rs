@@ -1,0 +1,211 @@
+//! Failures with real CRIU: a corrupt image rolls back to the source; bad input (unknown or
+//! exited workloads, missing CRIU, images from a newer format, CLI misuse) gets a clear error.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use hotspot_node::criu::{Criu, CriuError};
+use hotspot_node::testbed::{self, Cleanup};
+use hotspot_node::workload::{netns, Checkpoint, CheckpointOptions, RestoreSpec, ServiceNet, StartOptions, WorkloadError, Workloads, CHECKPOINT_META};
+use hotspot_node::testing;
+
+const NODE: &str = env!("CARGO_BIN_EXE_hotspot-node");
+
+fn counter(name: &str, volume: &Path, address: Option<&str>) -> StartOptions {
+    StartOptions {
+        name: name.into(),
+        command: vec!["sh".into(), "-c".into(), "i=0; while :; do i=$((i+1)); echo $i >> count.log; sleep 0.02; done".into()],
+        volume: Some(volume.into()),
+        address: address.map(|a| a.parse().unwrap()),
+        ..Default::default()
+    }
+}
+
+fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir).unwrap().flatten().map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap())).collect()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn host_corrupt_image_restore_rolls_back_to_the_source() {
+    if !testing::require_migration_host("host_corrupt_image_restore_rolls_back_to_the_source") {
+        return;
+    }
+    let id = std::process::id();
+    let tmp = tempfile::tempdir().unwrap();
+    let wls = Workloads::new(tmp.path().join("state"));
+    let (a, b) = (format!("rb-a-{id}"), format!("rb-b-{id}"));
+    let mut guard = Cleanup::new(wls.clone());
+    guard.names.extend([a.clone(), b.clone()]);
+    guard.netns.extend([format!("hs-{a}"), format!("hs-{b}")]);
+    let volume = tmp.path().join("vol");
+    std::fs::create_dir(&volume).unwrap();
+    let addr = format!("10.77.{}.2/24", 100 + id % 100);
+    wls.start(&counter(&a, &volume, Some(&addr))).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+
+    let criu = Criu::detect().unwrap();
+    let (src_dir, dst_dir) = (tmp.path().join("source-images"), tmp.path().join("target-images"));
+    wls.checkpoint(&criu, &a, &CheckpointOptions::new(&src_dir)).unwrap();
+    let before = snapshot(&src_dir);
+    let at_dump = testbed::read_counts(&volume.join("count.log"));
+    // The "transferred" copy arrives damaged: the task's core image is cut short.
+    copy_dir(&src_dir, &dst_dir);
+    let core = std::fs::read_dir(&dst_dir).unwrap().flatten().find(|e| e.file_name().to_string_lossy().starts_with("core-")).unwrap().path();
+    let len = std::fs::metadata(&core).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&core).unwrap().set_len(len / 2).unwrap();
+
+    let source = Checkpoint::open(&src_dir, &criu).unwrap();
+    let target = Checkpoint::open(&dst_dir, &criu).unwrap();
+    let spec = RestoreSpec { name: b.clone(), netns: format!("hs-{b}"), service_net: ServiceNet::MoveFrom(format!("hs-{a}")), timeout: Duration::from_secs(60) };
+    let err = wls.restore_or_roll_back(&criu, &target, &spec, &source).unwrap_err();
+    let WorkloadError::RolledBack { pid, cause } = &err else { panic!("expected a rollback, got {err}") };
+    let WorkloadError::Criu(CriuError::Failed { log, last_errors, .. }) = cause.as_ref() else { panic!("cause: {cause}") };
+    assert!(log.exists() && !last_errors.is_empty(), "the error carries CRIU's log {log:?} and its last lines");
+    assert!(err.to_string().contains(&log.display().to_string()), "{err}");
+
+    let w = wls.get(&a).unwrap();
+    assert!(w.is_running() && w.pid() == Some(*pid), "the source workload runs again");
+    assert!(netns::has_service_if(&format!("hs-{a}")), "the address is back on the source");
+    assert!(!netns::exists(&format!("hs-{b}")), "the half-made target namespace is gone");
+    assert!(wls.get(&b).is_err(), "no record for the failed target");
+    std::thread::sleep(Duration::from_millis(300));
+    let after = testbed::read_counts(&volume.join("count.log"));
+    assert!(after.len() > at_dump.len() + 3);
+    assert_eq!(after, (1..=after.len() as u64).collect::<Vec<_>>(), "it resumed where it stopped");
+    for (name, data) in &before {
+        assert_eq!(std::fs::read(src_dir.join(name)).unwrap(), *data, "source image {name} is intact");
+    }
+}
+
+#[test]
+fn host_bad_input_gets_clear_errors() {
+    if !testing::require_migration_host("host_bad_input_gets_clear_errors") {
+        return;
+    }
+    let id = std::process::id();
+    let tmp = tempfile::tempdir().unwrap();
+    let wls = Workloads::new(tmp.path().join("state"));
+    let (live, gone) = (format!("bad-live-{id}"), format!("bad-gone-{id}"));
+    let mut guard = Cleanup::new(wls.clone());
+    guard.names.extend([live.clone(), gone.clone()]);
+    guard.netns.extend([format!("hs-{live}"), format!("hs-{gone}")]);
+    let criu = Criu::detect().unwrap();
+    let images = tmp.path().join("images");
+
+    // Unknown workload.
+    let err = wls.checkpoint(&criu, "no-such-workload", &CheckpointOptions::new(&images)).unwrap_err();
+    assert!(matches!(err, WorkloadError::Unknown(_)), "{err}");
+
+    // A workload that already exited.
+    wls.start(&StartOptions { name: gone.clone(), command: vec!["true".into()], ..Default::default() }).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let err = wls.checkpoint(&criu, &gone, &CheckpointOptions::new(&images)).unwrap_err();
+    assert!(matches!(err, WorkloadError::NotRunning { .. }), "{err}");
+    assert!(err.to_string().contains("exited"), "{err}");
+    wls.stop(&gone).unwrap();
+
+    // Missing criu, through the real binary with HOTSPOT_CRIU pointing nowhere.
+    let volume = tmp.path().join("vol");
+    std::fs::create_dir(&volume).unwrap();
+    wls.start(&counter(&live, &volume, None)).unwrap();
+    let out = Command::new(NODE)
+        .env("HOTSPOT_CRIU", "/nonexistent/criu")
+        .args(["workload", "--state-dir"])
+        .arg(wls.state_dir())
+        .args(["checkpoint", &live, "--images"])
+        .arg(&images)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("criu not found") && stderr.contains("/nonexistent/criu"), "{stderr}");
+    assert!(wls.get(&live).unwrap().is_running(), "a missing criu changes nothing");
+    assert!(matches!(Criu::at("/nonexistent/criu".into()), Err(CriuError::NotFound { .. })));
+
+    // Images from a newer format: our metadata, then CRIU's own inventory.
+    wls.checkpoint(&criu, &live, &CheckpointOptions { leave_running: true, ..CheckpointOptions::new(&images) }).unwrap();
+    assert!(wls.get(&live).unwrap().is_running(), "--leave-running keeps it running");
+    Checkpoint::open(&images, &criu).unwrap();
+    let meta_path = images.join(CHECKPOINT_META);
+    let original = std::fs::read(&meta_path).unwrap();
+    let mut meta: serde_json::Value = serde_json::from_slice(&original).unwrap();
+    meta["format"] = 7.into();
+    std::fs::write(&meta_path, meta.to_string()).unwrap();
+    let err = Checkpoint::open(&images, &criu).unwrap_err();
+    assert!(err.to_string().contains("newer"), "{err}");
+    std::fs::write(&meta_path, &original).unwrap();
+    // A truncated page file is refused before CRIU runs (CRIU itself would spin on it).
+    let pages = std::fs::read_dir(&images).unwrap().flatten().find(|e| e.file_name().to_string_lossy().starts_with("pages-")).unwrap().path();
+    let page_data = std::fs::read(&pages).unwrap();
+    std::fs::write(&pages, &page_data[..page_data.len() / 2]).unwrap();
+    let err = Checkpoint::open(&images, &criu).unwrap_err();
+    assert!(err.to_string().contains("truncated"), "{err}");
+    std::fs::write(&pages, &page_data).unwrap();
+    Checkpoint::open(&images, &criu).unwrap();
+    // img_version = 3 appended to the inventory entry (the last occurrence of a field wins).
+    let inventory = images.join("inventory.img");
+    let mut inv = std::fs::read(&inventory).unwrap();
+    // inventory.img: u32 magic, u32 entry length, entry.
+    let len = u32::from_le_bytes(inv[4..8].try_into().unwrap());
+    assert_eq!(inv.len(), 8 + len as usize, "one inventory entry");
+    inv[4..8].copy_from_slice(&(len + 2).to_le_bytes());
+    inv.extend([0x08, 0x03]);
+    std::fs::write(&inventory, &inv).unwrap();
+    let err = Checkpoint::open(&images, &criu).unwrap_err();
+    assert!(matches!(err, WorkloadError::Criu(CriuError::NewerImages { found: 3, .. })), "{err}");
+    // Restoring from them is refused before anything changes.
+    let cp = Checkpoint { dir: images.clone(), meta: serde_json::from_slice(&original).unwrap(), stats: None };
+    let spec = RestoreSpec { name: format!("bad-r-{id}"), netns: format!("hs-bad-r-{id}"), service_net: ServiceNet::Present, timeout: Duration::from_secs(30) };
+    assert!(wls.restore(&criu, &cp, &spec).is_err());
+    assert!(!netns::exists(&spec.netns));
+}
+
+#[test]
+fn host_cli_explains_misuse() {
+    if !testing::require_migration_host("host_cli_explains_misuse") {
+        return;
+    }
+    let id = std::process::id();
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let name = format!("cli-{id}");
+    let mut guard = Cleanup::new(Workloads::new(&state));
+    guard.names.push(name.clone());
+    guard.netns.push(format!("hs-{name}"));
+    let node = |args: &[&str]| {
+        let out = Command::new(NODE).arg("workload").arg("--state-dir").arg(&state).args(args).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let (ok, text) = node(&["start", &name, "--", "sleep", "60"]);
+    assert!(ok, "{text}");
+    let (ok, text) = node(&["list"]);
+    assert!(ok && text.contains(&name) && text.contains("running"), "{text}");
+    let (ok, text) = node(&["start", &name, "--", "sleep", "60"]);
+    assert!(!ok && text.contains("already exists"), "name taken: {text}");
+    let (ok, text) = node(&["start", "other", "--", "/no/such/program"]);
+    assert!(!ok && text.contains("not found"), "command missing: {text}");
+    let (ok, text) = node(&["start", "other"]);
+    assert!(!ok && text.contains("CMD"), "no command: {text}");
+    let (ok, text) = node(&["start", "x", "--address", "10.77.0.2", "--", "true"]);
+    assert!(!ok && text.contains("prefix"), "bad address: {text}");
+    let (ok, text) = node(&["stop", "never-started"]);
+    assert!(!ok && text.contains("no workload named"), "{text}");
+    // Not root: the same binary as nobody.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", NODE, "workload", "--state-dir", "/tmp", "start", "x", "--", "true"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && text.contains("root"), "not root: {text}");
+    let (ok, text) = node(&["stop", &name]);
+    assert!(ok, "{text}");
+    assert!(!netns::exists(&format!("hs-{name}")));
+}

@@ -1,0 +1,188 @@
+//! Real CRIU, real namespaces: workloads checkpointed in one network namespace and restored in
+//! another, with and without live TCP clients.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use hotspot_node::criu::Criu;
+use hotspot_node::testbed::{Cleanup, PipeliningClient};
+use hotspot_node::workload::{netns, Checkpoint, CheckpointOptions, RestoreSpec, ServiceNet, StartOptions, Workloads};
+use hotspot_node::{testbed, testing};
+
+fn ns_inode(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().ino()
+}
+
+/// PID inside its own namespace, from the innermost NSpid entry.
+fn inner_pid(pid: i32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status.lines().find(|l| l.starts_with("NSpid:")).and_then(|l| l.split_whitespace().last()).unwrap().to_string()
+}
+
+#[test]
+fn host_counter_continues_in_a_new_namespace() {
+    if !testing::require_migration_host("host_counter_continues_in_a_new_namespace") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let wls = Workloads::new(tmp.path().join("state"));
+    let (a, b) = (format!("cnt-a-{}", std::process::id()), format!("cnt-b-{}", std::process::id()));
+    let mut guard = Cleanup::new(wls.clone());
+    guard.names.extend([a.clone(), b.clone()]);
+    guard.netns.extend([format!("hs-{a}"), format!("hs-{b}")]);
+    let volume = tmp.path().join("vol");
+    std::fs::create_dir(&volume).unwrap();
+    let w = wls
+        .start(&StartOptions {
+            name: a.clone(),
+            // Holds an flock for its whole life: CRIU must carry it (--file-locks).
+            command: vec!["sh".into(), "-c".into(), "exec 9>>lock; flock -x 9; i=0; while :; do i=$((i+1)); echo $i >> count.log; sleep 0.02; done".into()],
+            volume: Some(volume.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+    let pid = w.pid().unwrap();
+    let lock_is_held = || !Command::new("flock").args(["-n", "-x"]).arg(volume.join("lock")).arg("true").status().unwrap().success();
+    assert_eq!(inner_pid(pid), "1", "the workload is PID 1 of its own namespace");
+    assert_ne!(ns_inode(Path::new(&format!("/proc/{pid}/ns/net"))), ns_inode(Path::new("/proc/self/ns/net")));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(lock_is_held(), "the workload holds its lock");
+
+    let criu = Criu::detect().unwrap();
+    let images = tmp.path().join("images");
+    let cp = wls.checkpoint(&criu, &a, &CheckpointOptions::new(&images)).unwrap();
+    let stats = cp.stats.as_ref().unwrap();
+    assert!(stats.image_bytes > 0 && stats.criu.is_some(), "{stats:?}");
+    let at_dump = testbed::read_counts(&volume.join("count.log"));
+    assert!(!wls.get(&a).unwrap().is_running(), "a final dump stops the source");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(testbed::read_counts(&volume.join("count.log")), at_dump, "nothing counts while checkpointed");
+
+    let cp = Checkpoint::open(&images, &criu).unwrap();
+    let spec = RestoreSpec { name: b.clone(), netns: format!("hs-{b}"), service_net: ServiceNet::Present, timeout: Duration::from_secs(60) };
+    let (restored, outcome) = wls.restore(&criu, &cp, &spec).unwrap();
+    assert!(restored.is_running());
+    assert!(lock_is_held(), "the restored workload holds its lock again");
+    assert_eq!(inner_pid(outcome.pid), "1");
+    assert_eq!(ns_inode(Path::new(&format!("/proc/{}/ns/net", outcome.pid))), ns_inode(&netns::path(&format!("hs-{b}"))), "restored into namespace B");
+    std::thread::sleep(Duration::from_millis(300));
+    let after = testbed::read_counts(&volume.join("count.log"));
+    assert!(after.len() > at_dump.len() + 3, "it keeps counting: {} -> {}", at_dump.len(), after.len());
+    let expected: Vec<u64> = (1..=after.len() as u64).collect();
+    assert_eq!(after, expected, "the count continues where it stopped: no restart, gap or repeat");
+    wls.retire(&a).unwrap();
+    assert!(!netns::exists(&format!("hs-{a}")));
+    wls.stop(&b).unwrap();
+    assert!(!netns::exists(&format!("hs-{b}")));
+}
+
+#[test]
+fn host_redis_keeps_its_live_client_across_namespaces() {
+    if !testing::require_migration_host("host_redis_keeps_its_live_client_across_namespaces") {
+        return;
+    }
+    let id = std::process::id();
+    let tmp = tempfile::tempdir().unwrap();
+    let wls = Workloads::new(tmp.path().join("state"));
+    let (a, b, client_ns) = (format!("redis-a-{id}"), format!("redis-b-{id}"), format!("hsc-{id}"));
+    let mut guard = Cleanup::new(wls.clone());
+    guard.names.extend([a.clone(), b.clone()]);
+    guard.netns.extend([format!("hs-{a}"), format!("hs-{b}"), client_ns.clone()]);
+    netns::create(&client_ns).unwrap();
+    let subnet = 100 + id % 100;
+    let server: SocketAddr = format!("10.77.{subnet}.2:6379").parse().unwrap();
+    wls.start(&StartOptions {
+        name: a.clone(),
+        command: ["redis-server", "--port", "6379", "--bind", "0.0.0.0", "--protected-mode", "no", "--save", "", "--appendonly", "no"]
+            .map(String::from)
+            .to_vec(),
+        address: Some(format!("10.77.{subnet}.2/24").parse().unwrap()),
+        uplink_netns: Some(client_ns.clone()),
+        uplink_address: Some(format!("10.77.{subnet}.1/24").parse().unwrap()),
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(testbed::wait_listening(Some(&client_ns), server, Duration::from_secs(10)), "redis came up");
+
+    let client = PipeliningClient::start(Some(&client_ns), server, Duration::from_millis(3), "live").unwrap();
+    assert!(client.wait_batches(50, Duration::from_secs(10)));
+    let criu = Criu::detect().unwrap();
+    let images = tmp.path().join("images");
+    let cp = wls.checkpoint(&criu, &a, &CheckpointOptions::new(&images)).unwrap();
+    assert_eq!(cp.stats.as_ref().unwrap().locked_connections, 1, "the client's connection was locked");
+    let spec = RestoreSpec {
+        name: b.clone(),
+        netns: format!("hs-{b}"),
+        service_net: ServiceNet::MoveFrom(format!("hs-{a}")),
+        timeout: Duration::from_secs(60),
+    };
+    let cp = Checkpoint::open(&images, &criu).unwrap();
+    wls.restore(&criu, &cp, &spec).unwrap();
+    assert!(netns::has_service_if(&format!("hs-{b}")) && !netns::has_service_if(&format!("hs-{a}")), "the address moved");
+    let left = hotspot_node::criu::netlock::capture(&netns::path(&format!("hs-{b}"))).unwrap();
+    assert!(left.is_empty(), "CRIU's restore removed the pre-installed lock: {left:?}");
+    assert!(client.wait_batches(100, Duration::from_secs(10)), "the client keeps being answered");
+    let report = client.finish();
+    assert_eq!(report.error, None, "the client saw no error and needed no reconnect");
+    report.incr_sequence_ok().unwrap();
+    assert!(report.incrs.len() > 150);
+    assert_eq!(report.dbsize, Some(report.sets_acked as i64 + 1), "DBSIZE: every acknowledged key plus the counter");
+    eprintln!("client: {} batches, longest stall {:?}", report.incrs.len(), report.max_stall);
+    wls.retire(&a).unwrap();
+}
+
+#[test]
+fn host_rootfs_workload_with_volume_moves() {
+    if !testing::require_migration_host("host_rootfs_workload_with_volume_moves") {
+        return;
+    }
+    let busybox = hotspot_node::hostcheck::find_program("busybox").expect("busybox-static is installed by scripts/install-deps");
+    let id = std::process::id();
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = tmp.path().join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    std::fs::create_dir_all(rootfs.join("proc")).unwrap();
+    std::fs::copy(&busybox, rootfs.join("bin/busybox")).unwrap();
+    for applet in ["sh", "sleep", "cat"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+    }
+    let volume = tmp.path().join("vol");
+    std::fs::create_dir(&volume).unwrap();
+    let wls = Workloads::new(tmp.path().join("state"));
+    let name = format!("rootfs-{id}");
+    let mut guard = Cleanup::new(wls.clone());
+    guard.names.push(name.clone());
+    guard.netns.extend([format!("hs-{name}"), format!("hs-{name}-b")]);
+    let w = wls
+        .start(&StartOptions {
+            name: name.clone(),
+            command: vec!["/bin/sh".into(), "-c".into(), "i=0; while :; do i=$((i+1)); echo $i >> /volume/count.log; sleep 0.02; done".into()],
+            rootfs: Some(rootfs.clone()),
+            volume: Some(volume.clone()),
+            address: Some(format!("10.77.{}.2/24", 100 + id % 100).parse().unwrap()),
+            ..Default::default()
+        })
+        .unwrap();
+    let root_link = std::fs::read_link(format!("/proc/{}/root", w.pid().unwrap())).unwrap();
+    assert_eq!(root_link, Path::new("/"), "pivot_root'ed: its root is its own mount");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(std::fs::read_to_string(rootfs.join(".hotspot-console.log")).is_ok(), "console inside the rootfs");
+
+    let criu = Criu::detect().unwrap();
+    let images = tmp.path().join("images");
+    wls.checkpoint(&criu, &name, &CheckpointOptions::new(&images)).unwrap();
+    let at_dump = testbed::read_counts(&volume.join("count.log"));
+    let cp = Checkpoint::open(&images, &criu).unwrap();
+    let spec = RestoreSpec { name: name.clone(), netns: format!("hs-{name}-b"), service_net: ServiceNet::MoveFrom(format!("hs-{name}")), timeout: Duration::from_secs(60) };
+    let (restored, _) = wls.restore(&criu, &cp, &spec).unwrap();
+    assert!(restored.is_running() && netns::has_service_if(&format!("hs-{name}-b")));
+    assert!(!netns::exists(&format!("hs-{name}")), "same workload, new home: the old namespace is gone");
+    std::thread::sleep(Duration::from_millis(300));
+    let after = testbed::read_counts(&volume.join("count.log"));
+    assert!(after.len() > at_dump.len() + 3);
+    assert_eq!(after, (1..=after.len() as u64).collect::<Vec<_>>());
+    wls.stop(&name).unwrap();
+}
