@@ -198,7 +198,9 @@ impl AdvertBoard {
                     break;
                 }
                 if let Some(advert) = self.seen(view, node, now_ms) {
-                    if check_eligible(profile, self_id, advert).is_ok() {
+                    // The cheap necessary conditions first; then the election's own check.
+                    let roomy = advert.accepts_workloads() && profile.needs.fits_in(&advert.capacity.free);
+                    if roomy && check_eligible(profile, self_id, advert).is_ok() {
                         out.push(advert);
                         taken += 1;
                     }

@@ -118,7 +118,7 @@ impl RunReport {
         self.results.len() as f64 * self.days * 86_400.0 / wall.max(1e-9)
     }
 
-    /// The table, as Markdown.
+    /// The table, as Markdown. Deterministic: the same seed gives the same bytes.
     pub fn table(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(
@@ -128,7 +128,7 @@ impl RunReport {
         );
         let _ = writeln!(
             out,
-            "| policy | cost vs on-demand | cost USD | revocations /workload-day | migrations /workload-day | failed moves | downtime h | lost work h | overbooked targets | decision msgs /node/h | sim-s/wall-s |"
+            "| policy | cost vs on-demand | cost USD | revocations /workload-day | migrations /workload-day | failed moves | downtime h | lost work h | overbooked targets | decision msgs /node/h | denied reservations |"
         );
         let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for r in &self.results {
@@ -139,7 +139,7 @@ impl RunReport {
                 .map_or("n/a".to_string(), |v| format!("{v:.3}"));
             let _ = writeln!(
                 out,
-                "| {} | {} | {:.2} | {:.4} | {:.4} | {} | {:.2} | {:.2} | {} | {:.4} | {:.0} |",
+                "| {} | {} | {:.2} | {:.4} | {:.4} | {} | {:.2} | {:.2} | {} | {:.4} | {} |",
                 r.policy,
                 rel,
                 r.cost_usd,
@@ -150,9 +150,20 @@ impl RunReport {
                 r.lost_work_hours,
                 r.overbooked_targets,
                 r.msgs_per_node_hour(),
-                r.speed,
+                r.denied_reservations,
             );
         }
+        out
+    }
+
+    /// Wall time and simulated-seconds per wall-second of each policy (not part of the table:
+    /// it changes from run to run).
+    pub fn timing(&self) -> String {
+        let mut out = String::new();
+        for r in &self.results {
+            let _ = writeln!(out, "{:<10} wall {:>7.1} s  {:>9.0} simulated-s/wall-s  {} events", r.policy, r.wall_s, r.speed, r.events);
+        }
+        let _ = writeln!(out, "all        {:>9.0} simulated-s/wall-s", self.speed());
         out
     }
 }

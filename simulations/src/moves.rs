@@ -29,12 +29,18 @@ impl Sim<'_> {
             }
             None => (NOWHERE, f64::INFINITY),
         };
-        let scope = match self.sc.workloads[w as usize].volume_zone {
-            Some(z) => &self.zone_markets[z as usize],
-            None => &self.all_markets,
+        let mut scope: Vec<u16> = match self.sc.workloads[w as usize].volume_zone {
+            Some(z) => self.zone_markets[z as usize].clone(),
+            None => self.all_markets.clone(),
         };
+        if !forced {
+            // A voluntary hop needs a target cheaper by the margin (decide's first test); skip
+            // markets that cannot be, at any price a view may still hold.
+            let keep = 1.0 - self.p.hop.margin.max(0.0);
+            scope.retain(|m| self.lowest_recent_cost(*m, wl.class) <= current_cost * keep);
+        }
         let per_market = self.p.max_tries.max(1);
-        let adverts = self.board.candidates(view, &wl.profile, &self_id, wl.class, scope, per_market, self.now);
+        let adverts = self.board.candidates(view, &wl.profile, &self_id, wl.class, &scope, per_market, self.now);
         let current = CurrentHost { node: self_id, cost_per_hour: current_cost, must_leave: forced };
         match decide(&wl.profile, &current, adverts, &self.p.hop) {
             HopDecision::Hop { candidates, .. } => Some(candidates.into_iter().map(|c| c.node).collect()),
@@ -227,22 +233,28 @@ impl Sim<'_> {
         self.schedule(self.now + self.p.restart_ms, Event::Place { w, gen });
     }
 
+    /// The lowest cost per hour a workload of `class` could have in `market` in anyone's view:
+    /// views lag by at most the gossip horizon, so any price in force during it.
+    fn lowest_recent_cost(&self, market: u16, class: u8) -> f64 {
+        let price = self.paths[market as usize].min_between(self.now.saturating_sub(self.board.params().horizon_ms()), self.now);
+        let total = self.sc.markets[market as usize].key.instance.total();
+        cost_per_hour(price, &total, &crate::scenario::CLASSES[class as usize].needs)
+    }
+
     /// After prices moved: which running workloads might now hop? A workload is evaluated only if
-    /// some market that has room for its class is cheaper than its host by the margin at the new
-    /// or the previous price (a stale view may still show the old one) — otherwise `decide` can
-    /// only say "not cheaper enough". Mesh nodes evaluate when gossip brought them the news.
+    /// some market that has room for its class is cheaper than its host by the margin at a price
+    /// some view may still hold (see `lowest_recent_cost`) — otherwise `decide` can
+    /// only say "not cheaper enough". Mesh nodes evaluate at their next hop-check timer after
+    /// gossip brought them the news.
     pub(crate) fn hop_scan(&mut self) {
         let zones = self.sc.zones.len();
         let classes = crate::gossip::NCLASSES;
         // best[class * (zones + 1) + zone], zone == zones meaning any.
         let mut best = vec![f64::INFINITY; classes * (zones + 1)];
         for (m, market) in self.sc.markets.iter().enumerate() {
-            let path = &self.paths[m];
-            let price = path.at(self.now).min(path.before(self.now));
-            let total = market.key.instance.total();
-            for (c, class) in crate::scenario::CLASSES.iter().enumerate() {
+            for c in 0..classes {
                 if self.board.has_open(m as u16, c as u8) {
-                    let cost = cost_per_hour(price, &total, &class.needs);
+                    let cost = self.lowest_recent_cost(m as u16, c as u8);
                     let slot = c * (zones + 1);
                     best[slot + market.zone as usize] = best[slot + market.zone as usize].min(cost);
                     best[slot + zones] = best[slot + zones].min(cost);
@@ -264,11 +276,14 @@ impl Sim<'_> {
                 let zone = self.sc.workloads[w as usize].volume_zone.map_or(zones, |z| z as usize);
                 let current = cost_per_hour(price, &node.total, &wl.profile.needs);
                 if best[wl.class as usize * (zones + 1) + zone] <= current * keep {
-                    let delay = match self.policy {
-                        Policy::Mesh => self.p.gossip.delay(hash(&[self.sc.seed, n as u64, self.now])),
-                        _ => 0,
+                    let at = match self.policy {
+                        Policy::Mesh => {
+                            let heard = self.now + self.p.gossip.delay(hash(&[self.sc.seed, n as u64, self.now]));
+                            next_timer(heard, hash(&[self.sc.seed, n as u64]), self.p.hop_check_ms)
+                        }
+                        _ => self.now,
                     };
-                    due.push((self.now + delay, w, wl.gen));
+                    due.push((at, w, wl.gen));
                 }
             }
         }
@@ -276,4 +291,14 @@ impl Sim<'_> {
             self.schedule(at, Event::Evaluate { w, gen, forced: false });
         }
     }
+}
+
+/// First firing at or after `t` of a timer with this period and a phase drawn from `phase_hash`.
+fn next_timer(t: u64, phase_hash: u64, period: u64) -> u64 {
+    if period == 0 {
+        return t;
+    }
+    let phase = phase_hash % period;
+    let k = (t.saturating_sub(phase)).div_ceil(period);
+    (phase + k * period).max(t)
 }

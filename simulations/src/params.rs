@@ -66,6 +66,9 @@ pub struct EngineParams {
     pub boot_ms: u64,
     /// After a non-price interruption, when capacity returns. Default 30 min.
     pub relaunch_after_interruption_ms: u64,
+    /// Mesh nodes look for cheaper hosts on a timer of this period (random phase per node), with
+    /// what gossip told them by then. Default 30 s. (The central controller acts at once.)
+    pub hop_check_ms: u64,
     /// Reservations tried per decision, in the election's order. Default 8.
     pub max_tries: usize,
     /// Retry of a forced move whose reservations were all denied. Default 3 s.
@@ -93,6 +96,7 @@ impl Default for EngineParams {
             restart_ms: 90_000,
             boot_ms: 180_000,
             relaunch_after_interruption_ms: 30 * 60_000,
+            hop_check_ms: 30_000,
             max_tries: 8,
             forced_retry_ms: 3_000,
             place_retry_ms: 30_000,

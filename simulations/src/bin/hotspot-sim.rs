@@ -140,7 +140,7 @@ fn run(args: RunArgs) -> Result<()> {
     })?;
     let table = report.table();
     println!("{table}");
-    println!("simulated-seconds per wall-second: {:.0} (wall {:.1} s)", report.speed(), started.elapsed().as_secs_f64());
+    println!("{}", report.timing());
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let write = |name: &str, body: &str| -> Result<()> {
         let path = args.out.join(name);
