@@ -99,6 +99,9 @@ pub(crate) struct WlRt {
     pub down_ms: u64,
     pub holdings: Vec<Holding>,
     pub attempts: u32,
+    /// Targets that denied this workload's reservation, with the advert sequence number the
+    /// source held then: it skips them until a newer advert shows they changed.
+    pub denied_by: Vec<(u32, u64)>,
 }
 
 /// Counters a run reports.
@@ -196,6 +199,7 @@ impl<'s> Sim<'s> {
                     down_ms: 0,
                     holdings: Vec::new(),
                     attempts: 0,
+                    denied_by: Vec::new(),
                 }
             })
             .collect();

@@ -73,6 +73,22 @@ impl GossipParams {
         u64::MAX
     }
 
+    /// Whether version `seq` of `publisher` reached `viewer` by `now_ms`: [`Self::deliver_at`]
+    /// `<= now_ms`, without computing the delay when the version is older than any delay.
+    pub fn delivered_by(&self, seed: u64, viewer: u32, publisher: u32, seq: u64, published_ms: u64, now_ms: u64) -> bool {
+        if viewer == publisher {
+            return published_ms <= now_ms;
+        }
+        for attempt in 0..self.max_attempts.max(1) {
+            let h = hash(&[seed, viewer as u64, publisher as u64, seq, attempt as u64]);
+            if unit(h.rotate_left(17)) >= self.loss {
+                let sent = published_ms + attempt as u64 * self.heartbeat_ms;
+                return sent + self.base_ms + self.cap_ms <= now_ms || sent + self.delay(h) <= now_ms;
+            }
+        }
+        false
+    }
+
     /// A one-off delay for a hashed event (e.g. when a node hears of a price change).
     pub fn delay(&self, h: u64) -> u64 {
         let extra = -self.mean_extra_ms * (1.0 - unit(h)).ln();
@@ -173,13 +189,14 @@ impl AdvertBoard {
             View::Node(viewer) => self.history[node as usize]
                 .iter()
                 .rev()
-                .find(|v| self.params.deliver_at(self.seed, viewer, node, v.advert.seq, v.published_ms) <= now_ms)
+                .find(|v| self.params.delivered_by(self.seed, viewer, node, v.advert.seq, v.published_ms, now_ms))
                 .map(|v| &v.advert),
         }
     }
 
     /// Candidate adverts for `profile` (of class `class`) from `markets`: per market the first
-    /// `per_market` indexed nodes, in id order, that are eligible in the viewer's version.
+    /// `per_market` indexed nodes, in id order, that are eligible in the viewer's version and did
+    /// not deny this workload since their advert the viewer holds (`denied`: node, advert seq).
     pub fn candidates<'a>(
         &'a self,
         view: View,
@@ -188,6 +205,7 @@ impl AdvertBoard {
         class: u8,
         markets: &[u16],
         per_market: usize,
+        denied: &[(u32, u64)],
         now_ms: u64,
     ) -> Vec<&'a NodeAdvert> {
         let mut out = Vec::with_capacity(markets.len() * per_market);
@@ -198,6 +216,9 @@ impl AdvertBoard {
                     break;
                 }
                 if let Some(advert) = self.seen(view, node, now_ms) {
+                    if denied.iter().any(|(n, seq)| *n == node && *seq >= advert.seq) {
+                        continue; // denied us, and no newer advert since
+                    }
                     // The cheap necessary conditions first; then the election's own check.
                     let roomy = advert.accepts_workloads() && profile.needs.fits_in(&advert.capacity.free);
                     if roomy && check_eligible(profile, self_id, advert).is_ok() {
@@ -232,6 +253,12 @@ mod tests {
             }
         }
         assert_eq!(p.deliver_at(9, 7, 7, 1, 1_000), 1_000, "a node sees its own advert at once");
+        for viewer in 0..300 {
+            let at = p.deliver_at(9, viewer, 5000, 2, 1_000);
+            for now in [1_000, 1_500, 2_000, 6_100, 31_000, 40_000, 200_000] {
+                assert_eq!(p.delivered_by(9, viewer, 5000, 2, 1_000, now), at <= now, "viewer {viewer} at {now}");
+            }
+        }
         // 30 % loss: about 30 % of deliveries need a re-advert.
         assert!((450..750).contains(&lost_once), "{lost_once} of 2000 needed a repair");
         assert_eq!(delays, (0..2000).filter_map(|v| {

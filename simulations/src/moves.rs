@@ -27,20 +27,34 @@ impl Sim<'_> {
                 let price = self.paths[node.market as usize].at(self.now);
                 (node.id, cost_per_hour(price, &node.total, &wl.profile.needs))
             }
-            None => (NOWHERE, f64::INFINITY),
+            // No source host is paid during a placement.
+            None => (NOWHERE, 0.0),
         };
-        let mut scope: Vec<u16> = match self.sc.workloads[w as usize].volume_zone {
-            Some(z) => self.zone_markets[z as usize].clone(),
-            None => self.all_markets.clone(),
+        let scope = match self.sc.workloads[w as usize].volume_zone {
+            Some(z) => &self.zone_markets[z as usize],
+            None => &self.all_markets,
         };
-        if !forced {
-            // A voluntary hop needs a target cheaper by the margin (decide's first test); skip
-            // markets that cannot be, at any price a view may still hold.
-            let keep = 1.0 - self.p.hop.margin.max(0.0);
-            scope.retain(|m| self.lowest_recent_cost(*m, wl.class) <= current_cost * keep);
+        // Markets cheapest first, by the lowest price any view may hold for them. The election's
+        // score grows with the target's cost, so once `k` candidates are in hand and the next
+        // market cannot beat the k-th, no further market can reach the first `k` the node tries.
+        let mut by_bound: Vec<(f64, u16)> = scope.iter().map(|m| (self.lowest_recent_cost(*m, wl.class), *m)).collect();
+        by_bound.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let keep = 1.0 - self.p.hop.margin.max(0.0);
+        let k = self.p.max_tries.max(1);
+        let mut adverts = Vec::new();
+        let mut costs: Vec<f64> = Vec::new();
+        for (bound, m) in by_bound {
+            if !forced && bound > current_cost * keep {
+                break; // a voluntary hop needs a target cheaper by the margin (decide's first test)
+            }
+            if costs.len() >= k && costs[k - 1] < bound {
+                break;
+            }
+            let found = self.board.candidates(view, &wl.profile, &self_id, wl.class, &[m], k, &wl.denied_by, self.now);
+            costs.extend(found.iter().map(|a| cost_per_hour(a.price_per_hour, &a.capacity.total, &wl.profile.needs)));
+            costs.sort_by(f64::total_cmp);
+            adverts.extend(found);
         }
-        let per_market = self.p.max_tries.max(1);
-        let adverts = self.board.candidates(view, &wl.profile, &self_id, wl.class, &scope, per_market, self.now);
         let current = CurrentHost { node: self_id, cost_per_hour: current_cost, must_leave: forced };
         match decide(&wl.profile, &current, adverts, &self.p.hop) {
             HopDecision::Hop { candidates, .. } => Some(candidates.into_iter().map(|c| c.node).collect()),
@@ -48,8 +62,11 @@ impl Sim<'_> {
         }
     }
 
-    /// Asks targets in order for a reservation; the first grant wins.
-    fn reserve(&mut self, w: u32, source: NodeId, targets: &[NodeId], ttl_ms: u64) -> Option<(u32, ReservationId)> {
+    /// Asks targets in order for a reservation; the first grant wins. A denial is remembered
+    /// against the advert the source holds of the target, so the next decision (on a retry) goes
+    /// on to the next peers instead of asking the same full ones again — node-local knowledge
+    /// from the Denied messages it received.
+    fn reserve(&mut self, w: u32, view: View, source: NodeId, targets: &[NodeId], ttl_ms: u64) -> Option<(u32, ReservationId)> {
         for target in targets.iter().take(self.p.max_tries.max(1)) {
             let t = node_index(target);
             let wl = &mut self.wls[w as usize];
@@ -69,8 +86,19 @@ impl Sim<'_> {
                 return Some((t, req.id)); // ablation: trust the stale view, skip the ledger
             }
             match node.ledger.request(&req, refusal, self.now) {
-                ReservationMessage::Granted { id, .. } => return Some((t, id)),
-                _ => self.c.denied += 1,
+                ReservationMessage::Granted { id, .. } => {
+                    self.wls[w as usize].denied_by.clear();
+                    return Some((t, id));
+                }
+                _ => {
+                    self.c.denied += 1;
+                    let seen = self.board.seen(view, t, self.now).map_or(0, |a| a.seq);
+                    let memory = &mut self.wls[w as usize].denied_by;
+                    if memory.len() >= 256 {
+                        memory.drain(..128); // bounded: the oldest denials are the stalest
+                    }
+                    memory.push((t, seen));
+                }
             }
         }
         None
@@ -88,7 +116,7 @@ impl Sim<'_> {
         // Long enough for the slowest move and a restore from checkpoint after it.
         let ttl = precopy * 2 + self.p.fixed_move_ms.1 + self.p.restart_ms + 60_000;
         let source = self.nodes[host as usize].id;
-        match self.reserve(w, source, &targets, ttl) {
+        match self.reserve(w, view, source, &targets, ttl) {
             Some((dst, res)) => {
                 self.hold(w, dst, res);
                 self.set_state(w, WState::PreCopy { src: host, dst });
@@ -129,7 +157,7 @@ impl Sim<'_> {
             _ => View::Global,
         };
         let targets = self.elect(w, view, None, true).unwrap_or_default();
-        match self.reserve(w, NOWHERE, &targets, self.p.restart_ms + 60_000) {
+        match self.reserve(w, view, NOWHERE, &targets, self.p.restart_ms + 60_000) {
             Some((dst, res)) => {
                 self.hold(w, dst, res);
                 self.nodes[dst as usize].ledger.commit(&res, self.now);
