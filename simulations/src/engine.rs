@@ -11,7 +11,7 @@ use hotspot_protocol::reservation::{Ledger, ReservationId};
 use hotspot_protocol::{NodeAdvert, NodeId, NodeState, Resources};
 
 use crate::catalog::{cpu_features, ARCH};
-use crate::gossip::AdvertBoard;
+use crate::gossip::{AdvertBoard, AdvertUpdate, NCLASSES};
 use crate::metrics::PolicyResult;
 use crate::params::{EngineParams, Policy};
 use crate::price::PricePath;
@@ -29,6 +29,7 @@ pub(crate) enum Event {
     HopScan,
     Arrive { w: u32 },
     Notice { node: u32, cause: RevocationCause },
+    NoticeSeen { node: u32, life: u32 },
     Terminate { node: u32, life: u32 },
     Relaunch { node: u32, life: u32 },
     Complete { w: u32, gen: u32 },
@@ -56,6 +57,8 @@ pub(crate) struct NodeRt {
     /// Bumped at every termination so stale Terminate/Relaunch events are ignored.
     pub life_gen: u32,
     pub terminate_at: u64,
+    /// A revocation notice is out (the node may not have seen it yet).
+    pub noticed: bool,
     /// Revoked for price: comes back when the price falls to the bid.
     pub waiting_for_price: bool,
     pub ledger: Ledger,
@@ -118,6 +121,10 @@ pub(crate) struct Counters {
     pub adverts: u64,
     pub decisions: u64,
     pub expired_commits: u64,
+    /// Decisions cross-checked against the election over the whole view, and how many of them
+    /// tried different peers first (only with `check_invariants`).
+    pub view_checks: u64,
+    pub view_mismatches: u64,
     pub events: u64,
     pub overbooked: BTreeSet<u32>,
     pub cost_series: Vec<(u64, f64)>,
@@ -166,6 +173,7 @@ impl<'s> Sim<'s> {
                     life: Life::Up,
                     life_gen: 0,
                     terminate_at: 0,
+                    noticed: false,
                     waiting_for_price: false,
                     ledger: Ledger::new(total),
                     used: Resources::default(),
@@ -297,6 +305,7 @@ impl<'s> Sim<'s> {
                 self.place(w);
             }
             Event::Notice { node, cause } => self.on_notice(node, cause),
+            Event::NoticeSeen { node, life } if self.nodes[node as usize].life_gen == life => self.on_notice_seen(node),
             Event::Terminate { node, life } if self.nodes[node as usize].life_gen == life => self.on_terminate(node),
             Event::Relaunch { node, life } if self.nodes[node as usize].life_gen == life => self.on_relaunch(node),
             Event::Complete { w, gen } if self.wls[w as usize].gen == gen => self.on_complete(w),
@@ -344,16 +353,27 @@ impl<'s> Sim<'s> {
         }
     }
 
+    /// The cloud decides to take the node back: it ends `notice_ms` from now. The node learns it
+    /// at its next poll of the instance metadata.
     fn on_notice(&mut self, n: u32, cause: RevocationCause) {
-        if self.nodes[n as usize].life != Life::Up {
+        let node = &mut self.nodes[n as usize];
+        if node.life != Life::Up || node.noticed {
             return;
         }
-        let node = &mut self.nodes[n as usize];
-        node.life = Life::Leaving;
+        node.noticed = true;
         node.terminate_at = self.now + self.p.notice_ms;
         node.waiting_for_price = cause == RevocationCause::Price;
         let life = node.life_gen;
         self.schedule(self.now + self.p.notice_ms, Event::Terminate { node: n, life });
+        let poll = self.p.notice_poll_ms;
+        let seen_at = self.now + if poll == 0 { 0 } else { crate::rng::hash(&[self.sc.seed, n as u64, self.now]) % poll };
+        self.schedule(seen_at, Event::NoticeSeen { node: n, life });
+    }
+
+    /// The node saw its notice: it stops accepting workloads, says so, and (hopping policies)
+    /// moves its workloads away.
+    fn on_notice_seen(&mut self, n: u32) {
+        self.nodes[n as usize].life = Life::Leaving;
         self.publish(n);
         let holders = self.nodes[n as usize].holders.clone();
         for w in holders {
@@ -464,27 +484,35 @@ impl<'s> Sim<'s> {
             return;
         }
         node.seq += 1;
-        let m = &self.sc.markets[node.market as usize];
-        let advert = NodeAdvert {
-            node: node.id,
-            name: format!("n{n}"),
+        let update = AdvertUpdate {
             seq: node.seq,
-            issued_at_ms: self.now,
             state: if node.life == Life::Up { NodeState::Healthy } else { NodeState::Leaving },
             price_per_hour: self.paths[node.market as usize].at(self.now),
             capacity: Capacity { total: node.total, free: node.ledger.available(self.now) },
+        };
+        let (id, market) = (node.id, node.market);
+        let zone = &self.sc.markets[market as usize].key.zone;
+        let first = || NodeAdvert {
+            node: id,
+            name: format!("n{n}"),
+            seq: 0,
+            issued_at_ms: 0,
+            state: NodeState::Healthy,
+            price_per_hour: 0.0,
+            capacity: Capacity::default(),
             arch: ARCH.into(),
             cpu_features: cpu_features(),
-            zone: m.key.zone.clone(),
+            zone: zone.clone(),
             workloads: Vec::new(),
             transfer_addr: None,
         };
-        let market = node.market;
         self.c.adverts += 1;
-        let unfit = self.board.publish(n, market, advert, self.now);
+        let unfit = self.board.publish(n, market, update, self.now, first);
         let at = self.now + self.board.params().horizon_ms();
-        for class in unfit {
-            self.schedule(at, Event::Prune { node: n, class });
+        for class in 0..NCLASSES as u8 {
+            if unfit & (1 << class) != 0 {
+                self.schedule(at, Event::Prune { node: n, class });
+            }
         }
     }
 

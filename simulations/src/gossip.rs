@@ -24,7 +24,8 @@
 use std::collections::{BTreeSet, VecDeque};
 
 use hotspot_protocol::election::{check_eligible, WorkloadProfile};
-use hotspot_protocol::{NodeAdvert, NodeId};
+use hotspot_protocol::advert::Capacity;
+use hotspot_protocol::{NodeAdvert, NodeId, NodeState};
 
 use crate::rng::{hash, unit};
 use crate::scenario::CLASSES;
@@ -101,6 +102,15 @@ impl GossipParams {
     }
 }
 
+/// The fields of a node's advert that change between versions.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdvertUpdate {
+    pub seq: u64,
+    pub state: NodeState,
+    pub price_per_hour: f64,
+    pub capacity: Capacity,
+}
+
 /// Whose knowledge a decision uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum View {
@@ -141,10 +151,33 @@ impl AdvertBoard {
         &self.params
     }
 
-    /// Records a new advert of `node` (in `market`). Returns the classes it stopped having room
-    /// for: the caller calls [`AdvertBoard::prune`] for them a horizon later.
-    pub fn publish(&mut self, node: u32, market: u16, advert: NodeAdvert, now_ms: u64) -> Vec<u8> {
-        let mut now_unfit = Vec::new();
+    /// Records a new advert of `node` (in `market`): the previous one with `update` applied, or
+    /// `first()` for a node's first advert. (The oldest kept version is recycled: a node's name,
+    /// zone and features never change, so publishing allocates nothing.) Returns a bit mask of the
+    /// classes it stopped having room for: the caller calls [`AdvertBoard::prune`] for them a
+    /// horizon later.
+    pub fn publish(
+        &mut self,
+        node: u32,
+        market: u16,
+        update: AdvertUpdate,
+        now_ms: u64,
+        first: impl FnOnce() -> NodeAdvert,
+    ) -> u8 {
+        let h = &mut self.history[node as usize];
+        let mut advert = if h.len() >= self.params.history.max(1) {
+            h.pop_front().expect("history is not empty").advert
+        } else if let Some(last) = h.back() {
+            last.advert.clone()
+        } else {
+            first()
+        };
+        advert.seq = update.seq;
+        advert.issued_at_ms = now_ms;
+        advert.state = update.state;
+        advert.price_per_hour = update.price_per_hour;
+        advert.capacity = update.capacity;
+        let mut now_unfit = 0u8;
         for (c, class) in CLASSES.iter().enumerate() {
             let fits = advert.accepts_workloads() && class.needs.fits_in(&advert.capacity.free);
             let slot = &mut self.unfit_since[node as usize][c];
@@ -153,12 +186,8 @@ impl AdvertBoard {
                 self.open[market as usize * NCLASSES + c].insert(node);
             } else if slot.is_none() {
                 *slot = Some(now_ms);
-                now_unfit.push(c as u8);
+                now_unfit |= 1 << c;
             }
-        }
-        let h = &mut self.history[node as usize];
-        if h.len() >= self.params.history.max(1) {
-            h.pop_front();
         }
         h.push_back(Version { published_ms: now_ms, advert });
         now_unfit

@@ -29,6 +29,9 @@ pub struct PolicyResult {
     pub overbooked_targets: usize,
     /// Reservations committed after their ledger entry expired (a bug if non-zero).
     pub expired_commits: u64,
+    /// Decisions checked against a full-view election, and how many tried other peers first.
+    pub view_checks: u64,
+    pub view_mismatches: u64,
     pub reservation_msgs: u64,
     pub denied_reservations: u64,
     pub adverts: u64,
@@ -60,6 +63,8 @@ impl PolicyResult {
             downtime_hours: hours(wls.iter().map(|w| w.down_ms).sum()),
             overbooked_targets: c.overbooked.len(),
             expired_commits: c.expired_commits,
+            view_checks: c.view_checks,
+            view_mismatches: c.view_mismatches,
             reservation_msgs: c.reservation_msgs,
             denied_reservations: c.denied,
             adverts: c.adverts,

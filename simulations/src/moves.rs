@@ -40,7 +40,7 @@ impl Sim<'_> {
         let mut by_bound: Vec<(f64, u16)> = scope.iter().map(|m| (self.lowest_recent_cost(*m, wl.class), *m)).collect();
         by_bound.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
         let keep = 1.0 - self.p.hop.margin.max(0.0);
-        let k = self.p.max_tries.max(1);
+        let k = self.tries(forced);
         let mut adverts = Vec::new();
         let mut costs: Vec<f64> = Vec::new();
         for (bound, m) in by_bound {
@@ -56,18 +56,40 @@ impl Sim<'_> {
             adverts.extend(found);
         }
         let current = CurrentHost { node: self_id, cost_per_hour: current_cost, must_leave: forced };
-        match decide(&wl.profile, &current, adverts, &self.p.hop) {
-            HopDecision::Hop { candidates, .. } => Some(candidates.into_iter().map(|c| c.node).collect()),
+        let ids = |d: HopDecision| match d {
+            HopDecision::Hop { candidates, .. } => Some(candidates.into_iter().map(|c| c.node).collect::<Vec<_>>()),
             HopDecision::Stay(_) => None,
+        };
+        let chosen = ids(decide(&wl.profile, &current, adverts, &self.p.hop));
+        if self.p.check_invariants {
+            // Cross-check the shortcut: the election over the node's whole view of the scope must
+            // put the same peers first (the ones reservations are tried on).
+            let full: Vec<_> = scope
+                .iter()
+                .flat_map(|m| self.market_nodes[*m as usize].iter())
+                .filter_map(|n| self.board.seen(view, *n, self.now).map(|a| (*n, a)))
+                .filter(|(n, a)| !wl.denied_by.iter().any(|(d, seq)| d == n && *seq >= a.seq))
+                .map(|(_, a)| a)
+                .collect();
+            let reference = ids(decide(&wl.profile, &current, full, &self.p.hop));
+            let top = |v: &Option<Vec<NodeId>>| v.as_ref().map(|c| c.iter().take(k).copied().collect::<Vec<_>>());
+            let differs = top(&chosen) != top(&reference);
+            self.c.view_checks += 1;
+            self.c.view_mismatches += differs as u64;
         }
+        chosen
+    }
+
+    fn tries(&self, forced: bool) -> usize {
+        if forced { self.p.max_tries_forced } else { self.p.max_tries }.max(1)
     }
 
     /// Asks targets in order for a reservation; the first grant wins. A denial is remembered
     /// against the advert the source holds of the target, so the next decision (on a retry) goes
     /// on to the next peers instead of asking the same full ones again — node-local knowledge
     /// from the Denied messages it received.
-    fn reserve(&mut self, w: u32, view: View, source: NodeId, targets: &[NodeId], ttl_ms: u64) -> Option<(u32, ReservationId)> {
-        for target in targets.iter().take(self.p.max_tries.max(1)) {
+    fn reserve(&mut self, w: u32, view: View, source: NodeId, targets: &[NodeId], forced: bool, ttl_ms: u64) -> Option<(u32, ReservationId)> {
+        for target in targets.iter().take(self.tries(forced)) {
             let t = node_index(target);
             let wl = &mut self.wls[w as usize];
             wl.attempts += 1;
@@ -116,7 +138,7 @@ impl Sim<'_> {
         // Long enough for the slowest move and a restore from checkpoint after it.
         let ttl = precopy * 2 + self.p.fixed_move_ms.1 + self.p.restart_ms + 60_000;
         let source = self.nodes[host as usize].id;
-        match self.reserve(w, view, source, &targets, ttl) {
+        match self.reserve(w, view, source, &targets, forced, ttl) {
             Some((dst, res)) => {
                 self.hold(w, dst, res);
                 self.set_state(w, WState::PreCopy { src: host, dst });
@@ -157,7 +179,7 @@ impl Sim<'_> {
             _ => View::Global,
         };
         let targets = self.elect(w, view, None, true).unwrap_or_default();
-        match self.reserve(w, view, NOWHERE, &targets, self.p.restart_ms + 60_000) {
+        match self.reserve(w, view, NOWHERE, &targets, true, self.p.restart_ms + 60_000) {
             Some((dst, res)) => {
                 self.hold(w, dst, res);
                 self.nodes[dst as usize].ledger.commit(&res, self.now);
@@ -242,6 +264,7 @@ impl Sim<'_> {
         let node = &mut self.nodes[n as usize];
         debug_assert!(node.holders.is_empty());
         node.life_gen += 1;
+        node.noticed = false;
         node.ledger = hotspot_protocol::reservation::Ledger::new(node.total);
         let life = node.life_gen;
         let price_ok = self.paths[node.market as usize].at(self.now) <= node.bid;
