@@ -118,6 +118,8 @@ pub(crate) struct Counters {
     pub lost_work_ms: u64,
     pub reservation_msgs: u64,
     pub denied: u64,
+    /// Denials by kind of decision: placement, forced move, voluntary hop.
+    pub denied_kind: [u64; 3],
     pub adverts: u64,
     pub decisions: u64,
     pub expired_commits: u64,

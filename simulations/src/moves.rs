@@ -114,6 +114,12 @@ impl Sim<'_> {
                 }
                 _ => {
                     self.c.denied += 1;
+                    let kind = match (source == NOWHERE, forced) {
+                        (true, _) => 0,
+                        (false, true) => 1,
+                        (false, false) => 2,
+                    };
+                    self.c.denied_kind[kind] += 1;
                     let seen = self.board.seen(view, t, self.now).map_or(0, |a| a.seq);
                     let memory = &mut self.wls[w as usize].denied_by;
                     if memory.len() >= 256 {
@@ -174,8 +180,10 @@ impl Sim<'_> {
             return;
         }
         // The mesh has no scheduler: the workload is submitted to some live node, which elects.
+        // The run starts from a deployed fleet, though: what runs at time 0 was placed before
+        // (when gossip had long converged), so every policy starts from the same global placement.
         let view = match self.policy {
-            Policy::Mesh => self.entry_node(w).map(View::Node).unwrap_or(View::Global),
+            Policy::Mesh if self.now > 0 => self.entry_node(w).map(View::Node).unwrap_or(View::Global),
             _ => View::Global,
         };
         let targets = self.elect(w, view, None, true).unwrap_or_default();

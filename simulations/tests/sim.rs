@@ -156,3 +156,24 @@ fn overbooking_check_fires_without_reservations_and_never_with_them() {
     let without = run_policies(&sc, &ablated, &[Policy::Mesh], 1, None).unwrap();
     assert!(without.overbooked() > 0, "stale views with no ledger must overbook some target");
 }
+
+#[test]
+fn plots_are_written_for_every_policy() {
+    let (sc, params) = tiny(PricePath::constant(0.04), PricePath::new(vec![(0, 0.06), (H, 0.02)]), vec![]);
+    let r = run(&sc, &params, 1);
+    for svg in [
+        hotspot_simulations::plot::price_svg(&sc, 8),
+        hotspot_simulations::plot::cost_over_time_svg(&r),
+        hotspot_simulations::plot::cost_per_policy_svg(&r),
+    ] {
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert!(!svg.contains("NaN") && !svg.contains("inf"), "{svg}");
+    }
+    let cost = hotspot_simulations::plot::cost_over_time_svg(&r);
+    for p in Policy::ALL {
+        assert!(cost.contains(&format!(">{}</text>", p.name())), "legend for {p}");
+    }
+    assert_eq!(cost.matches("stroke-width=\"1.5\"").count(), 4, "one line per policy");
+    let bars = hotspot_simulations::plot::cost_per_policy_svg(&r);
+    assert!(bars.contains(">1.000</text>"), "on-demand is the unit bar");
+}
