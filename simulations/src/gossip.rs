@@ -15,11 +15,12 @@
 //! on node id. So within a market the best candidates are the lowest-id nodes whose *viewed*
 //! advert shows room. The board indexes, per market and workload class, the nodes that showed room
 //! for it in any version a viewer may still hold (a node that fills up stays indexed for the
-//! delivery horizon). A node's candidate list is, per market, the first `per_market` indexed
-//! nodes (in id order) that pass `election::check_eligible` *on the viewer's version*. With
-//! `per_market` at least the number of reservation attempts, the candidates a node tries are the
-//! ones it would try after ranking its whole view (up to adverts of one market showing different
-//! prices for the seconds a price change takes to spread).
+//! delivery horizon). The deciding node (`moves.rs`) merges these per-market id orders, cheapest
+//! market first, keeping the nodes that pass `election::check_eligible` *on the viewer's
+//! version*, and stops when no unseen node can enter the first `k` it would try: those are then
+//! the peers it would try after ranking its whole view (up to adverts of one market showing
+//! different prices for the seconds a price change takes to spread; the invariant-checking mode
+//! runs the full ranking beside it and counts differences).
 
 use std::collections::{BTreeSet, VecDeque};
 
@@ -132,6 +133,8 @@ pub struct AdvertBoard {
     history: Vec<VecDeque<Version>>,
     /// `open[market * NCLASSES + class]`: nodes that showed room for the class within the horizon.
     open: Vec<BTreeSet<u32>>,
+    /// The same, by newest advert only (what the global view searches).
+    open_now: Vec<BTreeSet<u32>>,
     /// Per node, per class: since when its newest advert shows no room (None: it shows room).
     unfit_since: Vec<[Option<u64>; NCLASSES]>,
 }
@@ -143,6 +146,7 @@ impl AdvertBoard {
             seed,
             history: (0..nodes).map(|_| VecDeque::new()).collect(),
             open: (0..markets * NCLASSES).map(|_| BTreeSet::new()).collect(),
+            open_now: (0..markets * NCLASSES).map(|_| BTreeSet::new()).collect(),
             unfit_since: vec![[Some(0); NCLASSES]; nodes],
         }
     }
@@ -181,10 +185,15 @@ impl AdvertBoard {
         for (c, class) in CLASSES.iter().enumerate() {
             let fits = advert.accepts_workloads() && class.needs.fits_in(&advert.capacity.free);
             let slot = &mut self.unfit_since[node as usize][c];
+            let i = market as usize * NCLASSES + c;
             if fits {
                 *slot = None;
-                self.open[market as usize * NCLASSES + c].insert(node);
-            } else if slot.is_none() {
+                self.open[i].insert(node);
+                self.open_now[i].insert(node);
+            } else {
+                self.open_now[i].remove(&node);
+            }
+            if !fits && slot.is_none() {
                 *slot = Some(now_ms);
                 now_unfit |= 1 << c;
             }
@@ -223,41 +232,35 @@ impl AdvertBoard {
         }
     }
 
-    /// Candidate adverts for `profile` (of class `class`) from `markets`: per market the first
-    /// `per_market` indexed nodes, in id order, that are eligible in the viewer's version and did
-    /// not deny this workload since their advert the viewer holds (`denied`: node, advert seq).
-    pub fn candidates<'a>(
+    /// The first indexed node with room for `class` in `market`, from id `from` on. The global
+    /// view searches nodes whose newest advert has room; a node's view also those that had room
+    /// in a version it may still hold.
+    pub fn next_open(&self, view: View, market: u16, class: u8, from: u32) -> Option<u32> {
+        let index = match view {
+            View::Global => &self.open_now,
+            View::Node(_) => &self.open,
+        };
+        index[market as usize * NCLASSES + class as usize].range(from..).next().copied()
+    }
+
+    /// `node`'s advert as `view` holds it, if the workload could go there: not a target that
+    /// denied it since that advert (`denied`: node, advert seq), and `election::check_eligible`.
+    pub fn eligible<'a>(
         &'a self,
         view: View,
+        node: u32,
         profile: &WorkloadProfile,
         self_id: &NodeId,
-        class: u8,
-        markets: &[u16],
-        per_market: usize,
         denied: &[(u32, u64)],
         now_ms: u64,
-    ) -> Vec<&'a NodeAdvert> {
-        let mut out = Vec::with_capacity(markets.len() * per_market);
-        for &m in markets {
-            let mut taken = 0;
-            for &node in &self.open[m as usize * NCLASSES + class as usize] {
-                if taken == per_market {
-                    break;
-                }
-                if let Some(advert) = self.seen(view, node, now_ms) {
-                    if denied.iter().any(|(n, seq)| *n == node && *seq >= advert.seq) {
-                        continue; // denied us, and no newer advert since
-                    }
-                    // The cheap necessary conditions first; then the election's own check.
-                    let roomy = advert.accepts_workloads() && profile.needs.fits_in(&advert.capacity.free);
-                    if roomy && check_eligible(profile, self_id, advert).is_ok() {
-                        out.push(advert);
-                        taken += 1;
-                    }
-                }
-            }
+    ) -> Option<&'a NodeAdvert> {
+        let advert = self.seen(view, node, now_ms)?;
+        if denied.iter().any(|(n, seq)| *n == node && *seq >= advert.seq) {
+            return None; // denied us, and no newer advert since
         }
-        out
+        // The cheap necessary conditions first; then the election's own check.
+        let roomy = advert.accepts_workloads() && profile.needs.fits_in(&advert.capacity.free);
+        (roomy && check_eligible(profile, self_id, advert).is_ok()).then_some(advert)
     }
 }
 

@@ -5,7 +5,10 @@
 
 use hotspot_protocol::election::{cost_per_hour, decide, CurrentHost, HopDecision};
 use hotspot_protocol::reservation::{DenyReason, ReservationId, ReservationMessage, ReserveRequest};
-use hotspot_protocol::NodeId;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use hotspot_protocol::{NodeAdvert, NodeId};
 
 use crate::engine::{Event, Life, Sim, WState};
 use crate::gossip::View;
@@ -34,27 +37,41 @@ impl Sim<'_> {
             Some(z) => &self.zone_markets[z as usize],
             None => &self.all_markets,
         };
-        // Markets cheapest first, by the lowest price any view may hold for them. The election's
-        // score grows with the target's cost, so once `k` candidates are in hand and the next
-        // market cannot beat the k-th, no further market can reach the first `k` the node tries.
-        let mut by_bound: Vec<(f64, u16)> = scope.iter().map(|m| (self.lowest_recent_cost(*m, wl.class), *m)).collect();
-        by_bound.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        // Merge the markets' id-ordered indexes, keyed by (lowest cost any view may hold for the
+        // market, node id). The election ranks by cost then id, and every unseen node's (cost, id)
+        // is at least its market's key: once the k-th best found beats the smallest key left,
+        // nothing unseen can be among the first k the node tries.
         let keep = 1.0 - self.p.hop.margin.max(0.0);
         let k = self.tries(forced);
-        let mut adverts = Vec::new();
-        let mut costs: Vec<f64> = Vec::new();
-        for (bound, m) in by_bound {
+        let mut heads = BinaryHeap::new();
+        for &m in scope {
+            let bound = self.lowest_recent_cost(m, wl.class);
             if !forced && bound > current_cost * keep {
-                break; // a voluntary hop needs a target cheaper by the margin (decide's first test)
+                continue; // a voluntary hop needs a target cheaper by the margin (decide's first test)
             }
-            if costs.len() >= k && costs[k - 1] < bound {
-                break;
+            if let Some(first) = self.board.next_open(view, m, wl.class, 0) {
+                heads.push(Reverse((bound.to_bits(), first, m))); // costs are >= 0: bits order
             }
-            let found = self.board.candidates(view, &wl.profile, &self_id, wl.class, &[m], k, &wl.denied_by, self.now);
-            costs.extend(found.iter().map(|a| cost_per_hour(a.price_per_hour, &a.capacity.total, &wl.profile.needs)));
-            costs.sort_by(f64::total_cmp);
-            adverts.extend(found);
         }
+        let mut best: Vec<(f64, u32, &NodeAdvert)> = Vec::with_capacity(k + 1);
+        while let Some(Reverse((bound_bits, node, m))) = heads.pop() {
+            if best.len() >= k {
+                let (cost, id, _) = best[k - 1];
+                if (cost, id) < (f64::from_bits(bound_bits), node) {
+                    break;
+                }
+            }
+            if let Some(advert) = self.board.eligible(view, node, &wl.profile, &self_id, &wl.denied_by, self.now) {
+                let cost = cost_per_hour(advert.price_per_hour, &advert.capacity.total, &wl.profile.needs);
+                let at = best.partition_point(|(c, id, _)| (*c, *id) < (cost, node));
+                best.insert(at, (cost, node, advert));
+                best.truncate(k);
+            }
+            if let Some(next) = node.checked_add(1).and_then(|from| self.board.next_open(view, m, wl.class, from)) {
+                heads.push(Reverse((bound_bits, next, m)));
+            }
+        }
+        let adverts: Vec<&NodeAdvert> = best.into_iter().map(|(_, _, a)| a).collect();
         let current = CurrentHost { node: self_id, cost_per_hour: current_cost, must_leave: forced };
         let ids = |d: HopDecision| match d {
             HopDecision::Hop { candidates, .. } => Some(candidates.into_iter().map(|c| c.node).collect::<Vec<_>>()),
