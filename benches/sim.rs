@@ -1,7 +1,7 @@
 //! `cargo bench --bench sim`: the 10,000-node spot-market scenario with 1,000 simultaneous
 //! revocations, every policy (the on-demand policy is the cost baseline of the same run).
 //!
-//! Knobs (environment): HOTSPOT_SIM_DAYS (default 1), HOTSPOT_SIM_NODES (default 10000),
+//! Knobs (environment): HOTSPOT_SIM_DAYS (default 3), HOTSPOT_SIM_NODES (default 10000),
 //! HOTSPOT_SIM_SEED (default 1), HOTSPOT_SIM_JOBS (threads, default 2).
 //! The simulation is deterministic, so one run per policy is the measurement; only wall time
 //! varies between runs (and with whatever else the machine is doing).
@@ -16,7 +16,7 @@ fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 fn main() {
     let nodes: u32 = env("HOTSPOT_SIM_NODES", 10_000);
-    let days: f64 = env("HOTSPOT_SIM_DAYS", 1.0);
+    let days: f64 = env("HOTSPOT_SIM_DAYS", 3.0);
     let seed: u64 = env("HOTSPOT_SIM_SEED", 1);
     let jobs: usize = env("HOTSPOT_SIM_JOBS", 2);
     let revoked = nodes / 10;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::engine::{Counters, WlRt};
+use crate::state::{Counters, WlRt};
 use crate::params::Policy;
 use crate::price::HOUR_MS;
 use crate::scenario::{Scenario, DAY_MS};

@@ -10,7 +10,8 @@ use std::collections::BinaryHeap;
 
 use hotspot_protocol::{NodeAdvert, NodeId};
 
-use crate::engine::{Event, Life, Sim, WState};
+use crate::engine::{Event, Sim};
+use crate::state::{Life, WState};
 use crate::gossip::View;
 use crate::params::Policy;
 use crate::rng::hash;
