@@ -50,6 +50,18 @@ fn main() {
         "mesh: {} decisions, {} reservation messages ({} denied), {} adverts, {} moves cut short by the notice",
         mesh.decisions, mesh.reservation_msgs, mesh.denied_reservations, mesh.adverts, mesh.failed_moves
     );
+    for r in &report.results {
+        if r.mass_revocation_workloads > 0 {
+            println!(
+                "{}: the {} simultaneous revocations hit {} workloads; {} moved before the end of the notice, {} restarted from a checkpoint",
+                r.policy,
+                revoked,
+                r.mass_revocation_workloads,
+                r.mass_revocation_workloads.saturating_sub(r.mass_revocation_restarts),
+                r.mass_revocation_restarts
+            );
+        }
+    }
     let overbooked = report.overbooked();
     let rel = |p| report.cost_vs_ondemand(p).unwrap_or(f64::NAN);
     println!(

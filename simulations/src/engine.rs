@@ -87,6 +87,7 @@ impl<'s> Sim<'s> {
                     terminate_at: 0,
                     noticed: false,
                     waiting_for_price: false,
+                    notice_cause: None,
                     ledger: Ledger::new(total),
                     used: Resources::default(),
                     holders: Vec::new(),
@@ -275,6 +276,7 @@ impl<'s> Sim<'s> {
         node.noticed = true;
         node.terminate_at = self.now + self.p.notice_ms;
         node.waiting_for_price = cause == RevocationCause::Price;
+        node.notice_cause = Some(cause);
         let life = node.life_gen;
         self.schedule(self.now + self.p.notice_ms, Event::Terminate { node: n, life });
         let poll = self.p.notice_poll_ms;
@@ -287,16 +289,21 @@ impl<'s> Sim<'s> {
     fn on_notice_seen(&mut self, n: u32) {
         self.nodes[n as usize].life = Life::Leaving;
         self.publish(n);
+        let mass = self.nodes[n as usize].notice_cause == Some(RevocationCause::Injected);
         let holders = self.nodes[n as usize].holders.clone();
         for w in holders {
             match self.wls[w as usize].state {
                 WState::Running { node } if node == n => {
                     self.c.revocations += 1;
+                    self.c.mass_hit += mass as u64;
                     if self.policy.hops() {
                         self.attempt_move(w, true);
                     }
                 }
-                WState::PreCopy { src, .. } | WState::Frozen { src: Some(src), .. } if src == n => self.c.revocations += 1,
+                WState::PreCopy { src, .. } | WState::Frozen { src: Some(src), .. } if src == n => {
+                    self.c.revocations += 1;
+                    self.c.mass_hit += mass as u64;
+                }
                 _ => {}
             }
         }

@@ -27,6 +27,10 @@ pub struct PolicyResult {
     pub lost_work_hours: f64,
     pub downtime_hours: f64,
     pub overbooked_targets: usize,
+    /// Workloads on the nodes of the injected mass revocation, and how many of them restarted
+    /// from a checkpoint (the rest moved in time).
+    pub mass_revocation_workloads: u64,
+    pub mass_revocation_restarts: u64,
     /// Reservations committed after their ledger entry expired (a bug if non-zero).
     pub expired_commits: u64,
     /// Decisions checked against a full-view election, and how many tried other peers first.
@@ -66,6 +70,8 @@ impl PolicyResult {
             lost_work_hours: hours(c.lost_work_ms),
             downtime_hours: hours(wls.iter().map(|w| w.down_ms).sum()),
             overbooked_targets: c.overbooked.len(),
+            mass_revocation_workloads: c.mass_hit,
+            mass_revocation_restarts: c.mass_restarted,
             expired_commits: c.expired_commits,
             view_checks: c.view_checks,
             view_mismatches: c.view_mismatches,

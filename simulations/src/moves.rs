@@ -253,16 +253,19 @@ impl Sim<'_> {
     /// The end of a revoked node: whatever still runs there restarts from its checkpoint.
     pub(crate) fn on_terminate(&mut self, n: u32) {
         self.nodes[n as usize].life = Life::Down;
+        let mass = self.nodes[n as usize].notice_cause == Some(crate::scenario::RevocationCause::Injected);
         let holders = self.nodes[n as usize].holders.clone();
         for w in holders {
             match self.wls[w as usize].state {
                 WState::Running { node } if node == n => {
+                    self.c.mass_restarted += mass as u64;
                     self.release(w, n);
                     self.restart_elsewhere(w);
                 }
                 WState::PreCopy { src, dst } | WState::Frozen { src: Some(src), dst } if src == n => {
                     // Too slow for the notice: restore the last checkpoint on the reserved target.
                     self.c.failed_moves += 1;
+                    self.c.mass_restarted += mass as u64;
                     self.release(w, n);
                     self.lose_work_since_checkpoint(w);
                     self.c.restarts += 1;
@@ -291,6 +294,7 @@ impl Sim<'_> {
         debug_assert!(node.holders.is_empty());
         node.life_gen += 1;
         node.noticed = false;
+        node.notice_cause = None;
         node.ledger = hotspot_protocol::reservation::Ledger::new(node.total);
         let life = node.life_gen;
         let price_ok = self.paths[node.market as usize].at(self.now) <= node.bid;

@@ -6,6 +6,8 @@ use hotspot_protocol::election::WorkloadProfile;
 use hotspot_protocol::reservation::{Ledger, ReservationId};
 use hotspot_protocol::{NodeId, Resources};
 
+use crate::scenario::RevocationCause;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Life {
     Up,
@@ -26,6 +28,8 @@ pub(crate) struct NodeRt {
     pub noticed: bool,
     /// Revoked for price: comes back when the price falls to the bid.
     pub waiting_for_price: bool,
+    /// Why the pending notice was given.
+    pub notice_cause: Option<RevocationCause>,
     pub ledger: Ledger,
     /// Independent tally of what the node hosts or has promised, for the overbooking check.
     pub used: Resources,
@@ -94,5 +98,9 @@ pub(crate) struct Counters {
     pub view_mismatches: u64,
     pub events: u64,
     pub overbooked: BTreeSet<u32>,
+    /// Workloads on nodes of the injected mass revocation when they saw the notice, and how
+    /// many of them had to restart from a checkpoint.
+    pub mass_hit: u64,
+    pub mass_restarted: u64,
     pub cost_series: Vec<(u64, f64)>,
 }
