@@ -53,12 +53,12 @@ fn main() {
     for r in &report.results {
         if r.mass_revocation_workloads > 0 {
             println!(
-                "{}: the {} simultaneous revocations hit {} workloads; {} moved before the end of the notice, {} restarted from a checkpoint",
+                "{}: the {} simultaneous revocations hit {} workloads; {} restarted from a checkpoint, the other {} moved in time (or finished)",
                 r.policy,
                 revoked,
                 r.mass_revocation_workloads,
-                r.mass_revocation_workloads.saturating_sub(r.mass_revocation_restarts),
-                r.mass_revocation_restarts
+                r.mass_revocation_restarts,
+                r.mass_revocation_workloads.saturating_sub(r.mass_revocation_restarts)
             );
         }
     }
