@@ -40,6 +40,8 @@ fn a_trace_drives_a_simulation_whose_spike_revokes() {
     let cfg = ScenarioConfig { nodes: 60, days: 0.5, seed: 4, interruptions_per_node_day: 0.0, ..ScenarioConfig::default() };
     let sc = Scenario::from_trace(&cfg, &tr);
     assert_eq!(sc.markets.len(), 3);
+    // Only 2-CPU types in this trace: no 4-CPU workloads are generated that nothing could host.
+    assert!(sc.workloads.iter().all(|w| w.class <= 2));
     let params = EngineParams { check_invariants: true, ..EngineParams::default() };
     let report = run_policies(&sc, &params, &[Policy::OnDemand, Policy::SpotStay, Policy::Mesh], 1, None).unwrap();
     // The 06:00 spike in m5.large/us-east-1b crosses the bid: its workloads are revoked.
@@ -47,6 +49,7 @@ fn a_trace_drives_a_simulation_whose_spike_revokes() {
     assert_eq!(report.get(Policy::OnDemand).unwrap().revocations, 0);
     assert!(report.cost_vs_ondemand(Policy::Mesh).unwrap() < 0.6);
     assert_eq!(report.overbooked(), 0);
+    assert!(report.get(Policy::OnDemand).unwrap().downtime_hours < 1e-9, "on-demand places everything at once");
 }
 
 #[test]
