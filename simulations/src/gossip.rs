@@ -15,16 +15,18 @@
 //! on node id. So within a market the best candidates are the lowest-id nodes whose *viewed*
 //! advert shows room. The board indexes, per market and workload class, the nodes that showed room
 //! for it in any version a viewer may still hold (a node that fills up stays indexed for the
-//! delivery horizon). A node's candidate list is, per market, the first `per_market` indexed
-//! nodes (in id order) that pass `election::check_eligible` *on the viewer's version*. With
-//! `per_market` at least the number of reservation attempts, the candidates a node tries are the
-//! ones it would try after ranking its whole view (up to adverts of one market showing different
-//! prices for the seconds a price change takes to spread).
+//! delivery horizon). The deciding node (`moves.rs`) merges these per-market id orders, cheapest
+//! market first, keeping the nodes that pass `election::check_eligible` *on the viewer's
+//! version*, and stops when no unseen node can enter the first `k` it would try: those are then
+//! the peers it would try after ranking its whole view (up to adverts of one market showing
+//! different prices for the seconds a price change takes to spread; the invariant-checking mode
+//! runs the full ranking beside it and counts differences).
 
 use std::collections::{BTreeSet, VecDeque};
 
 use hotspot_protocol::election::{check_eligible, WorkloadProfile};
-use hotspot_protocol::{NodeAdvert, NodeId};
+use hotspot_protocol::advert::Capacity;
+use hotspot_protocol::{NodeAdvert, NodeId, NodeState};
 
 use crate::rng::{hash, unit};
 use crate::scenario::CLASSES;
@@ -73,6 +75,22 @@ impl GossipParams {
         u64::MAX
     }
 
+    /// Whether version `seq` of `publisher` reached `viewer` by `now_ms`: [`Self::deliver_at`]
+    /// `<= now_ms`, without computing the delay when the version is older than any delay.
+    pub fn delivered_by(&self, seed: u64, viewer: u32, publisher: u32, seq: u64, published_ms: u64, now_ms: u64) -> bool {
+        if viewer == publisher {
+            return published_ms <= now_ms;
+        }
+        for attempt in 0..self.max_attempts.max(1) {
+            let h = hash(&[seed, viewer as u64, publisher as u64, seq, attempt as u64]);
+            if unit(h.rotate_left(17)) >= self.loss {
+                let sent = published_ms + attempt as u64 * self.heartbeat_ms;
+                return sent + self.base_ms + self.cap_ms <= now_ms || sent + self.delay(h) <= now_ms;
+            }
+        }
+        false
+    }
+
     /// A one-off delay for a hashed event (e.g. when a node hears of a price change).
     pub fn delay(&self, h: u64) -> u64 {
         let extra = -self.mean_extra_ms * (1.0 - unit(h)).ln();
@@ -83,6 +101,15 @@ impl GossipParams {
     pub fn horizon_ms(&self) -> u64 {
         self.base_ms + self.cap_ms + self.heartbeat_ms * self.max_attempts.max(1) as u64
     }
+}
+
+/// The fields of a node's advert that change between versions.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdvertUpdate {
+    pub seq: u64,
+    pub state: NodeState,
+    pub price_per_hour: f64,
+    pub capacity: Capacity,
 }
 
 /// Whose knowledge a decision uses.
@@ -106,6 +133,8 @@ pub struct AdvertBoard {
     history: Vec<VecDeque<Version>>,
     /// `open[market * NCLASSES + class]`: nodes that showed room for the class within the horizon.
     open: Vec<BTreeSet<u32>>,
+    /// The same, by newest advert only (what the global view searches).
+    open_now: Vec<BTreeSet<u32>>,
     /// Per node, per class: since when its newest advert shows no room (None: it shows room).
     unfit_since: Vec<[Option<u64>; NCLASSES]>,
 }
@@ -117,6 +146,7 @@ impl AdvertBoard {
             seed,
             history: (0..nodes).map(|_| VecDeque::new()).collect(),
             open: (0..markets * NCLASSES).map(|_| BTreeSet::new()).collect(),
+            open_now: (0..markets * NCLASSES).map(|_| BTreeSet::new()).collect(),
             unfit_since: vec![[Some(0); NCLASSES]; nodes],
         }
     }
@@ -125,24 +155,48 @@ impl AdvertBoard {
         &self.params
     }
 
-    /// Records a new advert of `node` (in `market`). Returns the classes it stopped having room
-    /// for: the caller calls [`AdvertBoard::prune`] for them a horizon later.
-    pub fn publish(&mut self, node: u32, market: u16, advert: NodeAdvert, now_ms: u64) -> Vec<u8> {
-        let mut now_unfit = Vec::new();
+    /// Records a new advert of `node` (in `market`): the previous one with `update` applied, or
+    /// `first()` for a node's first advert. (The oldest kept version is recycled: a node's name,
+    /// zone and features never change, so publishing allocates nothing.) Returns a bit mask of the
+    /// classes it stopped having room for: the caller calls [`AdvertBoard::prune`] for them a
+    /// horizon later.
+    pub fn publish(
+        &mut self,
+        node: u32,
+        market: u16,
+        update: AdvertUpdate,
+        now_ms: u64,
+        first: impl FnOnce() -> NodeAdvert,
+    ) -> u8 {
+        let h = &mut self.history[node as usize];
+        let mut advert = if h.len() >= self.params.history.max(1) {
+            h.pop_front().expect("history is not empty").advert
+        } else if let Some(last) = h.back() {
+            last.advert.clone()
+        } else {
+            first()
+        };
+        advert.seq = update.seq;
+        advert.issued_at_ms = now_ms;
+        advert.state = update.state;
+        advert.price_per_hour = update.price_per_hour;
+        advert.capacity = update.capacity;
+        let mut now_unfit = 0u8;
         for (c, class) in CLASSES.iter().enumerate() {
             let fits = advert.accepts_workloads() && class.needs.fits_in(&advert.capacity.free);
             let slot = &mut self.unfit_since[node as usize][c];
+            let i = market as usize * NCLASSES + c;
             if fits {
                 *slot = None;
-                self.open[market as usize * NCLASSES + c].insert(node);
-            } else if slot.is_none() {
-                *slot = Some(now_ms);
-                now_unfit.push(c as u8);
+                self.open[i].insert(node);
+                self.open_now[i].insert(node);
+            } else {
+                self.open_now[i].remove(&node);
             }
-        }
-        let h = &mut self.history[node as usize];
-        if h.len() >= self.params.history.max(1) {
-            h.pop_front();
+            if !fits && slot.is_none() {
+                *slot = Some(now_ms);
+                now_unfit |= 1 << c;
+            }
         }
         h.push_back(Version { published_ms: now_ms, advert });
         now_unfit
@@ -173,39 +227,40 @@ impl AdvertBoard {
             View::Node(viewer) => self.history[node as usize]
                 .iter()
                 .rev()
-                .find(|v| self.params.deliver_at(self.seed, viewer, node, v.advert.seq, v.published_ms) <= now_ms)
+                .find(|v| self.params.delivered_by(self.seed, viewer, node, v.advert.seq, v.published_ms, now_ms))
                 .map(|v| &v.advert),
         }
     }
 
-    /// Candidate adverts for `profile` (of class `class`) from `markets`: per market the first
-    /// `per_market` indexed nodes, in id order, that are eligible in the viewer's version.
-    pub fn candidates<'a>(
+    /// The first indexed node with room for `class` in `market`, from id `from` on. The global
+    /// view searches nodes whose newest advert has room; a node's view also those that had room
+    /// in a version it may still hold.
+    pub fn next_open(&self, view: View, market: u16, class: u8, from: u32) -> Option<u32> {
+        let index = match view {
+            View::Global => &self.open_now,
+            View::Node(_) => &self.open,
+        };
+        index[market as usize * NCLASSES + class as usize].range(from..).next().copied()
+    }
+
+    /// `node`'s advert as `view` holds it, if the workload could go there: not a target that
+    /// denied it since that advert (`denied`: node, advert seq), and `election::check_eligible`.
+    pub fn eligible<'a>(
         &'a self,
         view: View,
+        node: u32,
         profile: &WorkloadProfile,
         self_id: &NodeId,
-        class: u8,
-        markets: &[u16],
-        per_market: usize,
+        denied: &[(u32, u64)],
         now_ms: u64,
-    ) -> Vec<&'a NodeAdvert> {
-        let mut out = Vec::with_capacity(markets.len() * per_market);
-        for &m in markets {
-            let mut taken = 0;
-            for &node in &self.open[m as usize * NCLASSES + class as usize] {
-                if taken == per_market {
-                    break;
-                }
-                if let Some(advert) = self.seen(view, node, now_ms) {
-                    if check_eligible(profile, self_id, advert).is_ok() {
-                        out.push(advert);
-                        taken += 1;
-                    }
-                }
-            }
+    ) -> Option<&'a NodeAdvert> {
+        let advert = self.seen(view, node, now_ms)?;
+        if denied.iter().any(|(n, seq)| *n == node && *seq >= advert.seq) {
+            return None; // denied us, and no newer advert since
         }
-        out
+        // The cheap necessary conditions first; then the election's own check.
+        let roomy = advert.accepts_workloads() && profile.needs.fits_in(&advert.capacity.free);
+        (roomy && check_eligible(profile, self_id, advert).is_ok()).then_some(advert)
     }
 }
 
@@ -230,6 +285,12 @@ mod tests {
             }
         }
         assert_eq!(p.deliver_at(9, 7, 7, 1, 1_000), 1_000, "a node sees its own advert at once");
+        for viewer in 0..300 {
+            let at = p.deliver_at(9, viewer, 5000, 2, 1_000);
+            for now in [1_000, 1_500, 2_000, 6_100, 31_000, 40_000, 200_000] {
+                assert_eq!(p.delivered_by(9, viewer, 5000, 2, 1_000, now), at <= now, "viewer {viewer} at {now}");
+            }
+        }
         // 30 % loss: about 30 % of deliveries need a re-advert.
         assert!((450..750).contains(&lost_once), "{lost_once} of 2000 needed a repair");
         assert_eq!(delays, (0..2000).filter_map(|v| {

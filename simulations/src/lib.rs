@@ -12,6 +12,7 @@
 //! Layout: [`scenario`] (what happens), [`price`] and [`trace`] (spot prices), [`gossip`] (who
 //! knows what), `engine`/`moves` (the simulation), [`metrics`] (the table), [`plot`] (SVG).
 
+mod accounts;
 pub mod catalog;
 mod engine;
 pub mod gossip;
@@ -23,6 +24,7 @@ pub mod price;
 pub mod rng;
 pub mod run;
 pub mod scenario;
+mod state;
 pub mod trace;
 
 pub use engine::{Sim, SimError};

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::engine::{Counters, WlRt};
+use crate::state::{Counters, WlRt};
 use crate::params::Policy;
 use crate::price::HOUR_MS;
 use crate::scenario::{Scenario, DAY_MS};
@@ -27,10 +27,21 @@ pub struct PolicyResult {
     pub lost_work_hours: f64,
     pub downtime_hours: f64,
     pub overbooked_targets: usize,
+    /// Workloads on the nodes of the injected mass revocation, and how many of them restarted
+    /// from a checkpoint (the rest moved in time).
+    pub mass_revocation_workloads: u64,
+    pub mass_revocation_restarts: u64,
     /// Reservations committed after their ledger entry expired (a bug if non-zero).
     pub expired_commits: u64,
+    /// Decisions checked against a full-view election, and how many tried other peers first.
+    pub view_checks: u64,
+    pub view_mismatches: u64,
     pub reservation_msgs: u64,
     pub denied_reservations: u64,
+    /// Denials of placements, forced moves and voluntary hops.
+    pub denied_placement: u64,
+    pub denied_forced: u64,
+    pub denied_voluntary: u64,
     pub adverts: u64,
     pub decisions: u64,
     pub node_hours: f64,
@@ -59,9 +70,16 @@ impl PolicyResult {
             lost_work_hours: hours(c.lost_work_ms),
             downtime_hours: hours(wls.iter().map(|w| w.down_ms).sum()),
             overbooked_targets: c.overbooked.len(),
+            mass_revocation_workloads: c.mass_hit,
+            mass_revocation_restarts: c.mass_restarted,
             expired_commits: c.expired_commits,
+            view_checks: c.view_checks,
+            view_mismatches: c.view_mismatches,
             reservation_msgs: c.reservation_msgs,
             denied_reservations: c.denied,
+            denied_placement: c.denied_kind[0],
+            denied_forced: c.denied_kind[1],
+            denied_voluntary: c.denied_kind[2],
             adverts: c.adverts,
             decisions: c.decisions,
             node_hours: sc.nodes.len() as f64 * hours(sc.horizon_ms),
@@ -118,7 +136,7 @@ impl RunReport {
         self.results.len() as f64 * self.days * 86_400.0 / wall.max(1e-9)
     }
 
-    /// The table, as Markdown.
+    /// The table, as Markdown. Deterministic: the same seed gives the same bytes.
     pub fn table(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(
@@ -128,7 +146,7 @@ impl RunReport {
         );
         let _ = writeln!(
             out,
-            "| policy | cost vs on-demand | cost USD | revocations /workload-day | migrations /workload-day | failed moves | downtime h | lost work h | overbooked targets | decision msgs /node/h | sim-s/wall-s |"
+            "| policy | cost vs on-demand | cost USD | revocations /workload-day | migrations /workload-day | failed moves | downtime h | lost work h | overbooked targets | decision msgs /node/h | denied reservations |"
         );
         let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for r in &self.results {
@@ -139,7 +157,7 @@ impl RunReport {
                 .map_or("n/a".to_string(), |v| format!("{v:.3}"));
             let _ = writeln!(
                 out,
-                "| {} | {} | {:.2} | {:.4} | {:.4} | {} | {:.2} | {:.2} | {} | {:.4} | {:.0} |",
+                "| {} | {} | {:.2} | {:.4} | {:.4} | {} | {:.2} | {:.2} | {} | {:.4} | {} |",
                 r.policy,
                 rel,
                 r.cost_usd,
@@ -150,9 +168,20 @@ impl RunReport {
                 r.lost_work_hours,
                 r.overbooked_targets,
                 r.msgs_per_node_hour(),
-                r.speed,
+                r.denied_reservations,
             );
         }
+        out
+    }
+
+    /// Wall time and simulated-seconds per wall-second of each policy (not part of the table:
+    /// it changes from run to run).
+    pub fn timing(&self) -> String {
+        let mut out = String::new();
+        for r in &self.results {
+            let _ = writeln!(out, "{:<10} wall {:>7.1} s  {:>9.0} simulated-s/wall-s  {} events", r.policy, r.wall_s, r.speed, r.events);
+        }
+        let _ = writeln!(out, "all        {:>9.0} simulated-s/wall-s", self.speed());
         out
     }
 }

@@ -5,9 +5,13 @@
 
 use hotspot_protocol::election::{cost_per_hour, decide, CurrentHost, HopDecision};
 use hotspot_protocol::reservation::{DenyReason, ReservationId, ReservationMessage, ReserveRequest};
-use hotspot_protocol::NodeId;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 
-use crate::engine::{Event, Life, Sim, WState};
+use hotspot_protocol::{NodeAdvert, NodeId};
+
+use crate::engine::{Event, Sim};
+use crate::state::{Life, WState};
 use crate::gossip::View;
 use crate::params::Policy;
 use crate::rng::hash;
@@ -27,24 +31,83 @@ impl Sim<'_> {
                 let price = self.paths[node.market as usize].at(self.now);
                 (node.id, cost_per_hour(price, &node.total, &wl.profile.needs))
             }
-            None => (NOWHERE, f64::INFINITY),
+            // No source host is paid during a placement.
+            None => (NOWHERE, 0.0),
         };
         let scope = match self.sc.workloads[w as usize].volume_zone {
             Some(z) => &self.zone_markets[z as usize],
             None => &self.all_markets,
         };
-        let per_market = self.p.max_tries.max(1);
-        let adverts = self.board.candidates(view, &wl.profile, &self_id, wl.class, scope, per_market, self.now);
-        let current = CurrentHost { node: self_id, cost_per_hour: current_cost, must_leave: forced };
-        match decide(&wl.profile, &current, adverts, &self.p.hop) {
-            HopDecision::Hop { candidates, .. } => Some(candidates.into_iter().map(|c| c.node).collect()),
-            HopDecision::Stay(_) => None,
+        // Merge the markets' id-ordered indexes, keyed by (lowest cost any view may hold for the
+        // market, node id). The election ranks by cost then id, and every unseen node's (cost, id)
+        // is at least its market's key: once the k-th best found beats the smallest key left,
+        // nothing unseen can be among the first k the node tries.
+        let keep = 1.0 - self.p.hop.margin.max(0.0);
+        let k = self.tries(forced);
+        let mut heads = BinaryHeap::new();
+        for &m in scope {
+            let bound = self.lowest_recent_cost(m, wl.class);
+            if !forced && bound > current_cost * keep {
+                continue; // a voluntary hop needs a target cheaper by the margin (decide's first test)
+            }
+            if let Some(first) = self.board.next_open(view, m, wl.class, 0) {
+                heads.push(Reverse((bound.to_bits(), first, m))); // costs are >= 0: bits order
+            }
         }
+        let mut best: Vec<(f64, u32, &NodeAdvert)> = Vec::with_capacity(k + 1);
+        while let Some(Reverse((bound_bits, node, m))) = heads.pop() {
+            if best.len() >= k {
+                let (cost, id, _) = best[k - 1];
+                if (cost, id) < (f64::from_bits(bound_bits), node) {
+                    break;
+                }
+            }
+            if let Some(advert) = self.board.eligible(view, node, &wl.profile, &self_id, &wl.denied_by, self.now) {
+                let cost = cost_per_hour(advert.price_per_hour, &advert.capacity.total, &wl.profile.needs);
+                let at = best.partition_point(|(c, id, _)| (*c, *id) < (cost, node));
+                best.insert(at, (cost, node, advert));
+                best.truncate(k);
+            }
+            if let Some(next) = node.checked_add(1).and_then(|from| self.board.next_open(view, m, wl.class, from)) {
+                heads.push(Reverse((bound_bits, next, m)));
+            }
+        }
+        let adverts: Vec<&NodeAdvert> = best.into_iter().map(|(_, _, a)| a).collect();
+        let current = CurrentHost { node: self_id, cost_per_hour: current_cost, must_leave: forced };
+        let ids = |d: HopDecision| match d {
+            HopDecision::Hop { candidates, .. } => Some(candidates.into_iter().map(|c| c.node).collect::<Vec<_>>()),
+            HopDecision::Stay(_) => None,
+        };
+        let chosen = ids(decide(&wl.profile, &current, adverts, &self.p.hop));
+        if self.p.check_invariants {
+            // Cross-check the shortcut: the election over the node's whole view of the scope must
+            // put the same peers first (the ones reservations are tried on).
+            let full: Vec<_> = scope
+                .iter()
+                .flat_map(|m| self.market_nodes[*m as usize].iter())
+                .filter_map(|n| self.board.seen(view, *n, self.now).map(|a| (*n, a)))
+                .filter(|(n, a)| !wl.denied_by.iter().any(|(d, seq)| d == n && *seq >= a.seq))
+                .map(|(_, a)| a)
+                .collect();
+            let reference = ids(decide(&wl.profile, &current, full, &self.p.hop));
+            let top = |v: &Option<Vec<NodeId>>| v.as_ref().map(|c| c.iter().take(k).copied().collect::<Vec<_>>());
+            let differs = top(&chosen) != top(&reference);
+            self.c.view_checks += 1;
+            self.c.view_mismatches += differs as u64;
+        }
+        chosen
     }
 
-    /// Asks targets in order for a reservation; the first grant wins.
-    fn reserve(&mut self, w: u32, source: NodeId, targets: &[NodeId], ttl_ms: u64) -> Option<(u32, ReservationId)> {
-        for target in targets.iter().take(self.p.max_tries.max(1)) {
+    fn tries(&self, forced: bool) -> usize {
+        if forced { self.p.max_tries_forced } else { self.p.max_tries }.max(1)
+    }
+
+    /// Asks targets in order for a reservation; the first grant wins. A denial is remembered
+    /// against the advert the source holds of the target, so the next decision (on a retry) goes
+    /// on to the next peers instead of asking the same full ones again — node-local knowledge
+    /// from the Denied messages it received.
+    fn reserve(&mut self, w: u32, view: View, source: NodeId, targets: &[NodeId], forced: bool, ttl_ms: u64) -> Option<(u32, ReservationId)> {
+        for target in targets.iter().take(self.tries(forced)) {
             let t = node_index(target);
             let wl = &mut self.wls[w as usize];
             wl.attempts += 1;
@@ -63,8 +126,25 @@ impl Sim<'_> {
                 return Some((t, req.id)); // ablation: trust the stale view, skip the ledger
             }
             match node.ledger.request(&req, refusal, self.now) {
-                ReservationMessage::Granted { id, .. } => return Some((t, id)),
-                _ => self.c.denied += 1,
+                ReservationMessage::Granted { id, .. } => {
+                    self.wls[w as usize].denied_by.clear();
+                    return Some((t, id));
+                }
+                _ => {
+                    self.c.denied += 1;
+                    let kind = match (source == NOWHERE, forced) {
+                        (true, _) => 0,
+                        (false, true) => 1,
+                        (false, false) => 2,
+                    };
+                    self.c.denied_kind[kind] += 1;
+                    let seen = self.board.seen(view, t, self.now).map_or(0, |a| a.seq);
+                    let memory = &mut self.wls[w as usize].denied_by;
+                    if memory.len() >= 256 {
+                        memory.drain(..128); // bounded: the oldest denials are the stalest
+                    }
+                    memory.push((t, seen));
+                }
             }
         }
         None
@@ -82,7 +162,7 @@ impl Sim<'_> {
         // Long enough for the slowest move and a restore from checkpoint after it.
         let ttl = precopy * 2 + self.p.fixed_move_ms.1 + self.p.restart_ms + 60_000;
         let source = self.nodes[host as usize].id;
-        match self.reserve(w, source, &targets, ttl) {
+        match self.reserve(w, view, source, &targets, forced, ttl) {
             Some((dst, res)) => {
                 self.hold(w, dst, res);
                 self.set_state(w, WState::PreCopy { src: host, dst });
@@ -118,12 +198,14 @@ impl Sim<'_> {
             return;
         }
         // The mesh has no scheduler: the workload is submitted to some live node, which elects.
+        // The run starts from a deployed fleet, though: what runs at time 0 was placed before
+        // (when gossip had long converged), so every policy starts from the same global placement.
         let view = match self.policy {
-            Policy::Mesh => self.entry_node(w).map(View::Node).unwrap_or(View::Global),
+            Policy::Mesh if self.now > 0 => self.entry_node(w).map(View::Node).unwrap_or(View::Global),
             _ => View::Global,
         };
         let targets = self.elect(w, view, None, true).unwrap_or_default();
-        match self.reserve(w, NOWHERE, &targets, self.p.restart_ms + 60_000) {
+        match self.reserve(w, view, NOWHERE, &targets, true, self.p.restart_ms + 60_000) {
             Some((dst, res)) => {
                 self.hold(w, dst, res);
                 self.nodes[dst as usize].ledger.commit(&res, self.now);
@@ -171,16 +253,19 @@ impl Sim<'_> {
     /// The end of a revoked node: whatever still runs there restarts from its checkpoint.
     pub(crate) fn on_terminate(&mut self, n: u32) {
         self.nodes[n as usize].life = Life::Down;
+        let mass = self.nodes[n as usize].notice_cause == Some(crate::scenario::RevocationCause::Injected);
         let holders = self.nodes[n as usize].holders.clone();
         for w in holders {
             match self.wls[w as usize].state {
                 WState::Running { node } if node == n => {
+                    self.c.mass_restarted += mass as u64;
                     self.release(w, n);
                     self.restart_elsewhere(w);
                 }
                 WState::PreCopy { src, dst } | WState::Frozen { src: Some(src), dst } if src == n => {
                     // Too slow for the notice: restore the last checkpoint on the reserved target.
                     self.c.failed_moves += 1;
+                    self.c.mass_restarted += mass as u64;
                     self.release(w, n);
                     self.lose_work_since_checkpoint(w);
                     self.c.restarts += 1;
@@ -208,6 +293,8 @@ impl Sim<'_> {
         let node = &mut self.nodes[n as usize];
         debug_assert!(node.holders.is_empty());
         node.life_gen += 1;
+        node.noticed = false;
+        node.notice_cause = None;
         node.ledger = hotspot_protocol::reservation::Ledger::new(node.total);
         let life = node.life_gen;
         let price_ok = self.paths[node.market as usize].at(self.now) <= node.bid;
@@ -227,22 +314,28 @@ impl Sim<'_> {
         self.schedule(self.now + self.p.restart_ms, Event::Place { w, gen });
     }
 
+    /// The lowest cost per hour a workload of `class` could have in `market` in anyone's view:
+    /// views lag by at most the gossip horizon, so any price in force during it.
+    fn lowest_recent_cost(&self, market: u16, class: u8) -> f64 {
+        let price = self.paths[market as usize].min_between(self.now.saturating_sub(self.board.params().horizon_ms()), self.now);
+        let total = self.sc.markets[market as usize].key.instance.total();
+        cost_per_hour(price, &total, &crate::scenario::CLASSES[class as usize].needs)
+    }
+
     /// After prices moved: which running workloads might now hop? A workload is evaluated only if
-    /// some market that has room for its class is cheaper than its host by the margin at the new
-    /// or the previous price (a stale view may still show the old one) — otherwise `decide` can
-    /// only say "not cheaper enough". Mesh nodes evaluate when gossip brought them the news.
+    /// some market that has room for its class is cheaper than its host by the margin at a price
+    /// some view may still hold (see `lowest_recent_cost`) — otherwise `decide` can
+    /// only say "not cheaper enough". Mesh nodes evaluate at their next hop-check timer after
+    /// gossip brought them the news.
     pub(crate) fn hop_scan(&mut self) {
         let zones = self.sc.zones.len();
         let classes = crate::gossip::NCLASSES;
         // best[class * (zones + 1) + zone], zone == zones meaning any.
         let mut best = vec![f64::INFINITY; classes * (zones + 1)];
         for (m, market) in self.sc.markets.iter().enumerate() {
-            let path = &self.paths[m];
-            let price = path.at(self.now).min(path.before(self.now));
-            let total = market.key.instance.total();
-            for (c, class) in crate::scenario::CLASSES.iter().enumerate() {
+            for c in 0..classes {
                 if self.board.has_open(m as u16, c as u8) {
-                    let cost = cost_per_hour(price, &total, &class.needs);
+                    let cost = self.lowest_recent_cost(m as u16, c as u8);
                     let slot = c * (zones + 1);
                     best[slot + market.zone as usize] = best[slot + market.zone as usize].min(cost);
                     best[slot + zones] = best[slot + zones].min(cost);
@@ -264,11 +357,14 @@ impl Sim<'_> {
                 let zone = self.sc.workloads[w as usize].volume_zone.map_or(zones, |z| z as usize);
                 let current = cost_per_hour(price, &node.total, &wl.profile.needs);
                 if best[wl.class as usize * (zones + 1) + zone] <= current * keep {
-                    let delay = match self.policy {
-                        Policy::Mesh => self.p.gossip.delay(hash(&[self.sc.seed, n as u64, self.now])),
-                        _ => 0,
+                    let at = match self.policy {
+                        Policy::Mesh => {
+                            let heard = self.now + self.p.gossip.delay(hash(&[self.sc.seed, n as u64, self.now]));
+                            next_timer(heard, hash(&[self.sc.seed, n as u64]), self.p.hop_check_ms)
+                        }
+                        _ => self.now,
                     };
-                    due.push((self.now + delay, w, wl.gen));
+                    due.push((at, w, wl.gen));
                 }
             }
         }
@@ -276,4 +372,14 @@ impl Sim<'_> {
             self.schedule(at, Event::Evaluate { w, gen, forced: false });
         }
     }
+}
+
+/// First firing at or after `t` of a timer with this period and a phase drawn from `phase_hash`.
+fn next_timer(t: u64, phase_hash: u64, period: u64) -> u64 {
+    if period == 0 {
+        return t;
+    }
+    let phase = phase_hash % period;
+    let k = (t.saturating_sub(phase)).div_ceil(period);
+    (phase + k * period).max(t)
 }

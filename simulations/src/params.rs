@@ -53,6 +53,9 @@ pub struct EngineParams {
     pub gossip: GossipParams,
     /// Spot interruption notice. Default 120 s (EC2).
     pub notice_ms: u64,
+    /// A node learns of its notice by polling the instance metadata (spot/instance-action) at
+    /// this period: it sees it up to this long after it is issued. Default 5 s (AWS's advice).
+    pub notice_poll_ms: u64,
     /// Volume + interface move time, uniform in this range per move. Default 18-48 s (HotSpot's
     /// EBS+ENI measurements on EC2).
     pub fixed_move_ms: (u64, u64),
@@ -66,8 +69,15 @@ pub struct EngineParams {
     pub boot_ms: u64,
     /// After a non-price interruption, when capacity returns. Default 30 min.
     pub relaunch_after_interruption_ms: u64,
-    /// Reservations tried per decision, in the election's order. Default 8.
+    /// Mesh nodes look for cheaper hosts on a timer of this period (random phase per node), with
+    /// what gossip told them by then. Default 30 s. (The central controller acts at once.)
+    pub hop_check_ms: u64,
+    /// Reservations tried per voluntary hop, in the election's order. Default 8: a denied hop
+    /// waits for the next check.
     pub max_tries: usize,
+    /// Reservations tried per forced move or placement before backing off: the node walks down
+    /// the election's list (a few ms per round trip) while its host is going away. Default 64.
+    pub max_tries_forced: usize,
     /// Retry of a forced move whose reservations were all denied. Default 3 s.
     pub forced_retry_ms: u64,
     /// Retry of a placement that found no room. Default 30 s.
@@ -87,13 +97,16 @@ impl Default for EngineParams {
             hop: HopPolicy::default(),
             gossip: GossipParams::default(),
             notice_ms: 120_000,
+            notice_poll_ms: 5_000,
             fixed_move_ms: (18_000, 48_000),
             dirty_fraction: 0.1,
             checkpoint_ms: HOUR_MS,
             restart_ms: 90_000,
             boot_ms: 180_000,
             relaunch_after_interruption_ms: 30 * 60_000,
+            hop_check_ms: 30_000,
             max_tries: 8,
+            max_tries_forced: 64,
             forced_retry_ms: 3_000,
             place_retry_ms: 30_000,
             sample_ms: HOUR_MS,

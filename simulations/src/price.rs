@@ -62,6 +62,12 @@ impl PricePath {
         self.at(t_ms.saturating_sub(1))
     }
 
+    /// Lowest price in force at any time in [t0, t1].
+    pub fn min_between(&self, t0_ms: u64, t1_ms: u64) -> f64 {
+        let (i, j) = (self.index_at(t0_ms), self.index_at(t1_ms.max(t0_ms)));
+        self.points[i..=j].iter().map(|p| p.1).fold(f64::INFINITY, f64::min)
+    }
+
     /// USD one whole instance costs from time 0 to `t_ms`.
     pub fn integral_to(&self, t_ms: u64) -> f64 {
         let i = self.index_at(t_ms);

@@ -184,10 +184,26 @@ impl Scenario {
             let t = markets[n.market as usize].key.instance.total();
             (c + t.cpu_millis as f64, m + t.memory_bytes as f64)
         });
-        let weight: f64 = CLASSES.iter().map(|c| c.weight).sum();
-        let mean_cpu: f64 = CLASSES.iter().map(|c| c.weight * c.needs.cpu_millis as f64).sum::<f64>() / weight;
-        let mean_mem: f64 = CLASSES.iter().map(|c| c.weight * c.needs.memory_bytes as f64).sum::<f64>() / weight;
-        let slots = (cfg.utilisation * (cpu / mean_cpu).min(mem / mean_mem)).round() as u64;
+        // Only sizes some instance type of the fleet can host (a trace may cover small types only).
+        let weights: Vec<f64> = CLASSES
+            .iter()
+            .map(|c| {
+                let hostable = nodes.iter().any(|n| c.needs.fits_in(&markets[n.market as usize].key.instance.total()));
+                if hostable {
+                    c.weight
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let weight: f64 = weights.iter().sum::<f64>().max(f64::MIN_POSITIVE);
+        let mean_cpu: f64 = CLASSES.iter().zip(&weights).map(|(c, w)| w * c.needs.cpu_millis as f64).sum::<f64>() / weight;
+        let mean_mem: f64 = CLASSES.iter().zip(&weights).map(|(c, w)| w * c.needs.memory_bytes as f64).sum::<f64>() / weight;
+        let slots = if weights.iter().any(|w| *w > 0.0) {
+            (cfg.utilisation * (cpu / mean_cpu).min(mem / mean_mem)).round() as u64
+        } else {
+            0
+        };
         let mut rng = Rng::fork(cfg.seed, stream::WORKLOADS);
         let mut workloads = Vec::new();
         let mean_work_ms = cfg.mean_work_hours * HOUR_MS as f64;
@@ -195,13 +211,14 @@ impl Scenario {
             let mut at = 0u64;
             while at < horizon_ms.max(1) {
                 let mut pick = rng.f64() * weight;
-                let class = CLASSES.iter().position(|c| {
-                    pick -= c.weight;
-                    pick < 0.0
+                let class = weights.iter().position(|w| {
+                    pick -= w;
+                    pick < 0.0 && *w > 0.0
                 });
                 let work_ms = (rng.exp(mean_work_ms) as u64).max(600_000);
                 let volume_zone = rng.chance(cfg.volume_fraction).then(|| rng.below(zones.len() as u64) as u16);
-                workloads.push(WorkloadSpec { arrival_ms: at, class: class.unwrap_or(0) as u8, work_ms, volume_zone });
+                let class = class.or_else(|| weights.iter().rposition(|w| *w > 0.0)).unwrap_or(0) as u8;
+                workloads.push(WorkloadSpec { arrival_ms: at, class, work_ms, volume_zone });
                 at += work_ms;
             }
         }

@@ -16,7 +16,7 @@ use crate::price::PricePath;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
-    #[error("cannot read trace {path}: {source}")]
+    #[error("cannot read trace {path}")]
     Read { path: String, source: std::io::Error },
     #[error("trace is not describe-spot-price-history JSON: {0}")]
     Json(#[from] serde_json::Error),

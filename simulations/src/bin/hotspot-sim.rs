@@ -59,12 +59,16 @@ struct RunArgs {
     /// Probability one gossip delivery is lost.
     #[arg(long, default_value_t = 0.02)]
     gossip_loss: f64,
-    /// Policies to run run (comma-separated: on-demand, spot-stay, central, mesh).
+    /// Policies to run (comma-separated: on-demand, spot-stay, central, mesh).
     #[arg(long, value_delimiter = ',', default_value = "on-demand,spot-stay,central,mesh")]
     policies: Vec<String>,
     /// Policies simulated at the same time (threads).
     #[arg(long, default_value_t = 2)]
     jobs: usize,
+    /// Check the conservation invariants after every event and cross-check each decision
+    /// against an election over the node's whole view (slow: for small runs).
+    #[arg(long)]
+    check: bool,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -117,6 +121,7 @@ fn run(args: RunArgs) -> Result<()> {
     };
     let mut params = EngineParams::default();
     params.gossip.loss = args.gossip_loss;
+    params.check_invariants = args.check;
     eprintln!(
         "simulating {} nodes, {} markets, {} workloads, {} days, seed {}, policies {}",
         scenario.nodes.len(),
@@ -140,7 +145,7 @@ fn run(args: RunArgs) -> Result<()> {
     })?;
     let table = report.table();
     println!("{table}");
-    println!("simulated-seconds per wall-second: {:.0} (wall {:.1} s)", report.speed(), started.elapsed().as_secs_f64());
+    println!("{}", report.timing());
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let write = |name: &str, body: &str| -> Result<()> {
         let path = args.out.join(name);
