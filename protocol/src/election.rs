@@ -143,6 +143,10 @@ pub fn rank<'a>(
     peers: impl IntoIterator<Item = &'a NodeAdvert>,
     policy: &HopPolicy,
 ) -> Vec<Candidate> {
+    // A workload being placed (no current host) or a host with no sane price pays nothing
+    // during the move; an infinite cost here would make every score infinite and reduce the
+    // ranking to node-id order.
+    let source_cost_per_hour = if source_cost_per_hour.is_finite() { source_cost_per_hour.max(0.0) } else { 0.0 };
     let mut out: Vec<Candidate> = peers
         .into_iter()
         .filter(|p| check_eligible(profile, self_id, p).is_ok())
@@ -337,6 +341,14 @@ mod tests {
             panic!()
         };
         assert_eq!(candidates, again);
+    }
+
+    #[test]
+    fn infinite_source_cost_still_ranks_by_price() {
+        let peers = [peer(1, 0.9), peer(2, 0.1), peer(3, 0.5)];
+        let ranked = rank(&profile(), &NodeId([0; 32]), f64::INFINITY, &peers, &HopPolicy::default());
+        assert_eq!(ranked.iter().map(|c| c.node.0[0]).collect::<Vec<_>>(), vec![2, 3, 1]);
+        assert!(ranked.iter().all(|c| c.score.is_finite()));
     }
 
     #[test]
