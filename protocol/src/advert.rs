@@ -13,25 +13,12 @@ use crate::codec::{check_len, check_str, Limit, WireMessage};
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct NodeId(#[serde(with = "serde_bytes")] pub [u8; 32]);
 
+crate::hex_id!(NodeId, display = 32, debug = 6);
+
 impl NodeId {
     /// First 12 hex digits: enough to tell nodes apart in tables and logs.
     pub fn short(&self) -> String {
         self.to_string()[..12].to_string()
-    }
-}
-
-impl fmt::Display for NodeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for NodeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "NodeId({})", self.short())
     }
 }
 

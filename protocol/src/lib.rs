@@ -15,6 +15,26 @@
 //! - [`handoff`]: the migration state machine and its crash-recovery rules.
 //! - [`error`]: error codes carried on the wire.
 
+/// Implements `Display` (the first `$display` bytes as hex) and `Debug` (`Name(first $debug
+/// bytes as hex)`) for a newtype over a byte array: ids read the same in logs, tables and paths.
+macro_rules! hex_id {
+    ($ty:ident, display = $display:expr, debug = $debug:expr) => {
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0[..$display].iter().try_for_each(|b| write!(f, "{b:02x}"))
+            }
+        }
+        impl std::fmt::Debug for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, concat!(stringify!($ty), "("))?;
+                self.0[..$debug].iter().try_for_each(|b| write!(f, "{b:02x}"))?;
+                write!(f, ")")
+            }
+        }
+    };
+}
+pub(crate) use hex_id;
+
 pub mod advert;
 pub mod codec;
 pub mod election;

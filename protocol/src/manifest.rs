@@ -5,8 +5,6 @@
 //! Bulk chunk bytes do not travel inside CBOR: a [`TransferMessage::Chunk`] header is followed on
 //! the stream by `compressed_len` raw bytes.
 
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{check_len, check_str, Limit, WireMessage};
@@ -16,24 +14,7 @@ use crate::error::WireError;
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ChunkHash(#[serde(with = "serde_bytes")] pub [u8; 32]);
 
-impl fmt::Display for ChunkHash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for ChunkHash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ChunkHash(")?;
-        for b in &self.0[..6] {
-            write!(f, "{b:02x}")?;
-        }
-        write!(f, ")")
-    }
-}
+crate::hex_id!(ChunkHash, display = 32, debug = 6);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ChunkRef {

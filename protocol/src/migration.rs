@@ -2,8 +2,6 @@
 //! The target's answers are idempotent per `migration` id, so a source that lost a reply can ask
 //! again after a reconnect.
 
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
 
 use crate::advert::Resources;
@@ -15,20 +13,7 @@ use crate::reservation::ReservationId;
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct MigrationId(#[serde(with = "serde_bytes")] pub [u8; 16]);
 
-impl fmt::Display for MigrationId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in &self.0[..8] {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for MigrationId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "MigrationId({self})")
-    }
-}
+crate::hex_id!(MigrationId, display = 8, debug = 8);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
