@@ -351,6 +351,7 @@ impl Store {
         }
         self.index.apply_batch(batch)?;
         let mut packs = lock(&self.packs);
+        packs.rotate()?;
         for (id, len) in packs.list()? {
             let used = live.get(&id).copied().unwrap_or(0);
             if id == packs.current() || used * 2 >= len {

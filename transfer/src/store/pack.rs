@@ -116,7 +116,11 @@ impl Packs {
         Ok(out)
     }
 
-    fn rotate(&mut self) -> Result<(), StoreError> {
+    /// Starts a new pack, so the current one can be compacted or deleted by GC.
+    pub fn rotate(&mut self) -> Result<(), StoreError> {
+        if self.current_len == 0 {
+            return Ok(());
+        }
         let next = self.current + 1;
         let path = pack_path(&self.dir, next);
         let file = OpenOptions::new().create_new(true).append(true).read(true).open(&path).map_err(|e| io_error(&path, e))?;
