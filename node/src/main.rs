@@ -27,6 +27,10 @@ struct Cli {
 enum Command {
     /// Check whether this host can checkpoint and migrate workloads (CRIU, kernel, namespaces).
     Check(cli::check::CheckArgs),
+    /// Send a CRIU image directory to a node (only chunks it lacks travel; resumable).
+    Send(cli::transfer::SendArgs),
+    /// Receive CRIU images from trusted nodes into the local chunk store.
+    Receive(cli::transfer::ReceiveArgs),
 }
 
 fn main() -> Result<()> {
@@ -34,6 +38,8 @@ fn main() -> Result<()> {
     observability::init(cli.log_format, "info");
     let code = match &cli.command {
         Command::Check(args) => cli::check::run(args)?,
+        Command::Send(args) => cli::transfer::send(args)?,
+        Command::Receive(args) => cli::transfer::receive(args)?,
     };
     std::process::exit(code);
 }

@@ -33,14 +33,15 @@ async fn host_real_criu_image_round_trips_and_redump_sends_little() {
     assert_same_tree(&d1, &rx.next().await.unwrap().path);
     assert_eq!((again.chunks_sent, again.raw_bytes_sent), (0, 0), "second transfer of the same image sends no chunk data");
 
-    // The process changes ~1 % of its heap and grows by 1 MiB; the re-dump shares almost all pages.
+    // The process changes 1 % of its heap's pages and grows by 256 KiB; the re-dump shares
+    // almost all pages (interpreter bookkeeping changes a few more).
     workload.touch();
     workload.dump(&d2);
     let second = send_dir(&ep, rx.addr, &d2, send_opts(), None).await.unwrap();
     assert_same_tree(&d2, &rx.next().await.unwrap().path);
     let pct = 100.0 * second.raw_bytes_sent as f64 / second.image_bytes as f64;
     eprintln!("re-dump: sent {} of {} bytes ({pct:.2} %)", second.raw_bytes_sent, second.image_bytes);
-    assert!(pct < 10.0, "re-dump sent {pct:.2} % of the image");
+    assert!(pct < 5.0, "re-dump sent {pct:.2} % of the image");
 }
 
 /// A tmpfs mounted for one test; unmounted (lazily, even if busy) on drop.

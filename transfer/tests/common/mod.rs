@@ -221,10 +221,11 @@ mib = int(sys.argv[1])
 heap = [bytearray(os.urandom(1 << 20)) for _ in range(mib)]
 extra = []
 def touch(sig, frame):
-    # change ~1 % of the heap in place and allocate a little more
-    for i in range(0, len(heap), 100):
-        heap[i][0:4096] = os.urandom(4096)
-    extra.append(bytearray(os.urandom(1 << 20)))
+    # change 1 % of the heap's pages in place and allocate a little more
+    for buf in heap:
+        for at in range(0, len(buf), 100 * 4096):
+            buf[at:at + 8] = os.urandom(8)
+    extra.append(bytearray(os.urandom(256 << 10)))
 signal.signal(signal.SIGUSR1, touch)
 while True: time.sleep(1)
 "#;
