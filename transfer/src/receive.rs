@@ -170,10 +170,9 @@ async fn run(
     opts: ReceiveOptions,
 ) -> Result<Received, ReceiveError> {
     let start = Instant::now();
-    let manifest = match wire::read_msg(ctl_rx, MAX_CONTROL_FRAME).await? {
-        Some(TransferMessage::Offer { manifest, .. }) => manifest,
-        other => return Err(ReceiveError::Protocol(format!("expected an offer, got {other:?}"))),
-    };
+    let offer = wire::read_msg(ctl_rx, MAX_CONTROL_FRAME).await?.ok_or_else(|| ReceiveError::Protocol("no offer before end of stream".into()))?;
+    let manifest = tokio::task::spawn_blocking(move || wire::offered_manifest(offer)).await.map_err(task_err)??;
+    tracing::debug!(ms = start.elapsed().as_millis() as u64, "offer read");
     let (files, bytes, label) = (manifest.files.len(), manifest.total_bytes(), manifest.label.clone());
     let manifest = Arc::new(manifest);
     let (st, m) = (store.clone(), manifest.clone());
@@ -181,7 +180,7 @@ async fn run(
     let dest = opts.images_dir.join(manifest_id.to_string());
     let (m, d) = (manifest.clone(), dest.clone());
     let writer = Arc::new(tokio::task::spawn_blocking(move || ImageWriter::create(&m, &d)).await.map_err(task_err)??);
-    tracing::info!(manifest = %manifest_id, files, bytes, missing = missing.len(), "offer registered");
+    tracing::info!(manifest = %manifest_id, files, bytes, missing = missing.len(), ms = start.elapsed().as_millis() as u64, "offer registered");
 
     let mut outstanding: HashSet<ChunkHash> = missing.iter().copied().collect();
     let expected = Arc::new(std::sync::Mutex::new(outstanding.clone()));
@@ -215,6 +214,7 @@ async fn run(
                 None => return Err(ReceiveError::Connection(conn.closed().await)),
             }
         }
+        tracing::debug!(ms = start.elapsed().as_millis() as u64, "all wanted chunks stored");
         // Everything asked for is stored: fill the rest of the image from the store.
         let (w, st) = (writer.clone(), store.clone());
         match tokio::task::spawn_blocking(move || w.fill_from_store(&st)).await.map_err(task_err)? {
