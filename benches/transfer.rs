@@ -46,7 +46,7 @@ fn main() {
     let image_bytes = dir_bytes(&d1);
     println!("image 1: {} MiB, image 2: {} MiB", image_bytes >> 20, dir_bytes(&d2) >> 20);
 
-    println!("{:>9} {:>9} {:>10} {:>14}", "chunk_kib", "chunks", "unshared%", "manifest_bytes");
+    println!("{:>9} {:>9} {:>10} {:>14} {:>12} {:>12}", "chunk_kib", "chunks", "unshared%", "manifest_bytes", "manifest_zst", "wire_est%");
     for kib in [4u64, 8, 16, 32, 64] {
         let cfg = ChunkerConfig { page_chunk_bytes: kib * 1024, ..Default::default() };
         let (a, b) = (build_manifest(&d1, "a", &cfg).unwrap(), build_manifest(&d2, "b", &cfg).unwrap());
@@ -54,7 +54,17 @@ fn main() {
         let mut seen = HashSet::new();
         let unshared: u64 = b.chunks().filter(|c| !have.contains(&c.hash) && seen.insert(c.hash)).map(|c| c.len as u64).sum();
         let manifest = hotspot_protocol::codec::encode(&b).unwrap().len();
-        println!("{kib:>9} {:>9} {:>10.2} {manifest:>14}", b.chunks().count(), 100.0 * unshared as f64 / b.total_bytes() as f64);
+        let zst = match hotspot_transfer::wire::compressed_offer([0; 16], &b).unwrap() {
+            hotspot_protocol::manifest::TransferMessage::OfferCompressed { manifest, .. } => manifest.len(),
+            _ => unreachable!("compressed_offer returns OfferCompressed"),
+        };
+        let total = b.total_bytes() as f64;
+        println!(
+            "{kib:>9} {:>9} {:>10.2} {manifest:>14} {zst:>12} {:>12.2}",
+            b.chunks().count(),
+            100.0 * unshared as f64 / total,
+            100.0 * (unshared + zst as u64) as f64 / total
+        );
     }
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();

@@ -386,9 +386,7 @@ fn verify_and_store(
         }
     }
     store.put_verified(&good)?;
-    for (h, data) in &good {
-        writer.write_chunk(h, data)?;
-    }
+    writer.write_chunks(&good)?;
     let bytes = good.iter().map(|(_, d)| d.len() as u64).sum();
     Ok(BatchOutcome { stored: good.into_iter().map(|(h, _)| h).collect(), bytes, rejected })
 }

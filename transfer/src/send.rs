@@ -335,15 +335,31 @@ thread_local! {
 fn build_frame(sources: &Sources, chunks: Vec<ChunkRef>, level: i32, counters: &Counters) -> Result<Frame, SendError> {
     let raw_len: usize = chunks.iter().map(|c| c.len as usize).sum();
     let mut raw = vec![0u8; raw_len];
+    // Chunks adjacent in the same file are read with one pread (a batch is mostly one run).
+    let mut at = 0;
+    let mut i = 0;
+    while i < chunks.len() {
+        let (file, offset, len) = sources.at[&chunks[i].hash];
+        let mut run = len as usize;
+        let mut j = i + 1;
+        while let Some(&(f2, o2, l2)) = chunks.get(j).map(|c| &sources.at[&c.hash]) {
+            if f2 != file || o2 != offset + run as u64 {
+                break;
+            }
+            run += l2 as usize;
+            j += 1;
+        }
+        let (path, f) = &sources.files[file as usize];
+        f.read_exact_at(&mut raw[at..at + run], offset).map_err(|source| SendError::Read { path: path.clone(), source })?;
+        at += run;
+        i = j;
+    }
     let mut at = 0;
     for c in &chunks {
-        let (file, offset, len) = sources.at[&c.hash];
-        let (path, f) = &sources.files[file as usize];
-        f.read_exact_at(&mut raw[at..at + len as usize], offset).map_err(|source| SendError::Read { path: path.clone(), source })?;
         if counters.corrupt_left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {
             raw[at] ^= 0x5a;
         }
-        at += len as usize;
+        at += c.len as usize;
     }
     let compressed = COMPRESSOR.with(|cell| {
         let mut cell = cell.borrow_mut();

@@ -37,8 +37,31 @@ pub fn criu() -> Option<PathBuf> {
     ["/usr/local/sbin/criu", "/usr/sbin/criu", "/usr/bin/criu"].iter().map(PathBuf::from).find(|p| p.exists())
 }
 
-pub struct Node {
-    pub key: NodeKey,
+/// A synthetic image of `mib` MiB in `tmp/src`, a receiver (key 1) trusting a sender (key 2)
+/// with its root in `tmp/rx`, and the sender's endpoint.
+pub struct Setup {
+    pub tmp: tempfile::TempDir,
+    pub src: PathBuf,
+    pub r: NodeKey,
+    pub s: NodeKey,
+    pub rx: Receiver,
+    pub ep: quinn::Endpoint,
+}
+
+impl Setup {
+    pub async fn new(mib: u64, seed: u64, store: StoreOptions) -> Setup {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        fake_image_mib(&src, mib, seed);
+        let (r, s) = (key(1), key(2));
+        let rx = Receiver::start(&r, &[&s], &tmp.path().join("rx"), store).await;
+        let ep = sender_endpoint(&s, &r, rx.addr);
+        Setup { tmp, src, r, s, rx, ep }
+    }
+
+    pub fn rx_root(&self) -> PathBuf {
+        self.tmp.path().join("rx")
+    }
 }
 
 pub fn key(n: u8) -> NodeKey {
