@@ -201,8 +201,12 @@ impl Redis {
         use std::os::unix::process::CommandExt;
         let port = free_port();
         let mut cmd = Command::new("unshare");
-        cmd.args(["--fork", "--pid", "--mount-proc", "setsid", "sh", "-c"]);
-        cmd.arg(format!("exec redis-server --port {port} --bind 127.0.0.1 --save '' --appendonly no --protected-mode no </dev/null >/dev/null 2>&1"));
+        cmd.args(["--fork", "--pid", "--mount-proc", "--propagation", "private", "setsid", "sh", "-c"]);
+        // Network namespaces other tools mounted under /run/netns would be copied into this mount
+        // namespace and make CRIU refuse the dump; drop them here (private: the host keeps them).
+        cmd.arg(format!(
+            "umount -l /run/netns/* /run/netns 2>/dev/null; exec redis-server --port {port} --bind 127.0.0.1 --save '' --appendonly no --protected-mode no </dev/null >/dev/null 2>&1"
+        ));
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
         unsafe {
             cmd.pre_exec(|| {

@@ -31,7 +31,7 @@ pub enum RebuildError {
 }
 
 fn io_err(path: &Path, source: std::io::Error) -> RebuildError {
-    if matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) {
+    if crate::store::is_disk_full(&source) {
         RebuildError::DiskFull { path: path.into(), detail: source.to_string() }
     } else {
         RebuildError::Io { path: path.into(), source }

@@ -94,7 +94,15 @@ async fn host_full_target_disk_gives_clear_error_and_no_corrupt_store() {
     assert!(rx.store.manifests().unwrap().iter().all(|m| !m.complete));
     assert!(!rx.images.exists() || std::fs::read_dir(&rx.images).unwrap().next().is_none());
 
-    // With room made (GC of the failed image's unreferenced chunks), a smaller image still fits.
+    // The operator makes room (the filesystem grows) and restarts the receiver (sled refuses all
+    // writes after an I/O error until reopened); the store reopens consistent, the failed image
+    // is released and collected, and a new image round-trips.
+    let ok = Command::new("mount").args(["-o", "remount,size=64m"]).arg(&fs.0).status().unwrap().success();
+    assert!(ok, "remount tmpfs larger");
+    rx.stop().await;
+    let mut rx = Receiver::start(&r, &[&s], &fs.0, StoreOptions::default()).await;
+    assert_eq!(rx.store.verify_all().unwrap().1, 0);
+    let ep = sender_endpoint(&s, &r, rx.addr);
     let small = tmp.path().join("small-src");
     fake_image_mib(&small, 1, 22);
     for m in rx.store.manifests().unwrap() {

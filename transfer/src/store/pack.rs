@@ -27,8 +27,11 @@ pub(crate) fn pack_path(dir: &Path, id: u32) -> PathBuf {
     dir.join(format!("{id:08}.pack"))
 }
 
-fn is_disk_full(e: &std::io::Error) -> bool {
+/// ENOSPC and friends, whether the error carries the errno (our writes) or only its kind (sled).
+pub(crate) fn is_disk_full(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
     matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT) | Some(libc::EFBIG))
+        || matches!(e.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded | ErrorKind::FileTooLarge)
 }
 
 pub(crate) fn io_error(path: &Path, source: std::io::Error) -> StoreError {

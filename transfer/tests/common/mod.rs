@@ -244,7 +244,7 @@ mib = int(sys.argv[1])
 heap = [bytearray(os.urandom(1 << 20)) for _ in range(mib)]
 extra = []
 def touch(sig, frame):
-    # change 1 % of the heap's pages in place and allocate a little more
+    # change 1 % of the heap pages in place and allocate a little more
     for buf in heap:
         for at in range(0, len(buf), 100 * 4096):
             buf[at:at + 8] = os.urandom(8)
@@ -257,7 +257,10 @@ impl Workload {
     pub fn start(mib: u32) -> Workload {
         use std::os::unix::process::CommandExt;
         let mut cmd = Command::new("unshare");
-        cmd.args(["--fork", "--pid", "--mount-proc", "setsid", "python3", "-c", WORKLOAD_PY, &mib.to_string()]);
+        // Network namespaces other tools mounted under /run/netns would be copied into this mount
+        // namespace and make CRIU refuse the dump; drop them here (private: the host keeps them).
+        let script = format!("umount -l /run/netns/* /run/netns 2>/dev/null; exec python3 -c '{WORKLOAD_PY}' {mib}");
+        cmd.args(["--fork", "--pid", "--mount-proc", "--propagation", "private", "setsid", "sh", "-c", &script]);
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
         unsafe {
             cmd.pre_exec(|| {
