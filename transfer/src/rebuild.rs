@@ -177,11 +177,19 @@ impl ImageWriter {
     }
 }
 
-impl Drop for ImageWriter {
-    fn drop(&mut self) {
+impl ImageWriter {
+    /// Removes the staging directory unless the image was committed. Called when a transfer
+    /// fails, before tasks that still share the writer have wound down.
+    pub fn discard(&self) {
         if !self.done.load(Ordering::SeqCst) {
             let _ = std::fs::remove_dir_all(&self.staging);
         }
+    }
+}
+
+impl Drop for ImageWriter {
+    fn drop(&mut self) {
+        self.discard();
     }
 }
 

@@ -180,6 +180,7 @@ async fn run(
     let dest = opts.images_dir.join(manifest_id.to_string());
     let (m, d) = (manifest.clone(), dest.clone());
     let writer = Arc::new(tokio::task::spawn_blocking(move || ImageWriter::create(&m, &d)).await.map_err(task_err)??);
+    let _discard = DiscardOnDrop(writer.clone());
     tracing::info!(manifest = %manifest_id, files, bytes, missing = missing.len(), ms = start.elapsed().as_millis() as u64, "offer registered");
 
     let mut outstanding: HashSet<ChunkHash> = missing.iter().copied().collect();
@@ -242,6 +243,15 @@ async fn run(
     let elapsed = start.elapsed();
     tracing::info!(path = %path.display(), chunks_received, bytes_received, rejected, ms = elapsed.as_millis() as u64, "image received");
     Ok(Received { peer, manifest_id, label, path, files, bytes, chunks_received, bytes_received, rejected, elapsed })
+}
+
+/// Removes a failed transfer's partial image as soon as the transfer returns.
+struct DiscardOnDrop(Arc<ImageWriter>);
+
+impl Drop for DiscardOnDrop {
+    fn drop(&mut self) {
+        self.0.discard();
+    }
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
