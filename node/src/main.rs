@@ -39,6 +39,10 @@ enum Command {
     Reserve(cli::reserve::ReserveArgs),
     /// Release a reservation obtained with `reserve`.
     Release(cli::reserve::ReleaseArgs),
+    /// Send a CRIU image directory to a node (only chunks it lacks travel; resumable).
+    Send(cli::transfer::SendArgs),
+    /// Receive CRIU images from trusted nodes into the local chunk store.
+    Receive(cli::transfer::ReceiveArgs),
 }
 
 fn main() -> Result<()> {
@@ -52,6 +56,8 @@ fn main() -> Result<()> {
         Command::Status(args) => cli::status::run(args)?,
         Command::Reserve(args) => cli::reserve::run(args)?,
         Command::Release(args) => cli::reserve::release(args)?,
+        Command::Send(args) => cli::transfer::send(args)?,
+        Command::Receive(args) => cli::transfer::receive(args)?,
     };
     std::process::exit(code);
 }

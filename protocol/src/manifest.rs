@@ -112,6 +112,16 @@ pub enum TransferMessage {
     /// chunks compress badly one by one); `compressed_len` bytes follow on the stream. The
     /// decompressed frame is the chunks' bytes in order; each is verified on its own.
     ChunkBatch { chunks: Vec<ChunkRef>, compressed_len: u32, compression: Compression },
+    /// Sender -> receiver: an `Offer` whose manifest (plain CBOR of [`ImageManifest`], `raw_len`
+    /// bytes) is zstd-compressed: a manifest is ~47 bytes per chunk, a third of it CBOR keys and
+    /// lengths, and on a re-dump it is most of what crosses the wire. The receiver decodes it
+    /// with [`ImageManifest`]'s own limits and validation.
+    OfferCompressed {
+        transfer_id: [u8; 16],
+        raw_len: u32,
+        #[serde(with = "serde_bytes")]
+        manifest: Vec<u8>,
+    },
 }
 
 impl TransferMessage {
@@ -143,6 +153,12 @@ impl WireMessage for TransferMessage {
             TransferMessage::Rejected { reason, .. } => check_str("reason", reason, 1024),
             TransferMessage::Complete { .. } => Ok(()),
             TransferMessage::Error(e) => check_str("message", &e.message, 64 * 1024),
+            TransferMessage::OfferCompressed { raw_len, manifest, .. } => {
+                if *raw_len as usize > Limit::MANIFEST.0 || manifest.is_empty() {
+                    return Err(format!("compressed manifest of {raw_len} bytes out of range"));
+                }
+                Ok(())
+            }
             TransferMessage::ChunkBatch { chunks, compressed_len, .. } => {
                 if chunks.is_empty() {
                     return Err("chunk batch is empty".into());

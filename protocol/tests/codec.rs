@@ -97,6 +97,8 @@ fn transfer() -> impl Strategy<Value = TransferMessage> {
         (hash.clone(), "[ -~]{0,40}").prop_map(|(hash, reason)| TransferMessage::Rejected { hash, reason }),
         (any::<u32>(), any::<u64>()).prop_map(|(files, bytes)| TransferMessage::Complete { files, bytes }),
         wire_error().prop_map(TransferMessage::Error),
+        (any::<[u8; 16]>(), 1u32..1_000_000, prop::collection::vec(any::<u8>(), 1..64))
+            .prop_map(|(transfer_id, raw_len, manifest)| TransferMessage::OfferCompressed { transfer_id, raw_len, manifest }),
         (prop::collection::vec((hash, 1u32..65_536), 1..20), any::<bool>()).prop_map(|(chunks, z)| {
             let chunks: Vec<ChunkRef> = chunks.into_iter().map(|(hash, len)| ChunkRef { hash, len }).collect();
             let raw: u32 = chunks.iter().map(|c| c.len).sum();

@@ -20,11 +20,12 @@ use hotspot_protocol::manifest::{ChunkHash, ChunkRef, ImageManifest, ManifestFil
 
 use crate::criu_image::{self, Pagemap};
 
-/// Chunk size of page data. 4 KiB (one page) keeps the most chunks of a re-dumped process
-/// (98.9 % shared after 1 % of pages changed, vs 96 % at 16 KiB and 85 % at 64 KiB), but costs
-/// 40 manifest bytes and one index record per page. 8 KiB measured as the balance: see
-/// `transfer/CHUNKING.md` for the table the `transfer` benchmark prints.
-pub const DEFAULT_PAGE_CHUNK_BYTES: u64 = 8 * 1024;
+/// Chunk size of page data: one page. On a re-dump of redis after 1 % of its data changed, 4 KiB
+/// chunks leave 2.0 % of the image to send, 8 KiB 2.7 %, 16 KiB 4.0 %, 64 KiB 10.3 %; the
+/// per-chunk cost (a zstd-compressed manifest entry of ~34 bytes, one index record) is smaller
+/// than what larger chunks lose. Measured by `cargo bench --bench transfer`; see
+/// `transfer/CHUNKING.md`.
+pub const DEFAULT_PAGE_CHUNK_BYTES: u64 = 4 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct ChunkerConfig {

@@ -21,9 +21,11 @@ pub enum EndpointError {
     NoRuntime,
 }
 
-/// Path MTU discovery may grow packets up to this (jumbo frames in a VPC, 64 KiB on loopback);
+/// Path MTU discovery may grow packets up to this (9001-byte jumbo frames in an EC2 VPC, minus
+/// IP and UDP headers; larger datagrams overflow socket buffers in bursts and trip black-hole
+/// detection back to 1200);
 /// fewer, larger packets cut per-packet CPU, the bottleneck of QUIC bulk transfer.
-const MAX_UDP_PAYLOAD: u16 = 65_000;
+const MAX_UDP_PAYLOAD: u16 = 8_972;
 
 fn transport() -> Arc<TransportConfig> {
     let mut t = TransportConfig::default();
@@ -36,7 +38,9 @@ fn transport() -> Arc<TransportConfig> {
         .keep_alive_interval(Some(Duration::from_secs(5)))
         .max_idle_timeout(Some(VarInt::from_u32(30_000).into()));
     let mut mtu = MtuDiscoveryConfig::default();
-    mtu.upper_bound(MAX_UDP_PAYLOAD);
+    // A burst of drops on a busy host looks like a black hole; probe again soon after instead
+    // of sending 1200-byte packets for the next minute.
+    mtu.upper_bound(MAX_UDP_PAYLOAD).black_hole_cooldown(Duration::from_secs(1)).interval(Duration::from_secs(10));
     t.mtu_discovery_config(Some(mtu));
     Arc::new(t)
 }
@@ -57,8 +61,27 @@ pub fn client_config(key: &NodeKey, trust: TrustSet, expected: Option<NodeId>) -
     Ok(config)
 }
 
+/// Socket buffers for bulk transfer: the 208 KiB default overflows within a millisecond at
+/// loopback/LAN speed, and every drop is a retransmission plus a congestion-window cut.
+const SOCKET_BUFFER: libc::c_int = 8 * 1024 * 1024;
+
+fn grow_buffers(socket: &std::net::UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let fd = socket.as_raw_fd();
+    for (force, plain) in [(libc::SO_RCVBUFFORCE, libc::SO_RCVBUF), (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF)] {
+        let set = |opt| unsafe {
+            libc::setsockopt(fd, libc::SOL_SOCKET, opt, (&SOCKET_BUFFER as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>() as libc::socklen_t)
+        };
+        // FORCE ignores net.core.*mem_max but needs CAP_NET_ADMIN; otherwise take what the cap allows.
+        if set(force) != 0 {
+            set(plain);
+        }
+    }
+}
+
 fn bind(addr: SocketAddr, server: Option<quinn::ServerConfig>) -> Result<quinn::Endpoint, EndpointError> {
     let socket = std::net::UdpSocket::bind(addr).map_err(|source| EndpointError::Bind { addr, source })?;
+    grow_buffers(&socket);
     let runtime = quinn::default_runtime().ok_or(EndpointError::NoRuntime)?;
     quinn::Endpoint::new(endpoint_config(), server, socket, runtime).map_err(|source| EndpointError::Bind { addr, source })
 }

@@ -31,7 +31,7 @@ pub enum RebuildError {
 }
 
 fn io_err(path: &Path, source: std::io::Error) -> RebuildError {
-    if matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) {
+    if crate::store::is_disk_full(&source) {
         RebuildError::DiskFull { path: path.into(), detail: source.to_string() }
     } else {
         RebuildError::Io { path: path.into(), source }
@@ -97,12 +97,42 @@ impl ImageWriter {
 
     /// Writes verified chunk bytes into every place the chunk occurs.
     pub fn write_chunk(&self, hash: &ChunkHash, data: &[u8]) -> Result<(), RebuildError> {
-        let Some(places) = self.places.get(hash) else { return Ok(()) };
-        for &(file, offset) in places {
-            let (path, f) = &self.files[file as usize];
-            f.write_all_at(data, offset).map_err(|e| io_err(path, e))?;
+        self.write_chunks(&[(*hash, data)])
+    }
+
+    /// Writes several verified chunks, merging neighbours into one write each (a batch of
+    /// 4 KiB pages is mostly one contiguous run of a pages file).
+    pub fn write_chunks(&self, chunks: &[(ChunkHash, &[u8])]) -> Result<(), RebuildError> {
+        let mut places: Vec<(u32, u64, &[u8])> = Vec::with_capacity(chunks.len());
+        for (hash, data) in chunks {
+            for &(file, offset) in self.places.get(hash).map(Vec::as_slice).unwrap_or_default() {
+                places.push((file, offset, data));
+            }
         }
-        self.written.lock().unwrap_or_else(|e| e.into_inner()).insert(*hash);
+        places.sort_unstable_by_key(|&(file, offset, _)| (file, offset));
+        let mut run: Vec<u8> = Vec::new();
+        let mut i = 0;
+        while i < places.len() {
+            let (file, start, first) = places[i];
+            let mut end = start + first.len() as u64;
+            let mut j = i + 1;
+            while j < places.len() && places[j].0 == file && places[j].1 == end {
+                end += places[j].2.len() as u64;
+                j += 1;
+            }
+            let (path, f) = &self.files[file as usize];
+            let bytes = if j == i + 1 {
+                first
+            } else {
+                run.clear();
+                places[i..j].iter().for_each(|p| run.extend_from_slice(p.2));
+                &run[..]
+            };
+            f.write_all_at(bytes, start).map_err(|e| io_err(path, e))?;
+            i = j;
+        }
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        written.extend(chunks.iter().map(|(h, _)| *h));
         Ok(())
     }
 
@@ -147,11 +177,19 @@ impl ImageWriter {
     }
 }
 
-impl Drop for ImageWriter {
-    fn drop(&mut self) {
+impl ImageWriter {
+    /// Removes the staging directory unless the image was committed. Called when a transfer
+    /// fails, before tasks that still share the writer have wound down.
+    pub fn discard(&self) {
         if !self.done.load(Ordering::SeqCst) {
             let _ = std::fs::remove_dir_all(&self.staging);
         }
+    }
+}
+
+impl Drop for ImageWriter {
+    fn drop(&mut self) {
+        self.discard();
     }
 }
 

@@ -170,10 +170,9 @@ async fn run(
     opts: ReceiveOptions,
 ) -> Result<Received, ReceiveError> {
     let start = Instant::now();
-    let manifest = match wire::read_msg(ctl_rx, MAX_CONTROL_FRAME).await? {
-        Some(TransferMessage::Offer { manifest, .. }) => manifest,
-        other => return Err(ReceiveError::Protocol(format!("expected an offer, got {other:?}"))),
-    };
+    let offer = wire::read_msg(ctl_rx, MAX_CONTROL_FRAME).await?.ok_or_else(|| ReceiveError::Protocol("no offer before end of stream".into()))?;
+    let manifest = tokio::task::spawn_blocking(move || wire::offered_manifest(offer)).await.map_err(task_err)??;
+    tracing::debug!(ms = start.elapsed().as_millis() as u64, "offer read");
     let (files, bytes, label) = (manifest.files.len(), manifest.total_bytes(), manifest.label.clone());
     let manifest = Arc::new(manifest);
     let (st, m) = (store.clone(), manifest.clone());
@@ -181,7 +180,8 @@ async fn run(
     let dest = opts.images_dir.join(manifest_id.to_string());
     let (m, d) = (manifest.clone(), dest.clone());
     let writer = Arc::new(tokio::task::spawn_blocking(move || ImageWriter::create(&m, &d)).await.map_err(task_err)??);
-    tracing::info!(manifest = %manifest_id, files, bytes, missing = missing.len(), "offer registered");
+    let _discard = DiscardOnDrop(writer.clone());
+    tracing::info!(manifest = %manifest_id, files, bytes, missing = missing.len(), ms = start.elapsed().as_millis() as u64, "offer registered");
 
     let mut outstanding: HashSet<ChunkHash> = missing.iter().copied().collect();
     let expected = Arc::new(std::sync::Mutex::new(outstanding.clone()));
@@ -215,6 +215,7 @@ async fn run(
                 None => return Err(ReceiveError::Connection(conn.closed().await)),
             }
         }
+        tracing::debug!(ms = start.elapsed().as_millis() as u64, "all wanted chunks stored");
         // Everything asked for is stored: fill the rest of the image from the store.
         let (w, st) = (writer.clone(), store.clone());
         match tokio::task::spawn_blocking(move || w.fill_from_store(&st)).await.map_err(task_err)? {
@@ -242,6 +243,15 @@ async fn run(
     let elapsed = start.elapsed();
     tracing::info!(path = %path.display(), chunks_received, bytes_received, rejected, ms = elapsed.as_millis() as u64, "image received");
     Ok(Received { peer, manifest_id, label, path, files, bytes, chunks_received, bytes_received, rejected, elapsed })
+}
+
+/// Removes a failed transfer's partial image as soon as the transfer returns.
+struct DiscardOnDrop(Arc<ImageWriter>);
+
+impl Drop for DiscardOnDrop {
+    fn drop(&mut self) {
+        self.0.discard();
+    }
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -386,9 +396,7 @@ fn verify_and_store(
         }
     }
     store.put_verified(&good)?;
-    for (h, data) in &good {
-        writer.write_chunk(h, data)?;
-    }
+    writer.write_chunks(&good)?;
     let bytes = good.iter().map(|(_, d)| d.len() as u64).sum();
     Ok(BatchOutcome { stored: good.into_iter().map(|(h, _)| h).collect(), bytes, rejected })
 }

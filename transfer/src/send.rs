@@ -69,6 +69,11 @@ pub struct SendReport {
     pub rejected: u64,
     /// UDP payload bytes this connection sent (everything: handshake, manifest, chunks, acks).
     pub wire_bytes: u64,
+    /// UDP payload bytes received from the receiver (wants, acks).
+    pub wire_bytes_received: u64,
+    /// Path MTU at the end and packets lost (diagnostics for slow links).
+    pub path_mtu: u16,
+    pub lost_packets: u64,
     pub chunking_time: Duration,
     pub elapsed: Duration,
 }
@@ -172,6 +177,8 @@ pub async fn send_dir(
     let span = tracing::info_span!("send", %peer, manifest = %manifest_id);
     let counters = Arc::new(Counters { corrupt_left: AtomicUsize::new(opts.fault_corrupt_chunks), ..Default::default() });
     let result = run(&conn, manifest, sources.clone(), &opts, counters.clone(), progress).instrument(span).await;
+    let stats = conn.stats();
+    tracing::debug!(path = ?stats.path, "connection path");
     let report = SendReport {
         manifest_id,
         files: sources.files.len(),
@@ -181,7 +188,10 @@ pub async fn send_dir(
         raw_bytes_sent: counters.raw.load(Ordering::Relaxed),
         compressed_bytes_sent: counters.compressed.load(Ordering::Relaxed),
         rejected: 0,
-        wire_bytes: conn.stats().udp_tx.bytes,
+        wire_bytes: stats.udp_tx.bytes,
+        wire_bytes_received: stats.udp_rx.bytes,
+        path_mtu: stats.path.current_mtu,
+        lost_packets: stats.path.lost_packets,
         chunking_time,
         elapsed: start.elapsed(),
     };
@@ -209,7 +219,13 @@ async fn run(
     let (mut ctl_tx, mut ctl_rx) = conn.open_bi().await.map_err(connection_error)?;
     let mut transfer_id = [0u8; 16];
     getrandom::getrandom(&mut transfer_id).map_err(|e| SendError::Task(e.to_string()))?;
-    wire::write_msg(&mut ctl_tx, &TransferMessage::Offer { transfer_id, manifest }).await?;
+    let offer = tokio::task::spawn_blocking(move || wire::compressed_offer(transfer_id, &manifest)).await.map_err(task_err)??;
+    if let Err(e) = wire::write_msg(&mut ctl_tx, &offer).await {
+        return Err(match e {
+            FrameError::Io(_) => connection_error(conn.closed().await),
+            other => other.into(),
+        });
+    }
 
     let streams = opts.streams.clamp(1, 16);
     let (want_tx, want_rx) = mpsc::channel::<Vec<ChunkHash>>(1024);
@@ -319,15 +335,31 @@ thread_local! {
 fn build_frame(sources: &Sources, chunks: Vec<ChunkRef>, level: i32, counters: &Counters) -> Result<Frame, SendError> {
     let raw_len: usize = chunks.iter().map(|c| c.len as usize).sum();
     let mut raw = vec![0u8; raw_len];
+    // Chunks adjacent in the same file are read with one pread (a batch is mostly one run).
+    let mut at = 0;
+    let mut i = 0;
+    while i < chunks.len() {
+        let (file, offset, len) = sources.at[&chunks[i].hash];
+        let mut run = len as usize;
+        let mut j = i + 1;
+        while let Some(&(f2, o2, l2)) = chunks.get(j).map(|c| &sources.at[&c.hash]) {
+            if f2 != file || o2 != offset + run as u64 {
+                break;
+            }
+            run += l2 as usize;
+            j += 1;
+        }
+        let (path, f) = &sources.files[file as usize];
+        f.read_exact_at(&mut raw[at..at + run], offset).map_err(|source| SendError::Read { path: path.clone(), source })?;
+        at += run;
+        i = j;
+    }
     let mut at = 0;
     for c in &chunks {
-        let (file, offset, len) = sources.at[&c.hash];
-        let (path, f) = &sources.files[file as usize];
-        f.read_exact_at(&mut raw[at..at + len as usize], offset).map_err(|source| SendError::Read { path: path.clone(), source })?;
         if counters.corrupt_left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {
             raw[at] ^= 0x5a;
         }
-        at += len as usize;
+        at += c.len as usize;
     }
     let compressed = COMPRESSOR.with(|cell| {
         let mut cell = cell.borrow_mut();

@@ -8,9 +8,9 @@
 //! - several unidirectional data streams opened by the sender, each a sequence of `ChunkBatch`
 //!   headers, each followed by its `compressed_len` payload bytes.
 
-use hotspot_protocol::codec::{decode, encode, DecodeError, EncodeError};
+use hotspot_protocol::codec::{decode, encode, DecodeError, EncodeError, WireMessage};
 use hotspot_protocol::error::{ErrorCode, WireError};
-use hotspot_protocol::manifest::TransferMessage;
+use hotspot_protocol::manifest::{ImageManifest, TransferMessage};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Largest control message (an `Offer` carries the whole manifest).
@@ -54,6 +54,31 @@ pub async fn read_msg<R: AsyncRead + Unpin>(r: &mut R, limit: usize) -> Result<O
     let mut body = vec![0u8; len];
     r.read_exact(&mut body).await?;
     Ok(Some(decode(&body)?))
+}
+
+/// An `OfferCompressed` carrying `manifest` (blocking: compresses a few MB).
+pub fn compressed_offer(transfer_id: [u8; 16], manifest: &ImageManifest) -> Result<TransferMessage, FrameError> {
+    let raw = serde_cbor::to_vec(manifest).map_err(|e| FrameError::Encode(EncodeError::Cbor(e)))?;
+    let compressed = zstd::bulk::compress(&raw, 3)?;
+    Ok(TransferMessage::OfferCompressed { transfer_id, raw_len: raw.len() as u32, manifest: compressed })
+}
+
+/// The manifest of an `Offer` or `OfferCompressed`, decompressed within its declared size and
+/// validated like any wire message (blocking).
+pub fn offered_manifest(msg: TransferMessage) -> Result<ImageManifest, FrameError> {
+    let manifest = match msg {
+        TransferMessage::Offer { manifest, .. } => return Ok(manifest),
+        TransferMessage::OfferCompressed { raw_len, manifest, .. } => {
+            let raw = zstd::bulk::decompress(&manifest, raw_len as usize).map_err(|e| FrameError::Decode(DecodeError::Malformed(format!("manifest does not decompress: {e}"))))?;
+            if raw.len() != raw_len as usize {
+                return Err(FrameError::Decode(DecodeError::Malformed(format!("manifest is {} bytes, header said {raw_len}", raw.len()))));
+            }
+            serde_cbor::from_slice::<ImageManifest>(&raw).map_err(|e| FrameError::Decode(DecodeError::Malformed(e.to_string())))?
+        }
+        other => return Err(FrameError::Decode(DecodeError::Invalid(format!("expected an offer, got {other:?}")))),
+    };
+    manifest.validate().map_err(|e| FrameError::Decode(DecodeError::Invalid(e)))?;
+    Ok(manifest)
 }
 
 pub fn error_msg(code: ErrorCode, message: impl Into<String>) -> TransferMessage {

@@ -12,12 +12,7 @@ use hotspot_transfer::{build_manifest, endpoint, send_dir, ReceiveError, SendErr
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_trip_then_second_transfer_sends_no_chunk_data() {
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    fake_image_mib(&src, 8, 1);
-    let (r, s) = (key(1), key(2));
-    let mut rx = Receiver::start(&r, &[&s], &tmp.path().join("rx"), StoreOptions::default()).await;
-    let ep = sender_endpoint(&s, &r, rx.addr);
+    let Setup { src, s, mut rx, ep, tmp: _tmp, .. } = Setup::new(8, 1, StoreOptions::default()).await;
 
     let first = send_dir(&ep, rx.addr, &src, send_opts(), None).await.unwrap();
     let got = rx.next().await.unwrap();
@@ -58,12 +53,7 @@ async fn grown_process_shares_pages_by_virtual_address() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupted_chunk_is_rejected_and_fetched_again() {
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    fake_image_mib(&src, 4, 3);
-    let (r, s) = (key(1), key(2));
-    let mut rx = Receiver::start(&r, &[&s], &tmp.path().join("rx"), StoreOptions::default()).await;
-    let ep = sender_endpoint(&s, &r, rx.addr);
+    let Setup { src, mut rx, ep, tmp: _tmp, .. } = Setup::new(4, 3, StoreOptions::default()).await;
     let opts = hotspot_transfer::SendOptions { fault_corrupt_chunks: 3, ..send_opts() };
     let report = send_dir(&ep, rx.addr, &src, opts, None).await.unwrap();
     let got = rx.next().await.unwrap();
@@ -75,13 +65,9 @@ async fn corrupted_chunk_is_rejected_and_fetched_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunk_corrupted_at_rest_is_fetched_again() {
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    fake_image_mib(&src, 2, 4);
-    let (r, s) = (key(1), key(2));
-    let rx_root = tmp.path().join("rx");
-    let mut rx = Receiver::start(&r, &[&s], &rx_root, StoreOptions::default()).await;
-    let ep = sender_endpoint(&s, &r, rx.addr);
+    let setup = Setup::new(2, 4, StoreOptions::default()).await;
+    let rx_root = setup.rx_root();
+    let Setup { src, r, s, mut rx, ep, tmp: _tmp } = setup;
     send_dir(&ep, rx.addr, &src, send_opts(), None).await.unwrap();
     rx.next().await.unwrap();
     rx.stop().await;
@@ -122,13 +108,9 @@ async fn untrusted_client_is_refused_before_any_data() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_connection_and_restarted_receiver_resume_with_only_missing_chunks() {
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    fake_image_mib(&src, 48, 6);
-    let (r, s) = (key(1), key(2));
-    let rx_root = tmp.path().join("rx");
-    let mut rx = Receiver::start(&r, &[&s], &rx_root, StoreOptions::default()).await;
-    let ep = sender_endpoint(&s, &r, rx.addr);
+    let setup = Setup::new(48, 6, StoreOptions::default()).await;
+    let rx_root = setup.rx_root();
+    let Setup { src, r, s, mut rx, ep, tmp: _tmp } = setup;
     let opts = hotspot_transfer::SendOptions { streams: 1, batch_bytes: 64 * 1024, ..send_opts() };
     let send = send_dir(&ep, rx.addr, &src, opts, None);
     tokio::pin!(send);
@@ -161,13 +143,8 @@ async fn killed_connection_and_restarted_receiver_resume_with_only_missing_chunk
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_limit_gives_clear_error_and_consistent_store() {
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    fake_image_mib(&src, 8, 7);
-    let (r, s) = (key(1), key(2));
     let limit = StoreOptions { max_bytes: Some(3 << 20), ..Default::default() };
-    let mut rx = Receiver::start(&r, &[&s], &tmp.path().join("rx"), limit).await;
-    let ep = sender_endpoint(&s, &r, rx.addr);
+    let Setup { src, mut rx, ep, tmp: _tmp, .. } = Setup::new(8, 7, limit).await;
     let err = send_dir(&ep, rx.addr, &src, send_opts(), None).await.unwrap_err();
     match &err {
         SendError::Remote { code, message } => {

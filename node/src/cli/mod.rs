@@ -5,3 +5,4 @@ pub mod peers;
 pub mod reserve;
 pub mod run;
 pub mod status;
+pub mod transfer;

@@ -20,6 +20,7 @@ use std::sync::Mutex;
 use hotspot_protocol::manifest::{ChunkHash, ChunkRef, ImageManifest};
 use serde::{Deserialize, Serialize};
 
+pub(crate) use pack::is_disk_full;
 use pack::{io_error, Packs};
 
 const FORMAT_VERSION: u32 = 1;
@@ -208,7 +209,7 @@ impl Store {
         if !known {
             let rec = ManifestRecord { v: RECORD_VERSION, complete: false, manifest: manifest.clone() };
             batch.insert(&manifest_key(&id)[..], encode(&rec));
-            self.index.apply_batch(batch)?;
+            self.index.apply_batch(batch).map_err(|e| self.sled_error(e))?;
         }
         Ok((id, missing))
     }
@@ -351,6 +352,7 @@ impl Store {
         }
         self.index.apply_batch(batch)?;
         let mut packs = lock(&self.packs);
+        packs.rotate()?;
         for (id, len) in packs.list()? {
             let used = live.get(&id).copied().unwrap_or(0);
             if id == packs.current() || used * 2 >= len {

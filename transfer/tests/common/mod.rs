@@ -37,8 +37,31 @@ pub fn criu() -> Option<PathBuf> {
     ["/usr/local/sbin/criu", "/usr/sbin/criu", "/usr/bin/criu"].iter().map(PathBuf::from).find(|p| p.exists())
 }
 
-pub struct Node {
-    pub key: NodeKey,
+/// A synthetic image of `mib` MiB in `tmp/src`, a receiver (key 1) trusting a sender (key 2)
+/// with its root in `tmp/rx`, and the sender's endpoint.
+pub struct Setup {
+    pub tmp: tempfile::TempDir,
+    pub src: PathBuf,
+    pub r: NodeKey,
+    pub s: NodeKey,
+    pub rx: Receiver,
+    pub ep: quinn::Endpoint,
+}
+
+impl Setup {
+    pub async fn new(mib: u64, seed: u64, store: StoreOptions) -> Setup {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        fake_image_mib(&src, mib, seed);
+        let (r, s) = (key(1), key(2));
+        let rx = Receiver::start(&r, &[&s], &tmp.path().join("rx"), store).await;
+        let ep = sender_endpoint(&s, &r, rx.addr);
+        Setup { tmp, src, r, s, rx, ep }
+    }
+
+    pub fn rx_root(&self) -> PathBuf {
+        self.tmp.path().join("rx")
+    }
 }
 
 pub fn key(n: u8) -> NodeKey {
@@ -221,10 +244,11 @@ mib = int(sys.argv[1])
 heap = [bytearray(os.urandom(1 << 20)) for _ in range(mib)]
 extra = []
 def touch(sig, frame):
-    # change ~1 % of the heap in place and allocate a little more
-    for i in range(0, len(heap), 100):
-        heap[i][0:4096] = os.urandom(4096)
-    extra.append(bytearray(os.urandom(1 << 20)))
+    # change 1 % of the heap pages in place and allocate a little more
+    for buf in heap:
+        for at in range(0, len(buf), 100 * 4096):
+            buf[at:at + 8] = os.urandom(8)
+    extra.append(bytearray(os.urandom(256 << 10)))
 signal.signal(signal.SIGUSR1, touch)
 while True: time.sleep(1)
 "#;
@@ -233,7 +257,10 @@ impl Workload {
     pub fn start(mib: u32) -> Workload {
         use std::os::unix::process::CommandExt;
         let mut cmd = Command::new("unshare");
-        cmd.args(["--fork", "--pid", "--mount-proc", "setsid", "python3", "-c", WORKLOAD_PY, &mib.to_string()]);
+        // Network namespaces other tools mounted under /run/netns would be copied into this mount
+        // namespace and make CRIU refuse the dump; drop them here (private: the host keeps them).
+        let script = format!("umount -l /run/netns/* /run/netns 2>/dev/null; exec python3 -c '{WORKLOAD_PY}' {mib}");
+        cmd.args(["--fork", "--pid", "--mount-proc", "--propagation", "private", "setsid", "sh", "-c", &script]);
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
         unsafe {
             cmd.pre_exec(|| {
