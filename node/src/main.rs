@@ -27,6 +27,8 @@ struct Cli {
 enum Command {
     /// Check whether this host can checkpoint and migrate workloads (CRIU, kernel, namespaces).
     Check(cli::check::CheckArgs),
+    /// EC2: this instance's identity, its spot price, the cluster's peers; a fake metadata service.
+    Ec2(cli::ec2::Ec2Args),
 }
 
 fn main() -> Result<()> {
@@ -34,6 +36,7 @@ fn main() -> Result<()> {
     observability::init(cli.log_format, "info");
     let code = match &cli.command {
         Command::Check(args) => cli::check::run(args)?,
+        Command::Ec2(args) => cli::ec2::run(args)?,
     };
     std::process::exit(code);
 }

@@ -1,0 +1,86 @@
+//! AWS errors moto cannot produce (throttling, missing permissions), injected by a loopback proxy
+//! that answers chosen actions with EC2's error document: they surface as clear, typed errors and
+//! leave the resource on the source.
+
+mod common;
+
+use common::fault_proxy::FaultProxy;
+use common::{cluster, provider, volume, volume_state, MotoServer, ZONE_A};
+use hotspot_node::provider::{drive_or_roll_back, MoveStep, ProviderError, Resource, VolumePlan};
+
+const DENIED: &str = "You are not authorized to perform this operation.";
+
+#[tokio::test]
+async fn permission_denied_on_attach_rolls_back_to_source() {
+    let Some(moto) = MotoServer::for_test("permission_denied_on_attach_rolls_back_to_source") else { return };
+    let proxy = FaultProxy::start(moto.endpoint()).await;
+    let p = provider(&proxy.endpoint).await;
+    let c = cluster(p.client()).await;
+    let vol = volume(p.client(), ZONE_A, Some(c.source.as_str())).await;
+    let plan = VolumePlan { volume: vol.clone(), source_host: c.source.clone(), target_host: c.target.clone(), device: "/dev/sdf".into() };
+
+    // The role may not attach to the target; the rollback's attach (to the source) then works.
+    proxy.fail("AttachVolume", 403, "UnauthorizedOperation", DENIED, 1);
+    let mut persisted = Vec::new();
+    let err = drive_or_roll_back(&p, Resource::Volume(&plan), MoveStep::Planned, |s| persisted.push(s)).await.unwrap_err();
+    assert_eq!(persisted, [MoveStep::Detaching, MoveStep::Detached]);
+    assert_eq!(err.at, MoveStep::Detached);
+    match &err.cause {
+        ProviderError::PermissionDenied { op, code, .. } => assert_eq!((*op, code.as_str()), ("AttachVolume", "UnauthorizedOperation")),
+        other => panic!("expected PermissionDenied, got {other}"),
+    }
+    assert!(err.rolled_back, "{err}");
+    let text = err.to_string();
+    assert!(text.contains("permission denied") && text.contains("IAM") && text.contains("rolled back"), "{text}");
+    assert!(!err.cause.is_transient());
+    assert_eq!(proxy.seen("AttachVolume"), 2, "one refused attach, one rollback attach");
+    assert_eq!(volume_state(p.client(), &vol).await, ("in-use".into(), vec![c.source.clone()]));
+}
+
+#[tokio::test]
+async fn throttling_is_retried_then_surfaces_clearly() {
+    let Some(moto) = MotoServer::for_test("throttling_is_retried_then_surfaces_clearly") else { return };
+    let proxy = FaultProxy::start(moto.endpoint()).await;
+    let p = provider(&proxy.endpoint).await;
+    let c = cluster(p.client()).await;
+    let vol = volume(p.client(), ZONE_A, Some(c.source.as_str())).await;
+    let plan = VolumePlan { volume: vol.clone(), source_host: c.source.clone(), target_host: c.target.clone(), device: "/dev/sdf".into() };
+
+    // Throttled once: the SDK's retry absorbs it and the move completes.
+    proxy.fail("DetachVolume", 503, "RequestLimitExceeded", "Request limit exceeded.", 1);
+    drive_or_roll_back(&p, Resource::Volume(&plan), MoveStep::Planned, |_| {}).await.unwrap();
+    assert_eq!(proxy.seen("DetachVolume"), 2);
+    assert_eq!(volume_state(p.client(), &vol).await.1, vec![c.target.clone()]);
+
+    // Throttled on every attempt (3, the default): a typed, transient error naming the call, and
+    // the volume stays where it was.
+    let back = VolumePlan { source_host: c.target.clone(), target_host: c.source.clone(), ..plan };
+    proxy.fail("DetachVolume", 503, "RequestLimitExceeded", "Request limit exceeded.", 100);
+    let err = drive_or_roll_back(&p, Resource::Volume(&back), MoveStep::Planned, |_| {}).await.unwrap_err();
+    match &err.cause {
+        ProviderError::Throttled { op, code, .. } => assert_eq!((*op, code.as_str()), ("DetachVolume", "RequestLimitExceeded")),
+        other => panic!("expected Throttled, got {other}"),
+    }
+    assert!(err.cause.is_transient());
+    assert!(err.to_string().contains("try again later"), "{err}");
+    assert_eq!(proxy.seen("DetachVolume"), 2 + 3);
+    assert!(err.rolled_back);
+    assert_eq!(volume_state(p.client(), &vol).await, ("in-use".into(), vec![c.target.clone()]));
+}
+
+#[tokio::test]
+async fn permission_denied_on_describe_refuses_before_any_change() {
+    let Some(moto) = MotoServer::for_test("permission_denied_on_describe_refuses_before_any_change") else { return };
+    let proxy = FaultProxy::start(moto.endpoint()).await;
+    let p = provider(&proxy.endpoint).await;
+    let c = cluster(p.client()).await;
+    let vol = volume(p.client(), ZONE_A, Some(c.source.as_str())).await;
+    let plan = VolumePlan { volume: vol.clone(), source_host: c.source.clone(), target_host: c.target.clone(), device: "/dev/sdf".into() };
+
+    proxy.fail("DescribeInstances", 403, "UnauthorizedOperation", DENIED, 1);
+    let err = drive_or_roll_back(&p, Resource::Volume(&plan), MoveStep::Planned, |_| {}).await.unwrap_err();
+    assert!(matches!(err.cause, ProviderError::PermissionDenied { op: "DescribeInstances", .. }), "{err}");
+    assert!(!err.rolled_back && err.rollback_error.is_none());
+    assert_eq!(proxy.seen("DetachVolume"), 0);
+    assert_eq!(volume_state(p.client(), &vol).await, ("in-use".into(), vec![c.source.clone()]));
+}
