@@ -1,5 +1,5 @@
 //! The target-host half of a resource move, on real kernel objects: a loop device stands in for an
-//! attached EBS volume, a dummy interface in a network namespace for an attached ENI.
+//! attached EBS volume, a veth interface in a network namespace for an attached ENI.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -79,7 +79,9 @@ async fn host_moved_address_is_policy_routed_idempotently() {
     }
     let ns = Netns(format!("hsec2-{}", std::process::id()));
     sh(&["ip", "netns", "add", &ns.0]);
-    sh(&["ip", "-n", &ns.0, "link", "add", "eni0", "type", "dummy"]);
+    // A veth end stands in for the ENI (this kernel has no dummy interfaces).
+    sh(&["ip", "-n", &ns.0, "link", "add", "eni0", "type", "veth", "peer", "name", "eni0-peer"]);
+    sh(&["ip", "-n", &ns.0, "link", "set", "eni0-peer", "up"]);
     let route = RouteSpec {
         interface: "eni0".into(),
         address: "10.77.71.25/24".into(),

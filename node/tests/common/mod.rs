@@ -4,6 +4,7 @@
 
 pub mod fault_proxy;
 
+#[allow(unused_imports)] // not every test binary seeds every kind
 pub use hotspot_node::provider::ec2::emulator::{interface, run_instance, subnet_in, volume};
 use hotspot_node::provider::ec2::{build_client, Ec2ClientSettings, Ec2Provider, Ec2ProviderOptions};
 

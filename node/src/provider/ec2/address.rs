@@ -74,8 +74,7 @@ async fn holder(p: &Ec2Provider, plan: &AddressPlan) -> Result<Option<String>, P
     match plan {
         AddressPlan::SecondaryIp { ip, source_interface, target_interface } => {
             for eni in [target_interface, source_interface] {
-                let desc = describe_interface(p, eni).await?;
-                if desc.private_ip_addresses().iter().any(|a| a.private_ip_address() == Some(ip.as_str())) {
+                if interface_ips(p, eni).await?.contains(ip) {
                     return Ok(Some(eni.clone()));
                 }
             }
@@ -142,7 +141,30 @@ async fn reassign(p: &Ec2Provider, plan: &AddressPlan, to: &str) -> Result<(), P
         AddressPlan::Interface { .. } => unreachable!("interfaces move by detach/attach"),
     }
     info!(to, "address reassigned");
-    let what = if matches!(plan, AddressPlan::SecondaryIp { .. }) { "secondary IP" } else { "elastic IP" };
-    wait_until(p, "reassign", what, to, || holder(p, plan), |h| h.as_deref() == Some(to), |h| format!("on {h:?}")).await?;
+    match plan {
+        AddressPlan::SecondaryIp { ip, source_interface, target_interface } => {
+            let on = |eni: &str| {
+                let eni = eni.to_string();
+                async move { Ok::<_, ProviderError>(interface_ips(p, &eni).await?.contains(ip)) }
+            };
+            wait_until(p, "reassign", "secondary IP", ip, || on(to), |here| *here, |_| format!("not yet on {to}")).await?;
+            // EC2 takes the IP off the other interface itself; the emulator leaves it on both, and
+            // a duplicate address would answer ARP from two hosts. Make sure, idempotently.
+            let other = if to == source_interface.as_str() { target_interface } else { source_interface };
+            if on(other).await? {
+                let req = p.client.unassign_private_ip_addresses().network_interface_id(other).private_ip_addresses(ip);
+                call(&p.stats, "UnassignPrivateIpAddresses", req.send()).await?;
+            }
+        }
+        _ => {
+            let done = |h: &Option<String>| h.as_deref() == Some(to);
+            wait_until(p, "reassign", "elastic IP", to, || holder(p, plan), done, |h| format!("on {h:?}")).await?;
+        }
+    }
     Ok(())
+}
+
+async fn interface_ips(p: &Ec2Provider, eni: &str) -> Result<Vec<String>, ProviderError> {
+    let desc = describe_interface(p, eni).await?;
+    Ok(desc.private_ip_addresses().iter().filter_map(|a| a.private_ip_address()).map(str::to_string).collect())
 }
