@@ -49,7 +49,8 @@ async fn main() {
     let subnet = subnet_in(&client, ZONE).await;
     let vol = volume(&client, ZONE, Some(a.as_str())).await;
     let eni = interface(&client, &subnet, Some(a.as_str())).await;
-    let (raw_vol, raw_eni) = (volume(&client, ZONE, Some(a.as_str())).await, interface(&client, &subnet, Some(a.as_str())).await);
+    let (raw_vol, raw_eni) =
+        (volume(&client, ZONE, Some(a.as_str())).await, interface(&client, &subnet, Some(a.as_str())).await);
 
     let mut totals = Vec::new();
     let mut sdk = Vec::new();
@@ -58,17 +59,31 @@ async fn main() {
     let mut calls = 0;
     let (mut from, mut to) = (a.clone(), b.clone());
     for round in 0..=ROUNDS {
-        let vplan = VolumePlan { volume: vol.clone(), source_host: from.clone(), target_host: to.clone(), device: "/dev/sdf".into() };
-        let aplan = AddressPlan::Interface { interface: eni.clone(), source_host: from.clone(), target_host: to.clone(), device_index: 1 };
+        let vplan = VolumePlan {
+            volume: vol.clone(),
+            source_host: from.clone(),
+            target_host: to.clone(),
+            device: "/dev/sdf".into(),
+        };
+        let aplan = AddressPlan::Interface {
+            interface: eni.clone(),
+            source_host: from.clone(),
+            target_host: to.clone(),
+            device_index: 1,
+        };
         let mut journal: Vec<Vec<u8>> = Vec::new();
         let (calls0, sdk0) = (provider.call_stats().calls(), provider.call_stats().total());
         let started = Instant::now();
-        drive_or_roll_back(&provider, Resource::Volume(&vplan), MoveStep::Planned, |s| journal.push(PersistedStep::encode(s)))
-            .await
-            .expect("volume move");
-        drive_or_roll_back(&provider, Resource::Address(&aplan), MoveStep::Planned, |s| journal.push(PersistedStep::encode(s)))
-            .await
-            .expect("interface move");
+        drive_or_roll_back(&provider, Resource::Volume(&vplan), MoveStep::Planned, |s| {
+            journal.push(PersistedStep::encode(s))
+        })
+        .await
+        .expect("volume move");
+        drive_or_roll_back(&provider, Resource::Address(&aplan), MoveStep::Planned, |s| {
+            journal.push(PersistedStep::encode(s))
+        })
+        .await
+        .expect("interface move");
         let total = started.elapsed();
         let in_sdk = provider.call_stats().total() - sdk0;
         assert_eq!(journal.len(), 6);

@@ -5,29 +5,57 @@
 mod common;
 
 use common::fault_proxy::FaultProxy;
-use common::{cluster, provider, volume, volume_state, MotoServer, ZONE_A};
+use common::{cluster, provider, volume, volume_state, Cluster, MotoServer, ZONE_A};
+use hotspot_node::provider::ec2::Ec2Provider;
 use hotspot_node::provider::{drive_or_roll_back, MoveStep, ProviderError, Resource, VolumePlan};
 
 const DENIED: &str = "You are not authorized to perform this operation.";
 
-#[tokio::test]
-async fn permission_denied_on_attach_rolls_back_to_source() {
-    let Some(moto) = MotoServer::for_test("permission_denied_on_attach_rolls_back_to_source") else { return };
+/// moto behind the fault proxy, two instances, and a volume on the source to move.
+struct Fixture {
+    _moto: MotoServer,
+    proxy: FaultProxy,
+    p: Ec2Provider,
+    c: Cluster,
+    vol: String,
+    plan: VolumePlan,
+}
+
+async fn fixture(test: &str) -> Option<Fixture> {
+    let moto = MotoServer::for_test(test)?;
     let proxy = FaultProxy::start(moto.endpoint()).await;
     let p = provider(&proxy.endpoint).await;
     let c = cluster(p.client()).await;
     let vol = volume(p.client(), ZONE_A, Some(c.source.as_str())).await;
-    let plan = VolumePlan { volume: vol.clone(), source_host: c.source.clone(), target_host: c.target.clone(), device: "/dev/sdf".into() };
+    let plan = VolumePlan {
+        volume: vol.clone(),
+        source_host: c.source.clone(),
+        target_host: c.target.clone(),
+        device: "/dev/sdf".into(),
+    };
+    Some(Fixture { _moto: moto, proxy, p, c, vol, plan })
+}
+
+#[tokio::test]
+async fn permission_denied_on_attach_rolls_back_to_source() {
+    let Some(Fixture { _moto, proxy, p, c, vol, plan }) =
+        fixture("permission_denied_on_attach_rolls_back_to_source").await
+    else {
+        return;
+    };
 
     // The role may not attach to the target; the rollback's attach (to the source) then works.
     proxy.fail("AttachVolume", 403, "UnauthorizedOperation", DENIED, 1);
     let attaches_before = proxy.seen("AttachVolume"); // the seeding attached it to the source
     let mut persisted = Vec::new();
-    let err = drive_or_roll_back(&p, Resource::Volume(&plan), MoveStep::Planned, |s| persisted.push(s)).await.unwrap_err();
+    let err =
+        drive_or_roll_back(&p, Resource::Volume(&plan), MoveStep::Planned, |s| persisted.push(s)).await.unwrap_err();
     assert_eq!(persisted, [MoveStep::Detaching, MoveStep::Detached]);
     assert_eq!(err.at, MoveStep::Detached);
     match &err.cause {
-        ProviderError::PermissionDenied { op, code, .. } => assert_eq!((*op, code.as_str()), ("AttachVolume", "UnauthorizedOperation")),
+        ProviderError::PermissionDenied { op, code, .. } => {
+            assert_eq!((*op, code.as_str()), ("AttachVolume", "UnauthorizedOperation"))
+        }
         other => panic!("expected PermissionDenied, got {other}"),
     }
     assert!(err.rolled_back, "{err}");
@@ -40,12 +68,10 @@ async fn permission_denied_on_attach_rolls_back_to_source() {
 
 #[tokio::test]
 async fn throttling_is_retried_then_surfaces_clearly() {
-    let Some(moto) = MotoServer::for_test("throttling_is_retried_then_surfaces_clearly") else { return };
-    let proxy = FaultProxy::start(moto.endpoint()).await;
-    let p = provider(&proxy.endpoint).await;
-    let c = cluster(p.client()).await;
-    let vol = volume(p.client(), ZONE_A, Some(c.source.as_str())).await;
-    let plan = VolumePlan { volume: vol.clone(), source_host: c.source.clone(), target_host: c.target.clone(), device: "/dev/sdf".into() };
+    let Some(Fixture { _moto, proxy, p, c, vol, plan }) = fixture("throttling_is_retried_then_surfaces_clearly").await
+    else {
+        return;
+    };
 
     // Throttled once: the SDK's retry absorbs it and the move completes.
     proxy.fail("DetachVolume", 503, "RequestLimitExceeded", "Request limit exceeded.", 1);
@@ -59,7 +85,9 @@ async fn throttling_is_retried_then_surfaces_clearly() {
     proxy.fail("DetachVolume", 503, "RequestLimitExceeded", "Request limit exceeded.", 100);
     let err = drive_or_roll_back(&p, Resource::Volume(&back), MoveStep::Planned, |_| {}).await.unwrap_err();
     match &err.cause {
-        ProviderError::Throttled { op, code, .. } => assert_eq!((*op, code.as_str()), ("DetachVolume", "RequestLimitExceeded")),
+        ProviderError::Throttled { op, code, .. } => {
+            assert_eq!((*op, code.as_str()), ("DetachVolume", "RequestLimitExceeded"))
+        }
         other => panic!("expected Throttled, got {other}"),
     }
     assert!(err.cause.is_transient());
@@ -71,12 +99,11 @@ async fn throttling_is_retried_then_surfaces_clearly() {
 
 #[tokio::test]
 async fn permission_denied_on_describe_refuses_before_any_change() {
-    let Some(moto) = MotoServer::for_test("permission_denied_on_describe_refuses_before_any_change") else { return };
-    let proxy = FaultProxy::start(moto.endpoint()).await;
-    let p = provider(&proxy.endpoint).await;
-    let c = cluster(p.client()).await;
-    let vol = volume(p.client(), ZONE_A, Some(c.source.as_str())).await;
-    let plan = VolumePlan { volume: vol.clone(), source_host: c.source.clone(), target_host: c.target.clone(), device: "/dev/sdf".into() };
+    let Some(Fixture { _moto, proxy, p, c, vol, plan }) =
+        fixture("permission_denied_on_describe_refuses_before_any_change").await
+    else {
+        return;
+    };
 
     proxy.fail("DescribeInstances", 403, "UnauthorizedOperation", DENIED, 1);
     let err = drive_or_roll_back(&p, Resource::Volume(&plan), MoveStep::Planned, |_| {}).await.unwrap_err();

@@ -14,7 +14,12 @@ use hotspot_node::provider::{
 };
 
 fn plan(volume: &str, source: &str, target: &str) -> VolumePlan {
-    VolumePlan { volume: volume.into(), source_host: source.into(), target_host: target.into(), device: "/dev/sdf".into() }
+    VolumePlan {
+        volume: volume.into(),
+        source_host: source.into(),
+        target_host: target.into(),
+        device: "/dev/sdf".into(),
+    }
 }
 
 #[tokio::test]
@@ -87,8 +92,12 @@ async fn zone_mismatch_is_refused_before_anything_moves() {
 
     // ENIs are zone-bound as well.
     let eni = interface(p.client(), &c.subnet_a, Some(c.source.as_str())).await;
-    let addr =
-        AddressPlan::Interface { interface: eni.clone(), source_host: c.source.clone(), target_host: c.far.clone(), device_index: 1 };
+    let addr = AddressPlan::Interface {
+        interface: eni.clone(),
+        source_host: c.source.clone(),
+        target_host: c.far.clone(),
+        device_index: 1,
+    };
     let err = p.address_step(&addr, MoveStep::Planned).await.unwrap_err();
     assert!(matches!(err, ProviderError::WrongZone { .. }), "{err}");
     assert_eq!(interface_holder(p.client(), &eni).await.as_deref(), Some(c.source.as_str()));
@@ -96,7 +105,9 @@ async fn zone_mismatch_is_refused_before_anything_moves() {
 
 #[tokio::test]
 async fn crash_between_detach_and_attach_resumes_from_persisted_step() {
-    let Some(moto) = MotoServer::for_test("crash_between_detach_and_attach_resumes_from_persisted_step") else { return };
+    let Some(moto) = MotoServer::for_test("crash_between_detach_and_attach_resumes_from_persisted_step") else {
+        return;
+    };
     let c;
     let vol;
     let journal: Vec<u8>;
@@ -150,8 +161,12 @@ async fn interface_moves_to_target_then_rolls_back() {
     let p = provider(moto.endpoint()).await;
     let c = cluster(p.client()).await;
     let eni = interface(p.client(), &c.subnet_a, Some(c.source.as_str())).await;
-    let plan =
-        AddressPlan::Interface { interface: eni.clone(), source_host: c.source.clone(), target_host: c.target.clone(), device_index: 1 };
+    let plan = AddressPlan::Interface {
+        interface: eni.clone(),
+        source_host: c.source.clone(),
+        target_host: c.target.clone(),
+        device_index: 1,
+    };
 
     let mut persisted = Vec::new();
     drive_or_roll_back(&p, Resource::Address(&plan), MoveStep::Planned, |s| persisted.push(s)).await.unwrap();
@@ -171,8 +186,12 @@ async fn primary_interface_is_refused() {
     let out = p.client().describe_instances().instance_ids(&c.source).send().await.unwrap();
     let inst = &out.reservations()[0].instances()[0];
     let primary = inst.network_interfaces()[0].network_interface_id().unwrap().to_string();
-    let plan =
-        AddressPlan::Interface { interface: primary.clone(), source_host: c.source.clone(), target_host: c.target.clone(), device_index: 1 };
+    let plan = AddressPlan::Interface {
+        interface: primary.clone(),
+        source_host: c.source.clone(),
+        target_host: c.target.clone(),
+        device_index: 1,
+    };
     let err = p.address_step(&plan, MoveStep::Planned).await.unwrap_err();
     assert!(err.to_string().contains("primary interface"), "{err}");
     assert_eq!(interface_holder(p.client(), &primary).await.as_deref(), Some(c.source.as_str()));
@@ -194,7 +213,8 @@ async fn secondary_ip_and_elastic_ip_move_to_target_interface() {
         .await
         .unwrap();
     let ip = assigned.assigned_private_ip_addresses()[0].private_ip_address().unwrap().to_string();
-    let plan = AddressPlan::SecondaryIp { ip: ip.clone(), source_interface: src.clone(), target_interface: dst.clone() };
+    let plan =
+        AddressPlan::SecondaryIp { ip: ip.clone(), source_interface: src.clone(), target_interface: dst.clone() };
     drive_or_roll_back(&p, Resource::Address(&plan), MoveStep::Planned, |_| {}).await.unwrap();
     assert!(interface_ips(p.client(), &dst).await.contains(&ip));
     assert!(!interface_ips(p.client(), &src).await.contains(&ip));
@@ -204,7 +224,11 @@ async fn secondary_ip_and_elastic_ip_move_to_target_interface() {
     let alloc = p.client().allocate_address().domain(aws_sdk_ec2::types::DomainType::Vpc).send().await.unwrap();
     let alloc = alloc.allocation_id().unwrap().to_string();
     p.client().associate_address().allocation_id(&alloc).network_interface_id(&src).send().await.unwrap();
-    let plan = AddressPlan::ElasticIp { allocation: alloc.clone(), source_interface: src.clone(), target_interface: dst.clone() };
+    let plan = AddressPlan::ElasticIp {
+        allocation: alloc.clone(),
+        source_interface: src.clone(),
+        target_interface: dst.clone(),
+    };
     drive_or_roll_back(&p, Resource::Address(&plan), MoveStep::Planned, |_| {}).await.unwrap();
     let out = p.client().describe_addresses().allocation_ids(&alloc).send().await.unwrap();
     assert_eq!(out.addresses()[0].network_interface_id(), Some(dst.as_str()));
@@ -212,7 +236,12 @@ async fn secondary_ip_and_elastic_ip_move_to_target_interface() {
 
 async fn interface_ips(c: &aws_sdk_ec2::Client, eni: &str) -> Vec<String> {
     let out = c.describe_network_interfaces().network_interface_ids(eni).send().await.unwrap();
-    out.network_interfaces()[0].private_ip_addresses().iter().filter_map(|a| a.private_ip_address()).map(str::to_string).collect()
+    out.network_interfaces()[0]
+        .private_ip_addresses()
+        .iter()
+        .filter_map(|a| a.private_ip_address())
+        .map(str::to_string)
+        .collect()
 }
 
 #[tokio::test]

@@ -58,10 +58,16 @@ async fn server_enforces_token_and_ttl_header() {
     assert!(no_ttl.starts_with("HTTP/1.1 400"), "{no_ttl}");
     let no_token = raw(&fake, "GET /latest/meta-data/instance-id HTTP/1.1\r\nhost: x\r\n\r\n").await;
     assert!(no_token.starts_with("HTTP/1.1 401"), "{no_token}");
-    let tok = raw(&fake, "PUT /latest/api/token HTTP/1.1\r\nX-aws-ec2-metadata-token-ttl-seconds: 60\r\ncontent-length: 0\r\n\r\n").await;
+    let tok = raw(
+        &fake,
+        "PUT /latest/api/token HTTP/1.1\r\nX-aws-ec2-metadata-token-ttl-seconds: 60\r\ncontent-length: 0\r\n\r\n",
+    )
+    .await;
     assert!(tok.starts_with("HTTP/1.1 200") && tok.contains("x-aws-ec2-metadata-token-ttl-seconds: 60"), "{tok}");
     let token = tok.rsplit("\r\n\r\n").next().unwrap();
-    let got = raw(&fake, &format!("GET /latest/meta-data/instance-id HTTP/1.1\r\nX-aws-ec2-metadata-token: {token}\r\n\r\n")).await;
+    let got =
+        raw(&fake, &format!("GET /latest/meta-data/instance-id HTTP/1.1\r\nX-aws-ec2-metadata-token: {token}\r\n\r\n"))
+            .await;
     assert!(got.starts_with("HTTP/1.1 200") && got.ends_with("i-0123456789abcdef0"), "{got}");
     assert_eq!(fake.rejected_requests(), 2);
 }
@@ -70,7 +76,12 @@ async fn server_enforces_token_and_ttl_header() {
 async fn unreachable_metadata_service_says_so() {
     // A port nothing listens on: the error names the path and hints at the overrides.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let settings = ImdsSettings { endpoint: format!("http://127.0.0.1:{port}"), timeout_ms: 300, max_attempts: 1, ..Default::default() };
+    let settings = ImdsSettings {
+        endpoint: format!("http://127.0.0.1:{port}"),
+        timeout_ms: 300,
+        max_attempts: 1,
+        ..Default::default()
+    };
     let err = Imds::new(&settings).unwrap().identity(&IdentityOverrides::default()).await.unwrap_err();
     let text = err.to_string();
     assert!(text.contains("instance-id") && text.contains("overrides"), "{text}");

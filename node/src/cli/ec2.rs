@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use hotspot_node::imds::fake_server::FakeImds;
-use hotspot_node::imds::{region_of_zone, IdentityOverrides, Imds, ImdsSettings, InstanceIdentity, INSTANCE_TYPE, ZONE};
+use hotspot_node::imds::{
+    region_of_zone, IdentityOverrides, Imds, ImdsSettings, InstanceIdentity, INSTANCE_TYPE, ZONE,
+};
 use hotspot_node::provider::ec2::discovery::{discover_peers, DEFAULT_CLUSTER_TAG};
 use hotspot_node::provider::ec2::price::SpotPriceSource;
 use hotspot_node::provider::ec2::{build_client, Ec2ClientSettings};
@@ -91,7 +93,11 @@ async fn run_async(args: &Ec2Args) -> Result<i32> {
             let client = build_client(&settings(args, &region)).await;
             let source = SpotPriceSource::new(client, &instance_type, &zone, Duration::ZERO);
             let price = source.current_price().await?;
-            println!("{instance_type} {zone} {:.5} USD/h (since {})", price.usd_per_hour, price.since.unwrap_or_default());
+            println!(
+                "{instance_type} {zone} {:.5} USD/h (since {})",
+                price.usd_per_hour,
+                price.since.unwrap_or_default()
+            );
         }
         Ec2Command::Peers { cluster, tag, region } => {
             let client = build_client(&settings(args, region)).await;
@@ -101,7 +107,12 @@ async fn run_async(args: &Ec2Args) -> Result<i32> {
         }
         Ec2Command::FakeMetadata { listen, instance_id, instance_type, zone, spot_notice_after } => {
             let region = region_of_zone(zone).with_context(|| format!("{zone} is not a zone name"))?;
-            let identity = InstanceIdentity { instance_id: instance_id.clone(), instance_type: instance_type.clone(), zone: zone.clone(), region };
+            let identity = InstanceIdentity {
+                instance_id: instance_id.clone(),
+                instance_type: instance_type.clone(),
+                zone: zone.clone(),
+                region,
+            };
             let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
             let fake = FakeImds::start(listener, identity)?;
             eprintln!("fake metadata service on {} (Ctrl-C to stop)", fake.endpoint());

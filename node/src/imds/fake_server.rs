@@ -69,7 +69,8 @@ pub async fn read_request<R: AsyncRead + Unpin>(reader: &mut BufReader<R>) -> io
         headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
     }
     let mut req = HttpRequest { method, path, headers, body: Vec::new() };
-    let len: usize = req.header("content-length").map_or(Ok(0), str::parse::<usize>).map_err(|_| bad("bad content-length"))?;
+    let len: usize =
+        req.header("content-length").map_or(Ok(0), str::parse::<usize>).map_err(|_| bad("bad content-length"))?;
     if len > MAX_BODY {
         return Err(bad("request body too large"));
     }

@@ -44,8 +44,8 @@ pub fn parse_instance_action(body: &str) -> Result<Notice, ImdsError> {
 
 /// Parses the body of `events/recommendations/rebalance`.
 pub fn parse_rebalance(body: &str) -> Result<Notice, ImdsError> {
-    let r: RebalanceRecommendation =
-        serde_json::from_str(body).map_err(|e| ImdsError::Malformed { path: REBALANCE.into(), detail: e.to_string() })?;
+    let r: RebalanceRecommendation = serde_json::from_str(body)
+        .map_err(|e| ImdsError::Malformed { path: REBALANCE.into(), detail: e.to_string() })?;
     Ok(Notice::Rebalance { notice_time: r.notice_time })
 }
 
@@ -97,7 +97,12 @@ pub async fn watch(imds: Imds, interval: Duration, notices: mpsc::Sender<Notice>
 }
 
 /// Spawns [`watch`]; the caller owns the handle and stops it with `cancel`.
-pub fn spawn(imds: Imds, interval: Duration, notices: mpsc::Sender<Notice>, cancel: CancellationToken) -> JoinHandle<()> {
+pub fn spawn(
+    imds: Imds,
+    interval: Duration,
+    notices: mpsc::Sender<Notice>,
+    cancel: CancellationToken,
+) -> JoinHandle<()> {
     tokio::spawn(watch(imds, interval, notices, cancel))
 }
 

@@ -12,10 +12,14 @@ pub enum ProviderError {
     #[error("{op}: permission denied ({code}: {message}); the node's IAM role needs {op} (see README, IAM policy)")]
     PermissionDenied { op: &'static str, code: String, message: String },
 
-    #[error("{what} {id} is in zone {resource_zone} but host {host} is in {host_zone}: it can only move within its zone")]
+    #[error(
+        "{what} {id} is in zone {resource_zone} but host {host} is in {host_zone}: it can only move within its zone"
+    )]
     WrongZone { what: &'static str, id: String, resource_zone: String, host: String, host_zone: String },
 
-    #[error("{what} {id} is attached to {attached_to}, which is neither the source nor the target; refusing to take it")]
+    #[error(
+        "{what} {id} is attached to {attached_to}, which is neither the source nor the target; refusing to take it"
+    )]
     InUse { what: &'static str, id: String, attached_to: String },
 
     #[error("{what} {id} not found")]
@@ -43,6 +47,9 @@ pub enum ProviderError {
 impl ProviderError {
     /// True when trying again later may succeed without anyone changing anything.
     pub fn is_transient(&self) -> bool {
-        matches!(self, ProviderError::Throttled { .. } | ProviderError::Timeout { .. } | ProviderError::Transport { .. })
+        matches!(
+            self,
+            ProviderError::Throttled { .. } | ProviderError::Timeout { .. } | ProviderError::Transport { .. }
+        )
     }
 }

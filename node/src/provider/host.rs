@@ -90,7 +90,21 @@ pub async fn configure_route(route: &RouteSpec) -> Result<(), ProviderError> {
     run("route", &ip(&["link", "set", route.interface.as_str(), "up"])).await?;
     run("route", &ip(&["addr", "replace", route.address.as_str(), "dev", route.interface.as_str()])).await?;
     if let Some(gw) = &route.gateway {
-        run("route", &ip(&["route", "replace", "default", "via", gw.as_str(), "dev", route.interface.as_str(), "table", table.as_str()])).await?;
+        run(
+            "route",
+            &ip(&[
+                "route",
+                "replace",
+                "default",
+                "via",
+                gw.as_str(),
+                "dev",
+                route.interface.as_str(),
+                "table",
+                table.as_str(),
+            ]),
+        )
+        .await?;
     }
     // `ip rule add` is not idempotent: drop any copies first (fails once none is left).
     for _ in 0..16 {
@@ -112,7 +126,12 @@ async fn run(op: &'static str, argv: &[String]) -> Result<String, ProviderError>
     if !out.status.success() {
         return Err(ProviderError::Host {
             op,
-            detail: format!("`{}` failed ({}): {}", argv.join(" "), out.status, String::from_utf8_lossy(&out.stderr).trim()),
+            detail: format!(
+                "`{}` failed ({}): {}",
+                argv.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
         });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())

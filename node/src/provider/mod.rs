@@ -133,13 +133,21 @@ pub struct RouteSpec {
 /// finishes or confirms what the earlier call started.
 pub trait Provider: Send + Sync {
     /// Performs the step after `at` and returns the new state to persist.
-    fn volume_step(&self, plan: &VolumePlan, at: MoveStep) -> impl Future<Output = Result<MoveStep, ProviderError>> + Send;
+    fn volume_step(
+        &self,
+        plan: &VolumePlan,
+        at: MoveStep,
+    ) -> impl Future<Output = Result<MoveStep, ProviderError>> + Send;
 
     /// Puts the volume back on the source host, from wherever it is.
     fn roll_back_volume(&self, plan: &VolumePlan) -> impl Future<Output = Result<(), ProviderError>> + Send;
 
     /// Performs the step after `at` and returns the new state to persist.
-    fn address_step(&self, plan: &AddressPlan, at: MoveStep) -> impl Future<Output = Result<MoveStep, ProviderError>> + Send;
+    fn address_step(
+        &self,
+        plan: &AddressPlan,
+        at: MoveStep,
+    ) -> impl Future<Output = Result<MoveStep, ProviderError>> + Send;
 
     /// Puts the address back on the source host, from wherever it is.
     fn roll_back_address(&self, plan: &AddressPlan) -> impl Future<Output = Result<(), ProviderError>> + Send;
@@ -202,7 +210,12 @@ fn rollback_note(rolled_back: &bool, err: &Option<ProviderError>) -> String {
 /// Runs steps from `from` until the resource is attached to the target, calling `persist` with
 /// every new state before the next step. On a step error it rolls the resource back to the source
 /// (unless nothing had changed yet) and reports what happened.
-pub async fn drive_or_roll_back<P, F>(provider: &P, resource: Resource<'_>, from: MoveStep, mut persist: F) -> Result<(), MoveFailed>
+pub async fn drive_or_roll_back<P, F>(
+    provider: &P,
+    resource: Resource<'_>,
+    from: MoveStep,
+    mut persist: F,
+) -> Result<(), MoveFailed>
 where
     P: Provider,
     F: FnMut(MoveStep),

@@ -147,7 +147,8 @@ async fn reassign(p: &Ec2Provider, plan: &AddressPlan, to: &str) -> Result<(), P
                 let eni = eni.to_string();
                 async move { Ok::<_, ProviderError>(interface_ips(p, &eni).await?.contains(ip)) }
             };
-            wait_until(p, "reassign", "secondary IP", ip, || on(to), |here| *here, |_| format!("not yet on {to}")).await?;
+            wait_until(p, "reassign", "secondary IP", ip, || on(to), |here| *here, |_| format!("not yet on {to}"))
+                .await?;
             // EC2 takes the IP off the other interface itself; the emulator leaves it on both, and
             // a duplicate address would answer ARP from two hosts. Make sure, idempotently.
             let other = if to == source_interface.as_str() { target_interface } else { source_interface };

@@ -49,7 +49,8 @@ where
 
 /// Error codes EC2 uses for throttling and for missing permissions.
 const THROTTLING: &[&str] = &["RequestLimitExceeded", "Throttling", "ThrottlingException", "TooManyRequestsException"];
-const PERMISSION: &[&str] = &["UnauthorizedOperation", "AccessDenied", "AccessDeniedException", "AuthFailure", "Blocked"];
+const PERMISSION: &[&str] =
+    &["UnauthorizedOperation", "AccessDenied", "AccessDeniedException", "AuthFailure", "Blocked"];
 
 pub(super) fn classify<E>(op: &'static str, err: SdkError<E, HttpResponse>) -> ProviderError
 where

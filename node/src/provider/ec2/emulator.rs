@@ -149,4 +149,3 @@ pub async fn interface(c: &aws_sdk_ec2::Client, subnet: &str, attached_to: Optio
     }
     id
 }
-

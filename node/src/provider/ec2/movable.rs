@@ -51,7 +51,11 @@ pub(super) trait Attachable: Sync {
     fn source(&self) -> &str;
     fn target(&self) -> &str;
     fn describe(&self, p: &Ec2Provider) -> impl Future<Output = Result<AttachView, ProviderError>> + Send;
-    fn request_detach(&self, p: &Ec2Provider, holder: &Holder) -> impl Future<Output = Result<(), ProviderError>> + Send;
+    fn request_detach(
+        &self,
+        p: &Ec2Provider,
+        holder: &Holder,
+    ) -> impl Future<Output = Result<(), ProviderError>> + Send;
     fn request_attach(&self, p: &Ec2Provider, to: &str) -> impl Future<Output = Result<(), ProviderError>> + Send;
     /// Resource-specific refusals (e.g. an instance's primary interface cannot move).
     fn check_movable(&self, _view: &AttachView) -> Result<(), ProviderError> {
@@ -133,7 +137,12 @@ async fn check_zone<A: Attachable>(p: &Ec2Provider, r: &A, view: &AttachView) ->
 }
 
 /// Detaches from `from` (if it still holds it) and waits until the resource is free.
-async fn detach<A: Attachable>(p: &Ec2Provider, r: &A, view: AttachView, from: &str) -> Result<AttachView, ProviderError> {
+async fn detach<A: Attachable>(
+    p: &Ec2Provider,
+    r: &A,
+    view: AttachView,
+    from: &str,
+) -> Result<AttachView, ProviderError> {
     if view.free {
         return Ok(view);
     }

@@ -69,10 +69,13 @@ impl SpotPriceSource {
                 detail: format!("no {PRODUCT} spot price for {} in {}", self.instance_type, self.zone),
             })?;
         let raw = newest.spot_price().unwrap_or_default();
-        let usd_per_hour = raw.parse::<f64>().ok().filter(|p| p.is_finite() && *p >= 0.0).ok_or_else(|| {
-            ProviderError::Malformed { op: "DescribeSpotPriceHistory", detail: format!("spot price {raw:?} is not a price") }
-        })?;
-        let price = SpotPrice { usd_per_hour, since: newest.timestamp().and_then(|t| t.fmt(DateTimeFormat::DateTime).ok()) };
+        let usd_per_hour =
+            raw.parse::<f64>().ok().filter(|p| p.is_finite() && *p >= 0.0).ok_or_else(|| ProviderError::Malformed {
+                op: "DescribeSpotPriceHistory",
+                detail: format!("spot price {raw:?} is not a price"),
+            })?;
+        let price =
+            SpotPrice { usd_per_hour, since: newest.timestamp().and_then(|t| t.fmt(DateTimeFormat::DateTime).ok()) };
         self.latest.send_replace(Some((price.clone(), Instant::now())));
         Ok(price)
     }
@@ -114,7 +117,9 @@ impl SpotPriceSource {
                 _ = ticker.tick() => {}
             }
             match self.refresh().await {
-                Ok(p) => info!(usd_per_hour = p.usd_per_hour, instance_type = %self.instance_type, zone = %self.zone, "spot price"),
+                Ok(p) => {
+                    info!(usd_per_hour = p.usd_per_hour, instance_type = %self.instance_type, zone = %self.zone, "spot price")
+                }
                 Err(e) => warn!(error = %e, "spot price refresh failed; keeping the last price"),
             }
         }

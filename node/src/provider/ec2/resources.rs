@@ -21,17 +21,20 @@ impl Attachable for VolumePlan {
     }
 
     async fn describe(&self, p: &Ec2Provider) -> Result<AttachView, ProviderError> {
-        let out = call(&p.stats, "DescribeVolumes", p.client.describe_volumes().volume_ids(&self.volume).send()).await?;
-        let v = out.volumes().first().ok_or_else(|| ProviderError::NotFound { what: "volume", id: self.volume.clone() })?;
+        let out =
+            call(&p.stats, "DescribeVolumes", p.client.describe_volumes().volume_ids(&self.volume).send()).await?;
+        let v =
+            out.volumes().first().ok_or_else(|| ProviderError::NotFound { what: "volume", id: self.volume.clone() })?;
         let state = v.state().cloned().unwrap_or(VolumeState::Error);
         // A `detached` attachment record no longer holds the volume.
-        let holder = v.attachments().iter().find(|a| a.state() != Some(&VolumeAttachmentState::Detached)).map(|a| Holder {
-            instance: a.instance_id().unwrap_or_default().to_string(),
-            attached: state == VolumeState::InUse && a.state() == Some(&VolumeAttachmentState::Attached),
-            detaching: a.state() == Some(&VolumeAttachmentState::Detaching),
-            attachment_id: None,
-            device_index: None,
-        });
+        let holder =
+            v.attachments().iter().find(|a| a.state() != Some(&VolumeAttachmentState::Detached)).map(|a| Holder {
+                instance: a.instance_id().unwrap_or_default().to_string(),
+                attached: state == VolumeState::InUse && a.state() == Some(&VolumeAttachmentState::Attached),
+                detaching: a.state() == Some(&VolumeAttachmentState::Detaching),
+                attachment_id: None,
+                device_index: None,
+            });
         let atts: Vec<String> = v
             .attachments()
             .iter()
@@ -90,7 +93,12 @@ impl Attachable for InterfaceMove<'_> {
             device_index: a.device_index(),
         });
         let summary = match &holder {
-            Some(h) => format!("{} [{}:{}]", status.as_str(), h.instance, eni.attachment().and_then(|a| a.status()).map_or("?", |s| s.as_str())),
+            Some(h) => format!(
+                "{} [{}:{}]",
+                status.as_str(),
+                h.instance,
+                eni.attachment().and_then(|a| a.status()).map_or("?", |s| s.as_str())
+            ),
             None => status.as_str().to_string(),
         };
         Ok(AttachView {

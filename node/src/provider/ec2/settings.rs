@@ -117,7 +117,6 @@ impl Default for Ec2ProviderOptions {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,9 +126,10 @@ mod tests {
         let s: Ec2NodeSettings = serde_json::from_str("{}").unwrap();
         assert_eq!(s, Ec2NodeSettings::default());
         assert_eq!((s.notice_poll_ms, s.api.max_attempts, s.cluster_tag.as_str()), (5_000, 3, DEFAULT_CLUSTER_TAG));
-        let s: Ec2NodeSettings =
-            serde_json::from_str(r#"{"api":{"endpoint_url":"http://127.0.0.1:5000"},"imds":{"overrides":{"zone":"us-east-1b"}}}"#)
-                .unwrap();
+        let s: Ec2NodeSettings = serde_json::from_str(
+            r#"{"api":{"endpoint_url":"http://127.0.0.1:5000"},"imds":{"overrides":{"zone":"us-east-1b"}}}"#,
+        )
+        .unwrap();
         assert_eq!(s.api.endpoint_url.as_deref(), Some("http://127.0.0.1:5000"));
         assert_eq!(s.api.region, "us-east-1");
         assert_eq!(s.imds.overrides.zone.as_deref(), Some("us-east-1b"));
