@@ -101,6 +101,10 @@ async fn zone_mismatch_is_refused_before_anything_moves() {
     let err = p.address_step(&addr, MoveStep::Planned).await.unwrap_err();
     assert!(matches!(err, ProviderError::WrongZone { .. }), "{err}");
     assert_eq!(interface_holder(p.client(), &eni).await.as_deref(), Some(c.source.as_str()));
+    // A volume that does not exist is named in EC2's own words.
+    let ghost = VolumePlan { volume: "vol-00000000000000000".into(), ..plan.clone() };
+    let err = p.volume_step(&ghost, MoveStep::Planned).await.unwrap_err();
+    assert!(err.to_string().contains("DescribeVolumes") && err.to_string().contains("NotFound"), "{err}");
 }
 
 #[tokio::test]

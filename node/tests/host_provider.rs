@@ -29,6 +29,14 @@ impl Drop for Unmount {
     }
 }
 
+struct KillOnDrop(std::process::Child);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 struct Netns(String);
 impl Drop for Netns {
     fn drop(&mut self) {
@@ -66,6 +74,27 @@ async fn host_attached_device_is_found_and_mounted_once() {
     let here = point.to_string_lossy();
     assert_eq!(mounts.lines().filter(|l| l.split(' ').nth(4) == Some(&*here)).count(), 1);
     assert!(point.join("lost+found").is_dir(), "the ext4 file system is what is mounted");
+
+    // Into the workload's mount namespace: visible there, not on the host.
+    let mut holder = KillOnDrop(
+        Command::new("unshare").args(["--mount", "--propagation", "private", "sleep", "60"]).spawn().unwrap(),
+    );
+    let pid = holder.0.id();
+    let own_ns = std::fs::read_link("/proc/self/ns/mnt").unwrap();
+    while std::fs::read_link(format!("/proc/{pid}/ns/mnt")).map_or(true, |ns| ns == own_ns) {
+        assert!(holder.0.try_wait().unwrap().is_none(), "unshare exited");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let ns_point = dir.path().join("in-ns");
+    let spec = MountSpec { mount_point: ns_point.clone(), fstype: "ext4".into(), namespace_pid: Some(pid) };
+    mount(&found, &spec).await.unwrap();
+    mount(&found, &spec).await.unwrap();
+    let count = |mountinfo: &str| {
+        let p = ns_point.to_string_lossy();
+        mountinfo.lines().filter(|l| l.split(' ').nth(4) == Some(&*p)).count()
+    };
+    assert_eq!(count(&std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap()), 1);
+    assert_eq!(count(&std::fs::read_to_string("/proc/self/mountinfo").unwrap()), 0);
 
     let wrong = MountSpec { fstype: "xfs".into(), mount_point: dir.path().join("other"), namespace_pid: None };
     let err = mount(&found, &wrong).await.unwrap_err();

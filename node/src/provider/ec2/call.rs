@@ -77,8 +77,6 @@ where
         ProviderError::Throttled { op, code, message }
     } else if PERMISSION.contains(&code.as_str()) {
         ProviderError::PermissionDenied { op, code, message }
-    } else if code.ends_with(".NotFound") {
-        ProviderError::NotFound { what: op, id: message }
     } else {
         ProviderError::Api { op, code, message }
     }
