@@ -16,6 +16,8 @@ use hotspot_node::provider::{drive_or_roll_back, AddressPlan, MoveStep, Persiste
 
 const ROUNDS: usize = 15;
 const ZONE: &str = "us-east-1a";
+const RAW_DEVICE: &str = "/dev/sdg";
+const RAW_INDEX: i32 = 2;
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -49,8 +51,12 @@ async fn main() {
     let subnet = subnet_in(&client, ZONE).await;
     let vol = volume(&client, ZONE, Some(a.as_str())).await;
     let eni = interface(&client, &subnet, Some(a.as_str())).await;
-    let (raw_vol, raw_eni) =
-        (volume(&client, ZONE, Some(a.as_str())).await, interface(&client, &subnet, Some(a.as_str())).await);
+    // The baseline's own volume and ENI, on other device slots of the same instances.
+    let raw_vol = volume(&client, ZONE, None).await;
+    client.attach_volume().volume_id(&raw_vol).instance_id(&a).device(RAW_DEVICE).send().await.unwrap();
+    let raw_eni = interface(&client, &subnet, None).await;
+    let req = client.attach_network_interface().network_interface_id(&raw_eni).instance_id(&a).device_index(RAW_INDEX);
+    req.send().await.unwrap();
 
     let mut totals = Vec::new();
     let mut sdk = Vec::new();
@@ -111,11 +117,11 @@ async fn main() {
 
 /// The trusting minimum: detach, attach, and one describe each to see it landed.
 async fn raw_round(c: &aws_sdk_ec2::Client, vol: &str, eni: &str, from: &str, to: &str) {
-    c.detach_volume().volume_id(vol).instance_id(from).send().await.unwrap();
-    c.attach_volume().volume_id(vol).instance_id(to).device("/dev/sdf").send().await.unwrap();
+    c.detach_volume().volume_id(vol).instance_id(from).device(RAW_DEVICE).send().await.unwrap();
+    c.attach_volume().volume_id(vol).instance_id(to).device(RAW_DEVICE).send().await.unwrap();
     c.describe_volumes().volume_ids(vol).send().await.unwrap();
     let d = c.describe_network_interfaces().network_interface_ids(eni).send().await.unwrap();
     let att = d.network_interfaces()[0].attachment().and_then(|x| x.attachment_id()).unwrap().to_string();
     c.detach_network_interface().attachment_id(att).send().await.unwrap();
-    c.attach_network_interface().network_interface_id(eni).instance_id(to).device_index(1).send().await.unwrap();
+    c.attach_network_interface().network_interface_id(eni).instance_id(to).device_index(RAW_INDEX).send().await.unwrap();
 }
