@@ -112,3 +112,15 @@ async fn permission_denied_on_describe_refuses_before_any_change() {
     assert_eq!(proxy.seen("DetachVolume"), 0);
     assert_eq!(volume_state(p.client(), &vol).await, ("in-use".into(), vec![c.source.clone()]));
 }
+
+#[tokio::test]
+async fn unreachable_api_is_a_transient_transport_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let p = provider(&format!("http://127.0.0.1:{port}")).await;
+    let plan = VolumePlan { volume: "vol-1".into(), source_host: "i-1".into(), target_host: "i-2".into(), device: "/dev/sdf".into() };
+    let err = drive_or_roll_back(&p, Resource::Volume(&plan), MoveStep::Planned, |_| {}).await.unwrap_err();
+    assert!(matches!(err.cause, ProviderError::Transport { op: "DescribeVolumes", .. }), "{err}");
+    assert!(err.cause.is_transient());
+    let text = err.to_string();
+    assert!(text.contains("could not reach the cloud API") && text.contains("onnection refused"), "{text}");
+}

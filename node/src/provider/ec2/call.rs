@@ -60,7 +60,9 @@ where
         SdkError::TimeoutError(_) => {
             return ProviderError::Transport { op, detail: "the call timed out (operation_timeout_ms)".into() }
         }
-        SdkError::DispatchFailure(f) => return ProviderError::Transport { op, detail: format!("{f:?}") },
+        SdkError::DispatchFailure(_) => {
+            return ProviderError::Transport { op, detail: aws_sdk_ec2::error::DisplayErrorContext(&err).to_string() }
+        }
         _ => {}
     }
     let code = err.code().unwrap_or("").to_string();
