@@ -7,14 +7,20 @@
 //! - [`criu`]: the CRIU driver (dump, restore, network lock).
 //! - [`workload`]: namespaced workloads, their records, checkpoint and restore.
 //! - [`testbed`]: real-process fixtures (cleanup guard, pipelining redis client) for host tests and benches.
+//! - [`mesh`], [`daemon`]: the gossip mesh and the `hotspot-node run` daemon.
+//! - [`migrate`]: moving a workload to another node (source driver, target service, recovery).
+//! - [`provider`]: moving a workload's volume and address between nodes (EC2: EBS, ENI, EIP).
+//! - [`imds`]: the EC2 instance metadata service (identity, spot interruption notices).
 
+pub mod criu;
+pub mod daemon;
 pub mod hostcheck;
+pub mod imds;
 pub mod journal;
+pub mod mesh;
 pub mod migrate;
 pub mod observability;
-pub mod testing;
-pub mod criu;
-pub mod workload;
-pub mod mesh;
-pub mod daemon;
+pub mod provider;
 pub mod testbed;
+pub mod testing;
+pub mod workload;

@@ -43,6 +43,8 @@ enum Command {
     Send(cli::transfer::SendArgs),
     /// Receive CRIU images from trusted nodes into the local chunk store.
     Receive(cli::transfer::ReceiveArgs),
+    /// EC2: this instance's identity, its spot price, the cluster's peers; a fake metadata service.
+    Ec2(cli::ec2::Ec2Args),
 }
 
 fn main() -> Result<()> {
@@ -58,6 +60,7 @@ fn main() -> Result<()> {
         Command::Release(args) => cli::reserve::release(args)?,
         Command::Send(args) => cli::transfer::send(args)?,
         Command::Receive(args) => cli::transfer::receive(args)?,
+        Command::Ec2(args) => cli::ec2::run(args)?,
     };
     std::process::exit(code);
 }

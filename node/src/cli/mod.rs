@@ -6,3 +6,4 @@ pub mod reserve;
 pub mod run;
 pub mod status;
 pub mod transfer;
+pub mod ec2;

@@ -1,0 +1,127 @@
+//! `cargo bench --bench ec2`: the time the node adds around the cloud calls of a migration's
+//! resource moves (its state checks' logic, journaling of step states, classification, polling
+//! overhead), not the emulator's own latency.
+//!
+//! Each round moves a volume and an ENI between two instances in moto through the provider
+//! (every step state encoded as the journal would persist it). The provider times every SDK call
+//! it makes; overhead = round wall time - sum of those call latencies, measured in the same run.
+//! As a baseline the same round is also done with the bare minimum of raw SDK calls (detach,
+//! attach, one describe each to confirm) - what a trusting script would do.
+
+use std::time::{Duration, Instant};
+
+use hotspot_node::provider::ec2::emulator::{interface, run_instance, subnet_in, volume, MotoServer};
+use hotspot_node::provider::ec2::{build_client, Ec2ClientSettings, Ec2Provider, Ec2ProviderOptions};
+use hotspot_node::provider::{drive_or_roll_back, AddressPlan, MoveStep, PersistedStep, Resource, VolumePlan};
+
+const ROUNDS: usize = 15;
+const ZONE: &str = "us-east-1a";
+const RAW_DEVICE: &str = "/dev/sdg";
+const RAW_INDEX: i32 = 2;
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let moto = match MotoServer::start() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("ec2 bench needs the EC2 emulator: {e}");
+            std::process::exit(1);
+        }
+    };
+    let settings = Ec2ClientSettings {
+        endpoint_url: Some(moto.endpoint().to_string()),
+        static_credentials: Some(("bench".into(), "bench".into())),
+        ..Ec2ClientSettings::default()
+    };
+    let client = build_client(&settings).await;
+    let options = Ec2ProviderOptions { poll_interval_ms: 20, ..Ec2ProviderOptions::default() };
+    let provider = Ec2Provider::new(client.clone(), options);
+
+    let a = run_instance(&client, ZONE, None).await;
+    let b = run_instance(&client, ZONE, None).await;
+    let subnet = subnet_in(&client, ZONE).await;
+    let vol = volume(&client, ZONE, Some(a.as_str())).await;
+    let eni = interface(&client, &subnet, Some(a.as_str())).await;
+    // The baseline's own volume and ENI, on other device slots of the same instances.
+    let raw_vol = volume(&client, ZONE, None).await;
+    client.attach_volume().volume_id(&raw_vol).instance_id(&a).device(RAW_DEVICE).send().await.unwrap();
+    let raw_eni = interface(&client, &subnet, None).await;
+    let req = client.attach_network_interface().network_interface_id(&raw_eni).instance_id(&a).device_index(RAW_INDEX);
+    req.send().await.unwrap();
+
+    let mut totals = Vec::new();
+    let mut sdk = Vec::new();
+    let mut overheads = Vec::new();
+    let mut baselines = Vec::new();
+    let mut calls = 0;
+    let (mut from, mut to) = (a.clone(), b.clone());
+    for round in 0..=ROUNDS {
+        let vplan = VolumePlan {
+            volume: vol.clone(),
+            source_host: from.clone(),
+            target_host: to.clone(),
+            device: "/dev/sdf".into(),
+        };
+        let aplan = AddressPlan::Interface {
+            interface: eni.clone(),
+            source_host: from.clone(),
+            target_host: to.clone(),
+            device_index: 1,
+        };
+        let mut journal: Vec<Vec<u8>> = Vec::new();
+        let (calls0, sdk0) = (provider.call_stats().calls(), provider.call_stats().total());
+        let started = Instant::now();
+        drive_or_roll_back(&provider, Resource::Volume(&vplan), MoveStep::Planned, |s| {
+            journal.push(PersistedStep::encode(s))
+        })
+        .await
+        .expect("volume move");
+        drive_or_roll_back(&provider, Resource::Address(&aplan), MoveStep::Planned, |s| {
+            journal.push(PersistedStep::encode(s))
+        })
+        .await
+        .expect("interface move");
+        let total = started.elapsed();
+        let in_sdk = provider.call_stats().total() - sdk0;
+        assert_eq!(journal.len(), 6);
+
+        let raw_started = Instant::now();
+        raw_round(&client, &raw_vol, &raw_eni, &from, &to).await;
+        let raw = raw_started.elapsed();
+
+        if round > 0 {
+            // round 0 warms connections and moto's code paths
+            totals.push(total);
+            sdk.push(in_sdk);
+            overheads.push(total.saturating_sub(in_sdk));
+            baselines.push(raw);
+            calls = provider.call_stats().calls() - calls0;
+        }
+        std::mem::swap(&mut from, &mut to);
+    }
+    println!("rounds: {ROUNDS} (volume + ENI move per round, moto at {})", moto.endpoint());
+    println!("provider round median: {:.2} ms ({calls} API calls)", ms(median(totals)));
+    println!("  of which SDK calls:  {:.2} ms", ms(median(sdk)));
+    println!("raw-call baseline:     {:.2} ms (6 API calls, no checks, no journal)", ms(median(baselines)));
+    println!("ec2 overhead_ms={:.3}", ms(median(overheads)));
+}
+
+/// The trusting minimum: detach, attach, and one describe each to see it landed.
+async fn raw_round(c: &aws_sdk_ec2::Client, vol: &str, eni: &str, from: &str, to: &str) {
+    c.detach_volume().volume_id(vol).instance_id(from).device(RAW_DEVICE).send().await.unwrap();
+    c.attach_volume().volume_id(vol).instance_id(to).device(RAW_DEVICE).send().await.unwrap();
+    c.describe_volumes().volume_ids(vol).send().await.unwrap();
+    let d = c.describe_network_interfaces().network_interface_ids(eni).send().await.unwrap();
+    let att = d.network_interfaces()[0].attachment().and_then(|x| x.attachment_id()).unwrap().to_string();
+    c.detach_network_interface().attachment_id(att).send().await.unwrap();
+    c.attach_network_interface().network_interface_id(eni).instance_id(to).device_index(RAW_INDEX).send().await.unwrap();
+}

@@ -1,0 +1,151 @@
+//! Runs moto's EC2 emulator on a free loopback port, for tests, benchmarks and the local demo.
+//! The process is owned and killed on drop. The seeding helpers create the instances, volumes
+//! and interfaces a test or a demo moves around.
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_ec2::types::{Placement, ResourceType, Tag, TagSpecification};
+
+use super::discovery::DEFAULT_CLUSTER_TAG;
+
+/// Where scripts/install-deps puts moto; `HOTSPOT_MOTO_SERVER` overrides it.
+pub const DEFAULT_MOTO_SERVER: &str = "/var/cache/hotspot-mesh/venv/bin/moto_server";
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmulatorError {
+    #[error("moto server not found at {0} (run scripts/install-deps or set HOTSPOT_MOTO_SERVER)")]
+    Missing(PathBuf),
+    #[error("starting {path}: {source}")]
+    Spawn { path: PathBuf, source: std::io::Error },
+    #[error("moto server exited before listening ({0})")]
+    Exited(std::process::ExitStatus),
+    #[error("moto server did not listen on port {0} within 60 s")]
+    NotListening(u16),
+}
+
+/// A running moto server.
+#[derive(Debug)]
+pub struct MotoServer {
+    child: Child,
+    endpoint: String,
+}
+
+pub fn moto_path() -> PathBuf {
+    std::env::var_os("HOTSPOT_MOTO_SERVER").map_or_else(|| PathBuf::from(DEFAULT_MOTO_SERVER), PathBuf::from)
+}
+
+impl MotoServer {
+    pub fn start() -> Result<MotoServer, EmulatorError> {
+        let path = moto_path();
+        if !path.exists() {
+            return Err(EmulatorError::Missing(path));
+        }
+        // Port 0 cannot be handed to moto: take a free port and release it just before.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|source| EmulatorError::Spawn { path: path.clone(), source })?
+            .port();
+        let mut child = Command::new(&path)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|source| EmulatorError::Spawn { path: path.clone(), source })?;
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(EmulatorError::Exited(status));
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(EmulatorError::NotListening(port));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(MotoServer { child, endpoint: format!("http://127.0.0.1:{port}") })
+    }
+
+    /// For `Ec2ClientSettings::endpoint_url`.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Starts moto for test `name`, or returns `None` after printing why the test is skipped
+    /// when moto is not installed. Under `CI=true` a missing moto fails instead.
+    pub fn for_test(name: &str) -> Option<MotoServer> {
+        match MotoServer::start() {
+            Ok(m) => Some(m),
+            Err(e @ EmulatorError::Missing(_)) if !std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") => {
+                eprintln!("SKIPPED {name}: {e}");
+                None
+            }
+            Err(e) => panic!("{name}: {e}"),
+        }
+    }
+}
+
+impl Drop for MotoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// Seeding helpers. They panic on failure: they set up tests and demos, not production state.
+
+pub async fn image_id(c: &aws_sdk_ec2::Client) -> String {
+    let images = c.describe_images().send().await.expect("DescribeImages");
+    images.images().first().and_then(|i| i.image_id()).expect("moto ships AMIs").to_string()
+}
+
+/// Runs one instance in `zone`, tagged `cluster` when given.
+pub async fn run_instance(c: &aws_sdk_ec2::Client, zone: &str, cluster: Option<&str>) -> String {
+    let mut req = c
+        .run_instances()
+        .image_id(image_id(c).await)
+        .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
+        .min_count(1)
+        .max_count(1)
+        .placement(Placement::builder().availability_zone(zone).build());
+    if let Some(cluster) = cluster {
+        req = req.tag_specifications(
+            TagSpecification::builder()
+                .resource_type(ResourceType::Instance)
+                .tags(Tag::builder().key(DEFAULT_CLUSTER_TAG).value(cluster).build())
+                .build(),
+        );
+    }
+    let out = req.send().await.expect("RunInstances");
+    out.instances()[0].instance_id().unwrap().to_string()
+}
+
+pub async fn subnet_in(c: &aws_sdk_ec2::Client, zone: &str) -> String {
+    let f = aws_sdk_ec2::types::Filter::builder().name("availability-zone").values(zone).build();
+    let out = c.describe_subnets().filters(f).send().await.expect("DescribeSubnets");
+    out.subnets()[0].subnet_id().unwrap().to_string()
+}
+
+/// A new volume in `zone`, attached to `instance` as `/dev/sdf` when given.
+pub async fn volume(c: &aws_sdk_ec2::Client, zone: &str, attached_to: Option<&str>) -> String {
+    let out = c.create_volume().availability_zone(zone).size(1).send().await.expect("CreateVolume");
+    let id = out.volume_id().unwrap().to_string();
+    if let Some(inst) = attached_to {
+        c.attach_volume().volume_id(&id).instance_id(inst).device("/dev/sdf").send().await.expect("AttachVolume");
+    }
+    id
+}
+
+/// A new ENI in `subnet`, attached to `instance` at device index 1 when given.
+pub async fn interface(c: &aws_sdk_ec2::Client, subnet: &str, attached_to: Option<&str>) -> String {
+    let out = c.create_network_interface().subnet_id(subnet).send().await.expect("CreateNetworkInterface");
+    let id = out.network_interface().unwrap().network_interface_id().unwrap().to_string();
+    if let Some(inst) = attached_to {
+        let req = c.attach_network_interface().network_interface_id(&id).instance_id(inst).device_index(1);
+        req.send().await.expect("AttachNetworkInterface");
+    }
+    id
+}
