@@ -119,12 +119,12 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Builds the daemon with this bench's own profile (so the dependencies just built for the bench
-/// are reused) and returns its path.
+/// Builds the daemon with this bench's own profile and target selection, so cargo resolves the
+/// same features as for `cargo bench --bench mesh` and reuses everything it just built.
 fn daemon_binary() -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
-        .args(["build", "--profile", "bench", "--quiet", "-p", "hotspot-node", "--bin", "hotspot-node"])
+        .args(["build", "--profile", "bench", "--quiet", "--bench", "mesh", "--bin", "hotspot-node"])
         .status()
         .expect("run cargo build");
     assert!(status.success(), "building hotspot-node failed");
