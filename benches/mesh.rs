@@ -45,7 +45,7 @@ impl Daemon {
             .arg("--socket")
             .arg(&socket)
             .args(["--name", name, "--mdns", "false", "--listen", "/ip4/127.0.0.1/tcp/0"])
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", std::env::var("HOTSPOT_BENCH_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(root.join(format!("{name}.log"))).unwrap());
@@ -119,11 +119,12 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Builds the daemon in release mode next to this bench and returns its path.
+/// Builds the daemon with this bench's own profile and target selection, so cargo resolves the
+/// same features as for `cargo bench --bench mesh` and reuses everything it just built.
 fn daemon_binary() -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
-        .args(["build", "--release", "--quiet", "-p", "hotspot-node", "--bin", "hotspot-node"])
+        .args(["build", "--profile", "bench", "--quiet", "--bench", "mesh", "--bin", "hotspot-node"])
         .status()
         .expect("run cargo build");
     assert!(status.success(), "building hotspot-node failed");
@@ -137,18 +138,21 @@ fn main() {
         return;
     }
     let bin = daemon_binary();
-    let root = tempfile::tempdir().unwrap();
+    // Kept (with the daemons' logs) if the bench fails; removed on success.
+    let root = tempfile::Builder::new().prefix("hotspot-mesh-bench-").tempdir().unwrap().keep();
+    let root = &root;
+    println!("daemon logs in {}", root.display());
 
-    let alone = Daemon::start(&bin, root.path(), "alone", None);
+    let alone = Daemon::start(&bin, root, "alone", None);
     std::thread::sleep(Duration::from_secs(3));
     let (base_rss, base_cpu) = idle(&alone, BASELINE_SECS);
     drop(alone);
     println!("baseline (no peers, {BASELINE_SECS} s): rss_mb={base_rss:.1} cpu_pct={base_cpu:.2}");
 
-    let measured = Daemon::start(&bin, root.path(), "measured", None);
+    let measured = Daemon::start(&bin, root, "measured", None);
     let addr = measured.listen_addr();
     let peers: Vec<Daemon> =
-        (0..PEERS).map(|i| Daemon::start(&bin, root.path(), &format!("peer-{i}"), Some(&addr))).collect();
+        (0..PEERS).map(|i| Daemon::start(&bin, root, &format!("peer-{i}"), Some(&addr))).collect();
     let start = Instant::now();
     while !(measured.peers().len() == PEERS && peers.iter().all(|p| p.peers().len() == PEERS)) {
         assert!(start.elapsed() < Duration::from_secs(60), "mesh did not settle");
@@ -161,7 +165,8 @@ fn main() {
 
     let mut spreads = Vec::new();
     for i in 0..PRICE_CHANGES {
-        let price = 0.2 + i as f64 * 0.01;
+        // Short decimals: serde_json (without float_roundtrip) parses them back exactly.
+        let price = (20 + i) as f64 / 100.0;
         let sent = now_ms();
         match measured.call(&Request::SetPrice { price_per_hour: Some(price) }) {
             Some(Reply::PriceSet { .. }) => {}
@@ -172,7 +177,7 @@ fn main() {
             let seen: Vec<u64> = peers
                 .iter()
                 .filter_map(|p| {
-                    p.peers().into_iter().find(|r| r.name == "measured" && r.price_per_hour == price).map(|r| r.received_at_ms)
+                    p.peers().into_iter().find(|r| r.name == "measured" && (r.price_per_hour - price).abs() < 1e-9).map(|r| r.received_at_ms)
                 })
                 .collect();
             if seen.len() == PEERS {
@@ -188,5 +193,6 @@ fn main() {
     let spread = median(spreads);
     drop(peers);
     drop(measured);
+    let _ = std::fs::remove_dir_all(root);
     println!("mesh idle_rss_mb={rss:.1} idle_cpu_pct={cpu:.2} advert_spread_ms={spread:.1}");
 }

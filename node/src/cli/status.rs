@@ -42,9 +42,18 @@ pub fn run(args: &StatusArgs) -> Result<i32> {
     out += &format!("price     {:.4} USD/h ({})\n", s.price_per_hour, s.price_source);
     out += &format!("capacity  free {} of {}\n", resources(&s.free), resources(&s.total));
     let m = &s.mesh;
+    let rejected: Vec<String> = m["adverts_rejected"]
+        .as_object()
+        .map(|o| o.iter().map(|(k, v)| format!("{k}={v}")).collect())
+        .unwrap_or_default();
     out += &format!(
-        "mesh      {} connected, adverts sent {} accepted {} ignored {} rejected {}\n",
-        m["connected_peers"], m["adverts_sent"], m["adverts_accepted"], m["adverts_ignored"], m["adverts_rejected"]
+        "mesh      {} connected, adverts sent {} accepted {} ignored {} rejected [{}], banned {}\n",
+        m["connected_peers"],
+        m["adverts_sent"],
+        m["adverts_accepted"],
+        m["adverts_ignored"],
+        rejected.join(" "),
+        m["banned_peers"].as_array().map_or(0, |a| a.len())
     );
     out += &format!("workloads: {}\n", s.workloads.len());
     for w in &s.workloads {

@@ -35,6 +35,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::mesh::MeshOptions;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -87,17 +89,20 @@ pub struct MeshConfig {
     pub reserve_timeout_ms: u64,
 }
 
+/// The mesh's own defaults ([`MeshOptions::new`]) are the single source of these values.
 impl Default for MeshConfig {
     fn default() -> Self {
+        let d = MeshOptions::new([0; 32]);
+        let ms = |t: std::time::Duration| t.as_millis() as u64;
         MeshConfig {
-            listen: vec!["/ip4/0.0.0.0/udp/0/quic-v1".into(), "/ip4/0.0.0.0/tcp/0".into()],
-            bootstrap: Vec::new(),
-            mdns: true,
-            mdns_query_interval_ms: 30_000,
-            advert_interval_ms: 5_000,
-            advert_ttl_ms: 20_000,
-            ban_after_invalid: 3,
-            reserve_timeout_ms: 5_000,
+            listen: d.listen.iter().map(|a| a.to_string()).collect(),
+            bootstrap: d.bootstrap.iter().map(|a| a.to_string()).collect(),
+            mdns: d.mdns,
+            mdns_query_interval_ms: ms(d.mdns_query_interval),
+            advert_interval_ms: ms(d.advert_interval),
+            advert_ttl_ms: ms(d.advert_ttl),
+            ban_after_invalid: d.ban_after_invalid,
+            reserve_timeout_ms: ms(d.reserve_timeout),
         }
     }
 }

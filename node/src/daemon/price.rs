@@ -64,7 +64,7 @@ impl TracePrice {
             };
             let t: f64 = t.parse().map_err(|_| err(i + 1, format!("bad time {t:?}")))?;
             let p: f64 = p.parse().map_err(|_| err(i + 1, format!("bad price {p:?}")))?;
-            if !(t.is_finite() && t >= 0.0) || !(p.is_finite() && p >= 0.0) {
+            if !(t.is_finite() && t >= 0.0 && p.is_finite() && p >= 0.0) {
                 return Err(err(i + 1, "time and price must be finite and >= 0".into()));
             }
             let t = Duration::from_secs_f64(t);

@@ -240,11 +240,11 @@ impl EventLoop {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(ev)) => self.on_gossip(ev),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => self.on_discovered(found),
-            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
-                if info.protocol_version != ids::IDENTIFY_PROTOCOL {
-                    warn!(peer = %peer_id, version = %info.protocol_version, "peer speaks another mesh version; disconnecting");
-                    let _ = self.swarm.disconnect_peer_id(peer_id);
-                }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }))
+                if info.protocol_version != ids::IDENTIFY_PROTOCOL =>
+            {
+                warn!(peer = %peer_id, version = %info.protocol_version, "peer speaks another mesh version; disconnecting");
+                let _ = self.swarm.disconnect_peer_id(peer_id);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Reserve(ev)) => self.on_reserve(ev),
             SwarmEvent::NewListenAddr { address, .. } => info!(%address, "listening"),
