@@ -7,6 +7,8 @@
 //! - [`criu`]: the CRIU driver (dump, restore, network lock).
 //! - [`workload`]: namespaced workloads, their records, checkpoint and restore.
 //! - [`testbed`]: real-process fixtures (cleanup guard, pipelining redis client) for host tests and benches.
+//! - [`local_provider`]: moves volumes (loop devices) and service addresses (netns interfaces) on a one-machine cluster.
+//! - [`lab`]: a cluster of nodes in network namespaces on one bridge, for tests, benches and the demo.
 
 pub mod hostcheck;
 pub mod journal;
@@ -18,3 +20,5 @@ pub mod workload;
 pub mod mesh;
 pub mod daemon;
 pub mod testbed;
+pub mod local_provider;
+pub mod lab;
