@@ -149,6 +149,11 @@ impl Daemon {
     /// Starts `BIN run` inside `netns` (when given) with its data under `root/name` and extra
     /// flags; returns once its control socket answers.
     pub fn start(bin: &Path, root: &Path, name: &str, netns: Option<&str>, extra: &[&str]) -> Result<Daemon, LabError> {
+        Self::start_with_env(bin, root, name, netns, extra, &[])
+    }
+
+    /// [`Daemon::start`] with extra environment variables (settings by their `HOTSPOT_*` names).
+    pub fn start_with_env(bin: &Path, root: &Path, name: &str, netns: Option<&str>, extra: &[&str], env: &[(&str, &str)]) -> Result<Daemon, LabError> {
         let dir = root.join(name);
         let socket = dir.join("control.sock");
         let log = root.join(format!("{name}.log"));
@@ -170,6 +175,7 @@ impl Daemon {
             .args(["--name", name])
             .args(extra)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);

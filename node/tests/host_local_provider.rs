@@ -4,36 +4,20 @@
 //! through every move.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use hotspot_node::criu::Criu;
 use hotspot_node::lab::Lan;
-use hotspot_node::local_provider::{loopdev, workload_netns, ClusterDir, LocalProvider, NodeEntry};
+use hotspot_node::local_provider::loopdev::{self, VolumeCleanup};
+use hotspot_node::local_provider::{workload_netns, ClusterDir, LocalProvider, NodeEntry};
 use hotspot_node::migrate::ResourceMover;
 use hotspot_node::testbed::{self, Cleanup, PipeliningClient};
 use hotspot_node::workload::{netns, Checkpoint, CheckpointOptions, RestoreSpec, ServiceNet, StartOptions};
 use hotspot_node::testing;
 use hotspot_protocol::migration::WorkloadSpec;
 use hotspot_protocol::NodeId;
-
-/// Unmounts the nodes' volume mount points and detaches the image, also on panic.
-struct VolumeGuard {
-    image: PathBuf,
-    mount_dirs: Vec<PathBuf>,
-}
-
-impl Drop for VolumeGuard {
-    fn drop(&mut self) {
-        for d in &self.mount_dirs {
-            let _ = loopdev::unmount(d);
-        }
-        if let Err(e) = loopdev::detach(&self.image, Duration::from_secs(5)) {
-            eprintln!("cleanup: {e}");
-        }
-    }
-}
 
 struct Setup {
     name: String,
@@ -61,7 +45,7 @@ fn node_id(byte: u8) -> NodeId {
 
 /// Two nodes registered in a cluster dir, redis on node a with a loop-device volume and a
 /// bridged service address, a live client from a client namespace.
-fn set_up(tmp: &Path, lan: &mut Lan, guards: &mut Vec<Cleanup>, volume: &mut Option<VolumeGuard>, tag: &str) -> Setup {
+fn set_up(tmp: &Path, lan: &mut Lan, guards: &mut Vec<Cleanup>, volume: &mut Option<VolumeCleanup>, tag: &str) -> Setup {
     let name = format!("lp{tag}{}", std::process::id());
     let cluster = ClusterDir::new(tmp.join("cluster"));
     let (a_id, b_id) = (node_id(1), node_id(2));
@@ -80,7 +64,7 @@ fn set_up(tmp: &Path, lan: &mut Lan, guards: &mut Vec<Cleanup>, volume: &mut Opt
     let image = tmp.join("disks").join(format!("{name}.img"));
     loopdev::create_image(&image, 64).unwrap();
     loopdev::create_image(&image, 64).unwrap(); // idempotent
-    *volume = Some(VolumeGuard {
+    *volume = Some(VolumeCleanup {
         image: image.clone(),
         mount_dirs: vec![node_a.workloads().volume_mount_dir(&name), node_b.workloads().volume_mount_dir(&name)],
     });
@@ -223,7 +207,7 @@ fn host_loop_volume_steps_are_idempotent() {
     let tmp = tempfile::tempdir().unwrap();
     let image = tmp.path().join("v.img");
     let mnt = tmp.path().join("mnt");
-    let _guard = VolumeGuard { image: image.clone(), mount_dirs: vec![mnt.clone()] };
+    let _guard = VolumeCleanup { image: image.clone(), mount_dirs: vec![mnt.clone()] };
     assert!(loopdev::devices_of(&image).unwrap_err().to_string().contains("does not exist"));
     loopdev::create_image(&image, 32).unwrap();
     let dev = loopdev::attach(&image).unwrap();

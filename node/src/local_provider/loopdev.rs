@@ -124,3 +124,26 @@ pub fn unmount(dir: &Path) -> Result<(), LoopError> {
     }
     run("umount", "util-linux", &[&path_str(dir)]).map(|_| ())
 }
+
+/// Owns a volume image for a test or the demo: on drop, unmounts the given mount points and
+/// detaches the image's loop devices (also when the owner panics or is interrupted).
+#[derive(Debug)]
+pub struct VolumeCleanup {
+    pub image: PathBuf,
+    pub mount_dirs: Vec<PathBuf>,
+}
+
+impl Drop for VolumeCleanup {
+    fn drop(&mut self) {
+        for d in &self.mount_dirs {
+            if let Err(e) = unmount(d) {
+                eprintln!("cleanup: {e}");
+            }
+        }
+        if self.image.exists() {
+            if let Err(e) = detach(&self.image, Duration::from_secs(5)) {
+                eprintln!("cleanup: {e}");
+            }
+        }
+    }
+}
