@@ -19,17 +19,23 @@ use hotspot_node::testing;
 use hotspot_protocol::migration::WorkloadSpec;
 use hotspot_protocol::NodeId;
 
+/// Everything one test made. Fields drop in order: client, workloads, volume, lab, files.
 struct Setup {
+    client: Option<PipeliningClient>,
+    _guards: Vec<Cleanup>,
+    _volume: VolumeCleanup,
+    _lan: Lan,
     name: String,
+    images: std::path::PathBuf,
     spec: WorkloadSpec,
     server: SocketAddr,
     a: LocalProvider,
     node_a: NodeEntry,
     node_b: NodeEntry,
     b_id: NodeId,
-    client: PipeliningClient,
     client_ns: String,
     criu: Criu,
+    _tmp: tempfile::TempDir,
 }
 
 /// Text of `file` as the workload with host PID `pid` sees it (inside its mount namespace).
@@ -44,8 +50,12 @@ fn node_id(byte: u8) -> NodeId {
 }
 
 /// Two nodes registered in a cluster dir, redis on node a with a loop-device volume and a
-/// bridged service address, a live client from a client namespace.
-fn set_up(tmp: &Path, lan: &mut Lan, guards: &mut Vec<Cleanup>, volume: &mut Option<VolumeCleanup>, tag: &str) -> Setup {
+/// bridged service address, a live client from a client namespace; then the final dump.
+fn set_up(tag: &str) -> Setup {
+    let tmp_dir = tempfile::tempdir().unwrap();
+    let tmp = tmp_dir.path();
+    let mut lan = Lan::new(0).unwrap();
+    let mut guards = Vec::new();
     let name = format!("lp{tag}{}", std::process::id());
     let cluster = ClusterDir::new(tmp.join("cluster"));
     let (a_id, b_id) = (node_id(1), node_id(2));
@@ -64,10 +74,10 @@ fn set_up(tmp: &Path, lan: &mut Lan, guards: &mut Vec<Cleanup>, volume: &mut Opt
     let image = tmp.join("disks").join(format!("{name}.img"));
     loopdev::create_image(&image, 64).unwrap();
     loopdev::create_image(&image, 64).unwrap(); // idempotent
-    *volume = Some(VolumeCleanup {
+    let volume = VolumeCleanup {
         image: image.clone(),
         mount_dirs: vec![node_a.workloads().volume_mount_dir(&name), node_b.workloads().volume_mount_dir(&name)],
-    });
+    };
     let device = loopdev::attach(&image).unwrap();
     assert_eq!(loopdev::attach(&image).unwrap(), device, "attaching twice returns the same device");
     let mount_point = tmp.join("data");
@@ -106,7 +116,26 @@ fn set_up(tmp: &Path, lan: &mut Lan, guards: &mut Vec<Cleanup>, volume: &mut Opt
         volume: Some(image.display().to_string()),
     };
     let a = LocalProvider::new(cluster, node_a.clone());
-    Setup { name, spec, server, a, node_a, node_b, b_id, client, client_ns, criu: Criu::detect().unwrap() }
+    let criu = Criu::detect().unwrap();
+    let images = tmp.join("images");
+    node_a.workloads().checkpoint(&criu, &name, &CheckpointOptions::new(&images)).unwrap();
+    Setup {
+        client: Some(client),
+        _guards: guards,
+        _volume: volume,
+        _lan: lan,
+        name,
+        images,
+        spec,
+        server,
+        a,
+        node_a,
+        node_b,
+        b_id,
+        client_ns,
+        criu,
+        _tmp: tmp_dir,
+    }
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -114,16 +143,17 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// Restores `cp` on `node` into the provider's namespace for it (address already moved there).
-fn restore_on(s: &Setup, node: &NodeEntry, images: &Path, netns_name: String) -> i32 {
-    let cp = Checkpoint::open(images, &s.criu).unwrap();
+fn restore_on(s: &Setup, node: &NodeEntry, netns_name: String) -> i32 {
+    let cp = Checkpoint::open(&s.images, &s.criu).unwrap();
     let spec = RestoreSpec { name: s.name.clone(), netns: netns_name, service_net: ServiceNet::Present, timeout: Duration::from_secs(60) };
     let (w, _) = node.workloads().restore(&s.criu, &cp, &spec).unwrap();
     w.pid().unwrap()
 }
 
-fn finish_client(s: Setup) {
-    assert!(s.client.wait_batches(100, Duration::from_secs(15)), "the client keeps being answered");
-    let report = s.client.finish();
+fn finish_client(s: &mut Setup) {
+    let client = s.client.take().unwrap();
+    assert!(client.wait_batches(100, Duration::from_secs(15)), "the client keeps being answered");
+    let report = client.finish();
     assert_eq!(report.error, None, "the client saw no error and needed no reconnect");
     report.incr_sequence_ok().unwrap();
     assert_eq!(report.dbsize, Some(report.sets_acked as i64 + 1), "DBSIZE: every acknowledged key plus the counter");
@@ -135,13 +165,7 @@ fn host_local_provider_moves_volume_and_address_to_the_target() {
     if !testing::require_migration_host("host_local_provider_moves_volume_and_address_to_the_target") {
         return;
     }
-    // Declared so that drops run client, workloads, volume, lab, then the temporary dir.
-    let tmp = tempfile::tempdir().unwrap();
-    let mut lan = Lan::new(0).unwrap();
-    let (mut volume, mut guards) = (None, Vec::new());
-    let s = set_up(tmp.path(), &mut lan, &mut guards, &mut volume, "m");
-    let images = tmp.path().join("images");
-    s.node_a.workloads().checkpoint(&s.criu, &s.name, &CheckpointOptions::new(&images)).unwrap();
+    let mut s = set_up("m");
 
     let rt = runtime();
     let mut state = Vec::new();
@@ -156,15 +180,14 @@ fn host_local_provider_moves_volume_and_address_to_the_target() {
     assert!(hotspot_node::workload::is_mount_point(&b_mount), "the volume is mounted on the target");
     assert_eq!(std::fs::read_to_string(b_mount.join("marker")).unwrap(), "written-before-the-move\n");
 
-    let pid = restore_on(&s, &s.node_b, &images, b_ns);
+    let pid = restore_on(&s, &s.node_b, b_ns);
     let inside = s.node_b.workloads().get(&s.name).unwrap().volume().unwrap().to_path_buf();
     assert_eq!(read_inside(pid, &inside.join("marker")), "written-before-the-move\n", "the restored workload sees its volume");
     assert!(testbed::wait_listening(Some(&s.client_ns), s.server, Duration::from_secs(5)));
     // Written after the move on the target's mount, through the workload: one filesystem.
     Command::new("nsenter").args(["-t", &pid.to_string(), "-m", "sh", "-c"]).arg(format!("echo after > {}/marker2", inside.display())).status().unwrap();
     assert_eq!(std::fs::read_to_string(b_mount.join("marker2")).unwrap(), "after\n");
-    finish_client(s);
-    drop(guards);
+    finish_client(&mut s);
 }
 
 #[test]
@@ -172,12 +195,7 @@ fn host_local_provider_move_back_restores_the_source() {
     if !testing::require_migration_host("host_local_provider_move_back_restores_the_source") {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let mut lan = Lan::new(0).unwrap();
-    let (mut volume, mut guards) = (None, Vec::new());
-    let s = set_up(tmp.path(), &mut lan, &mut guards, &mut volume, "b");
-    let images = tmp.path().join("images");
-    s.node_a.workloads().checkpoint(&s.criu, &s.name, &CheckpointOptions::new(&images)).unwrap();
+    let mut s = set_up("b");
 
     let rt = runtime();
     let mut state = Vec::new();
@@ -192,11 +210,10 @@ fn host_local_provider_move_back_restores_the_source() {
     assert!(!hotspot_node::workload::is_mount_point(&s.node_b.workloads().volume_mount_dir(&s.name)));
     assert!(hotspot_node::workload::is_mount_point(&s.node_a.workloads().volume_mount_dir(&s.name)), "the volume is on the source");
 
-    let pid = restore_on(&s, &s.node_a, &images, src_ns);
+    let pid = restore_on(&s, &s.node_a, src_ns);
     let inside = s.node_a.workloads().get(&s.name).unwrap().volume().unwrap().to_path_buf();
     assert_eq!(read_inside(pid, &inside.join("marker")), "written-before-the-move\n");
-    finish_client(s);
-    drop(guards);
+    finish_client(&mut s);
 }
 
 #[test]

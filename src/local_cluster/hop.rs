@@ -38,11 +38,11 @@ pub fn migrate_available(bin: &std::path::Path) -> bool {
 fn find_summary(v: &Value) -> Option<&Value> {
     match v {
         Value::Object(m) => {
-            let nested = m.values().filter_map(find_summary).last();
+            let nested = m.values().rev().find_map(find_summary);
             let own = (m.contains_key("freeze_ms") && m.contains_key("wire_bytes") && m.get("workload").is_none_or(|w| w == WORKLOAD)).then_some(v);
             nested.or(own)
         }
-        Value::Array(a) => a.iter().filter_map(find_summary).last(),
+        Value::Array(a) => a.iter().rev().find_map(find_summary),
         _ => None,
     }
 }
@@ -101,7 +101,7 @@ impl LocalCluster {
             )));
         }
         let events: Vec<Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-        let summary = events.iter().filter_map(find_summary).last().cloned();
+        let summary = events.iter().rev().find_map(find_summary).cloned();
         if self.where_is() != Some(to) {
             return Err(ClusterError::Hop(format!("migrate reported success but {WORKLOAD} does not run on {}", self.nodes[to].name)));
         }
