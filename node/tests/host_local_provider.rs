@@ -181,6 +181,8 @@ fn host_local_provider_moves_volume_and_address_to_the_target() {
     assert_eq!(std::fs::read_to_string(b_mount.join("marker")).unwrap(), "written-before-the-move\n");
 
     let pid = restore_on(&s, &s.node_b, b_ns);
+    // The source forgets its stopped copy; on one machine that must not touch the restored one.
+    s.node_a.workloads().retire(&s.name).unwrap();
     let inside = s.node_b.workloads().get(&s.name).unwrap().volume().unwrap().to_path_buf();
     assert_eq!(read_inside(pid, &inside.join("marker")), "written-before-the-move\n", "the restored workload sees its volume");
     assert!(testbed::wait_listening(Some(&s.client_ns), s.server, Duration::from_secs(5)));

@@ -108,6 +108,15 @@ pub fn detach(image: &Path, wait: Duration) -> Result<(), LoopError> {
     }
 }
 
+/// Marks every loop device of `image` to detach itself once nothing uses it any more (a
+/// detach of a mounted device sets the kernel's autoclear flag and returns at once).
+pub fn detach_when_unused(image: &Path) -> Result<(), LoopError> {
+    for dev in devices_of(image)? {
+        run("losetup", "util-linux", &["--detach", &path_str(&dev)])?;
+    }
+    Ok(())
+}
+
 /// Mounts `device` (ext4) on `dir` in the caller's mount namespace unless something is mounted there.
 pub fn mount(device: &Path, dir: &Path) -> Result<(), LoopError> {
     std::fs::create_dir_all(dir).map_err(|source| LoopError::Io { path: dir.to_path_buf(), source })?;

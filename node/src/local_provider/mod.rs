@@ -138,6 +138,14 @@ impl LocalProvider {
         LocalProvider { cluster, me }
     }
 
+    /// What a daemon calls at start: registers this node in `cluster` (so sources can hand it
+    /// volumes and addresses) and returns its provider.
+    pub fn join(cluster: ClusterDir, node_id: &NodeId, name: &str, state_dir: &Path) -> Result<Self, LocalProviderError> {
+        let me = NodeEntry::new(node_id, name, state_dir);
+        cluster.register(&me)?;
+        Ok(LocalProvider { cluster, me })
+    }
+
     /// Where workload `name`'s service interface is on this node: its record's namespace.
     fn source_netns(&self, name: &str) -> Result<String, LocalProviderError> {
         Ok(self.me.workloads().get(name)?.netns().to_string())

@@ -302,7 +302,12 @@ impl Workloads {
         if w.is_running() {
             return Err(WorkloadError::NameTaken(name.into()));
         }
-        w.cgroup().destroy(Duration::from_secs(2))?;
+        // Our copy is gone, so anything in the cgroup is the restored copy of another node on
+        // this same machine (cgroup paths are per workload name, not per node): leave it be.
+        let cg = w.cgroup();
+        if cg.pids().is_empty() {
+            cg.destroy(Duration::from_secs(2))?;
+        }
         netns::delete(&w.record.netns)?;
         record::remove(&self.state_dir, name)?;
         Ok(())
