@@ -60,3 +60,43 @@ fn host_local_cluster_three_hops_keep_the_client_connected() {
         "returning to node1, which kept the chunks of the first visit, sends far fewer bytes: {back_wire} vs {first_wire}"
     );
 }
+
+/// What the demo does before its first hop, and its cleanup: runs today, without `migrate`.
+#[test]
+fn host_local_cluster_comes_up_serves_and_leaves_nothing_behind() {
+    const NAME: &str = "host_local_cluster_comes_up_serves_and_leaves_nothing_behind";
+    if !testing::require_migration_host(NAME) {
+        return;
+    }
+    let bin = find_node_bin().unwrap_or_else(|| panic!("{NAME}: hotspot-node is not built next to this test; set HOTSPOT_NODE_BIN"));
+    let mut opts = Options::new(bin);
+    opts.fill_bytes = 4 << 20;
+    let (mut cluster, discovery) = LocalCluster::up(&opts).unwrap();
+    eprintln!("discovery took {discovery:?}");
+    for d in &cluster.daemons {
+        assert_eq!(d.peers().unwrap().len(), 2, "{} sees both other nodes", d.name);
+    }
+    cluster.start_redis(0, opts.fill_bytes).unwrap();
+    assert_eq!(cluster.where_is(), Some(0));
+    let record = cluster.workloads(0).get(hotspot_mesh::local_cluster::WORKLOAD).unwrap().record;
+    assert!(record.volume_on_device, "redis keeps its data on the loop-device volume");
+    let before = cluster.client_batches();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(cluster.client_batches() > before, "the live client is answered");
+    let report = cluster.finish_client().unwrap();
+    assert_eq!(report.error, None);
+    report.incr_sequence_ok().unwrap();
+    assert_eq!(report.dbsize, Some(cluster.fill_keys as i64 + report.sets_acked as i64 + 1));
+
+    let namespaces: Vec<String> = cluster.lan.nodes.iter().chain(&cluster.lan.clients).chain([&cluster.lan.hub]).cloned().collect();
+    let dir = cluster.dir.path().to_path_buf();
+    let image = dir.join("disks").join("redis.img");
+    assert_eq!(hotspot_node::local_provider::loopdev::devices_of(&image).unwrap().len(), 1);
+    drop(cluster);
+    for ns in namespaces {
+        assert!(!hotspot_node::workload::netns::exists(&ns), "{ns} removed");
+    }
+    assert!(!dir.exists(), "{} removed", dir.display());
+    let loops = std::process::Command::new("losetup").arg("-a").output().unwrap();
+    assert!(!String::from_utf8_lossy(&loops.stdout).contains(&dir.display().to_string()), "no loop device left");
+}
