@@ -45,6 +45,18 @@ fn mib(bytes: Option<u64>) -> String {
     bytes.map_or("-".into(), |b| format!("{:.1} MiB", b as f64 / (1 << 20) as f64))
 }
 
+fn hop_line(h: &Hop) -> String {
+    format!(
+        "   {}->{}: client gap {} ms, freeze {}, {} on the wire, total {} ms",
+        h.from,
+        h.to,
+        h.client_gap.as_millis(),
+        h.freeze_ms.map_or("-".into(), |f| format!("{f} ms")),
+        mib(h.wire_bytes),
+        h.total.as_millis()
+    )
+}
+
 fn print_hops(hops: &[Hop]) {
     println!();
     println!("{:<5} {:<14} {:<8} {:>11} {:>9} {:>12} {:>12} {:>9}", "hop", "route", "trigger", "client gap", "freeze", "on the wire", "image", "total");
@@ -85,15 +97,17 @@ fn run(args: &Args, hops: &mut Vec<Hop>) -> Result<(), ClusterError> {
 
     println!("== node2's price drops to $0.03/h: node1 should move {WORKLOAD} there by itself");
     hops.push(cluster.hop_by_price(1, 0.03, Duration::from_secs(120))?);
-    println!("   {WORKLOAD} runs on {} now", hops[0].to);
+    println!("{}", hop_line(&hops[0]));
     interrupt::sleep(Duration::from_secs(1))?;
 
     println!("== hotspot-node migrate {WORKLOAD} --to node3");
     hops.push(cluster.migrate(2)?);
+    println!("{}", hop_line(&hops[1]));
     interrupt::sleep(Duration::from_secs(1))?;
 
     println!("== hotspot-node migrate {WORKLOAD} --to node1 (node1 still has the chunks of the first visit)");
     hops.push(cluster.migrate(0)?);
+    println!("{}", hop_line(&hops[2]));
 
     let report = cluster.finish_client().ok_or_else(|| ClusterError::Setup("no client".into()))?;
     print_hops(hops);

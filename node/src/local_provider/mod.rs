@@ -206,13 +206,24 @@ impl LocalProvider {
     }
 
     /// The blocking body of [`ResourceMover::move_back`]: undoes whatever moved, in reverse.
+    /// Works from the world, not only from `state`: a source that crashed in the middle of
+    /// [`Self::move_to_target_blocking`] may have journaled an empty state.
     pub fn move_back_blocking(&self, spec: &WorkloadSpec, state: &mut Vec<u8>) -> Result<(), LocalProviderError> {
         let mut st = MoveState::decode(state)?;
-        let Some(target_name) = st.target.clone() else { return Ok(()) };
-        let span = tracing::info_span!("local_move_back", workload = %spec.name, target = %target_name);
+        let holder = match &st.target {
+            Some(name) => self.entries()?.into_iter().find(|e| &e.name == name),
+            None => self.find_holder(spec)?,
+        };
+        let Some(target) = holder else {
+            if st.target.is_some() {
+                return Err(LocalProviderError::UnknownNode(format!("{} (holding the resources of {})", st.target.unwrap_or_default(), spec.name)));
+            }
+            return Ok(()); // nothing ever moved
+        };
+        let span = tracing::info_span!("local_move_back", workload = %spec.name, target = %target.name);
         let _enter = span.enter();
-        let target_ns = workload_netns(&target_name, &spec.name);
         if spec.address.is_some() {
+            let target_ns = workload_netns(&target.name, &spec.name);
             Self::hand_over_address(&spec.name, &target_ns, &self.source_netns(&spec.name)?)?;
             // The target's namespace holds nothing of ours now but maybe a stale network lock.
             netns::delete(&target_ns)?;
@@ -220,7 +231,6 @@ impl LocalProvider {
             *state = st.encode();
         }
         if let Some(image) = Self::volume_image(spec) {
-            let target = self.cluster_entry_by_name(&target_name, &spec.name)?;
             Self::hand_over_volume(&image, &spec.name, &target, &self.me)?;
             st.unmark(Step::VolumeOnTarget);
             *state = st.encode();
@@ -229,19 +239,21 @@ impl LocalProvider {
         Ok(())
     }
 
-    /// The target's entry for a move back. Only its state dir matters, and a volume mount dir
-    /// depends on nothing else, so the entry is rebuilt from the recorded name when needed.
-    fn cluster_entry_by_name(&self, name: &str, workload: &str) -> Result<NodeEntry, LocalProviderError> {
-        let entries = std::fs::read_dir(&self.cluster.dir).map_err(self.cluster.io(&self.cluster.dir))?;
-        for entry in entries.flatten() {
-            let Ok(id) = entry.path().file_stem().unwrap_or_default().to_string_lossy().parse::<NodeId>() else { continue };
-            if let Ok(e) = self.cluster.lookup(&id) {
-                if e.name == name {
-                    return Ok(e);
-                }
-            }
-        }
-        Err(LocalProviderError::UnknownNode(format!("{name} (holding the volume of {workload})")))
+    /// Every node in the cluster directory.
+    fn entries(&self) -> Result<Vec<NodeEntry>, LocalProviderError> {
+        let dir = std::fs::read_dir(&self.cluster.dir).map_err(self.cluster.io(&self.cluster.dir))?;
+        Ok(dir
+            .flatten()
+            .filter_map(|e| e.path().file_stem()?.to_str()?.parse::<NodeId>().ok())
+            .filter_map(|id| self.cluster.lookup(&id).ok())
+            .collect())
+    }
+
+    /// The other node holding this workload's volume or address, if any.
+    fn find_holder(&self, spec: &WorkloadSpec) -> Result<Option<NodeEntry>, LocalProviderError> {
+        Ok(self.entries()?.into_iter().filter(|e| e.node_id != self.me.node_id).find(|e| {
+            crate::workload::is_mount_point(&e.workloads().volume_mount_dir(&spec.name)) || netns::has_service_if(&workload_netns(&e.name, &spec.name))
+        }))
     }
 }
 
