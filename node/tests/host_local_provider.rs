@@ -66,7 +66,7 @@ fn set_up(tag: &str) -> Setup {
     for node in [&node_a, &node_b] {
         let mut g = Cleanup::new(node.workloads());
         g.names.push(name.clone());
-        g.netns.push(workload_netns(&node.name, &name));
+        g.netns.push(workload_netns(&name, &node.node_id));
         guards.push(g);
     }
     guards[0].netns.push(format!("hs-{name}"));
@@ -99,6 +99,7 @@ fn set_up(tag: &str) -> Setup {
             uplink_address: None,
             volume: Some(mount_point.clone()),
             volume_device: Some(device),
+            volume_handle: Some(image.display().to_string()),
             ..Default::default()
         })
         .unwrap();
@@ -174,7 +175,7 @@ fn host_local_provider_moves_volume_and_address_to_the_target() {
     // Every step repeated is harmless: same state, resources stay where they are.
     rt.block_on(s.a.move_to_target(&s.spec, &s.b_id, &mut state)).unwrap();
     assert_eq!(state, after_first);
-    let b_ns = workload_netns(&s.node_b.name, &s.name);
+    let b_ns = workload_netns(&s.name, &s.node_b.node_id);
     assert!(netns::has_service_if(&b_ns) && !netns::has_service_if(&format!("hs-{}", s.name)), "the address moved");
     let b_mount = s.node_b.workloads().volume_mount_dir(&s.name);
     assert!(hotspot_node::workload::is_mount_point(&b_mount), "the volume is mounted on the target");
@@ -201,6 +202,8 @@ fn host_local_provider_move_back_restores_the_source() {
 
     let rt = runtime();
     let mut state = Vec::new();
+    // No handle in the spec: the provider takes the image from the workload's record.
+    s.spec.volume = None;
     rt.block_on(s.a.move_back(&s.spec, &mut state)).unwrap(); // nothing moved yet: nothing to do
     rt.block_on(s.a.move_to_target(&s.spec, &s.b_id, &mut state)).unwrap();
     // The source crashed before the journal kept the provider state: the move back finds the
@@ -210,7 +213,7 @@ fn host_local_provider_move_back_restores_the_source() {
     rt.block_on(s.a.move_back(&s.spec, &mut state)).unwrap();
     let src_ns = format!("hs-{}", s.name);
     assert!(netns::has_service_if(&src_ns), "the address is back on the source");
-    assert!(!netns::exists(&workload_netns(&s.node_b.name, &s.name)), "the target's namespace is gone");
+    assert!(!netns::exists(&workload_netns(&s.name, &s.node_b.node_id)), "the target's namespace is gone");
     assert!(!hotspot_node::workload::is_mount_point(&s.node_b.workloads().volume_mount_dir(&s.name)));
     assert!(hotspot_node::workload::is_mount_point(&s.node_a.workloads().volume_mount_dir(&s.name)), "the volume is on the source");
 

@@ -156,27 +156,35 @@ impl LocalCluster {
             bin: opts.bin.clone(),
             dir,
         };
+        // The migration's QUIC endpoint (when this build has one) listens on the node's LAN address.
+        let run_help = std::process::Command::new(&opts.bin).args(["run", "--help"]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+        let has_transfer = run_help.contains("--transfer-listen");
         for i in 0..opts.nodes {
             let name = format!("node{}", i + 1);
             let netns = cluster.lan.nodes[i].clone();
             let state_dir = cluster.dir.path().join(&name).join("state");
             let price = format!("{:.2}", 0.10 + 0.02 * i as f64);
             let (state, cdir) = (state_dir.display().to_string(), cluster_dir.display().to_string());
+            let transfer = format!("{}:7947", cluster.lan.node_ip(i));
+            let mut flags = vec!["--price", &price, "--advert-interval-ms", "1000"];
+            if has_transfer {
+                flags.extend(["--transfer-listen", &transfer]);
+            }
             let daemon = Daemon::start_with_env(
                 &opts.bin,
                 cluster.dir.path(),
                 &name,
                 Some(&netns),
-                &["--price", &price, "--advert-interval-ms", "1000"],
+                &flags,
                 // The workload state dir and local provider's cluster dir, by their env names.
-                &[("HOTSPOT_STATE_DIR", &state), ("HOTSPOT_LOCAL_CLUSTER", &cdir), ("HOTSPOT_PROVIDER", "local")],
+                &[("HOTSPOT_STATE_DIR", &state), ("HOTSPOT_LOCAL_CLUSTER", &cdir)],
             )?;
             let id: NodeId = daemon.status()?.node.parse().map_err(|_| ClusterError::Setup(format!("{name} reported a malformed node id")))?;
             let entry = NodeEntry::new(&id, &name, &state_dir);
             ClusterDir::new(&cluster_dir).register(&entry)?;
             let mut guard = Cleanup::new(Workloads::new(&state_dir));
             guard.names.push(WORKLOAD.into());
-            guard.netns.push(workload_netns(&name, WORKLOAD));
+            guard.netns.push(workload_netns(WORKLOAD, &entry.node_id));
             cluster.workloads.push(guard);
             cluster.daemons.push(daemon);
             cluster.nodes.push(NodeInfo { name, netns, state_dir, entry });
@@ -210,7 +218,8 @@ impl LocalCluster {
             uplink_netns: Some(self.lan.hub.clone()),
             volume: Some(data),
             volume_device: Some(device),
-            netns: Some(workload_netns(&self.nodes[node].name, WORKLOAD)),
+            volume_handle: Some(image.display().to_string()),
+            netns: Some(workload_netns(WORKLOAD, &self.nodes[node].entry.node_id)),
             ..Default::default()
         })?;
         let uplink = w.record.uplink.as_ref().map(|u| u.interface.clone()).ok_or_else(|| ClusterError::Setup("redis has no service interface".into()))?;

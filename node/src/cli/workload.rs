@@ -102,6 +102,7 @@ pub fn run(args: &WorkloadArgs) -> Result<i32> {
                 address: *address,
                 volume: volume.clone(),
                 volume_device,
+                volume_handle: volume_image.as_ref().map(|i| i.display().to_string()),
                 rootfs: rootfs.clone(),
                 ..Default::default()
             };

@@ -121,9 +121,11 @@ impl ClusterDir {
     }
 }
 
-/// Name of the network namespace a workload lives in on node `node_name` after a move.
-pub fn workload_netns(node_name: &str, workload: &str) -> String {
-    format!("hs-{node_name}-{workload}")
+/// Name of the network namespace node `node_id` (its id as text) restores `workload` into:
+/// `hs-WORKLOAD-<first 8 of the id>`, the name the migration's target side uses
+/// (`migrate::local::target_netns` on the migration branch: keep the two identical).
+pub fn workload_netns(workload: &str, node_id: &str) -> String {
+    format!("hs-{workload}-{}", &node_id[..8.min(node_id.len())])
 }
 
 /// The local provider of one node (the source of the moves it makes).
@@ -151,8 +153,10 @@ impl LocalProvider {
         Ok(self.me.workloads().get(name)?.netns().to_string())
     }
 
-    fn volume_image(spec: &WorkloadSpec) -> Option<PathBuf> {
-        spec.volume.as_deref().map(PathBuf::from)
+    /// The volume's image: the spec's handle, else the one the workload's record keeps.
+    fn volume_image(&self, spec: &WorkloadSpec) -> Option<PathBuf> {
+        let recorded = || self.me.workloads().get(&spec.name).ok().and_then(|w| w.record.volume_handle);
+        spec.volume.clone().or_else(recorded).map(PathBuf::from)
     }
 
     /// Lets go of the volume on `from`, then attaches and mounts it on `to`.
@@ -190,14 +194,14 @@ impl LocalProvider {
         st.target = Some(to.name.clone());
         let span = tracing::info_span!("local_move", workload = %spec.name, target = %to.name);
         let _enter = span.enter();
-        if let Some(image) = Self::volume_image(spec) {
+        if let Some(image) = self.volume_image(spec) {
             Self::hand_over_volume(&image, &spec.name, &self.me, &to)?;
             st.mark(Step::VolumeOnTarget);
             *state = st.encode();
             tracing::info!(image = %image.display(), "volume attached on target");
         }
         if spec.address.is_some() {
-            Self::hand_over_address(&spec.name, &self.source_netns(&spec.name)?, &workload_netns(&to.name, &spec.name))?;
+            Self::hand_over_address(&spec.name, &self.source_netns(&spec.name)?, &workload_netns(&spec.name, &to.node_id))?;
             st.mark(Step::AddressOnTarget);
             *state = st.encode();
             tracing::info!(address = ?spec.address, "service address moved to target");
@@ -223,14 +227,14 @@ impl LocalProvider {
         let span = tracing::info_span!("local_move_back", workload = %spec.name, target = %target.name);
         let _enter = span.enter();
         if spec.address.is_some() {
-            let target_ns = workload_netns(&target.name, &spec.name);
+            let target_ns = workload_netns(&spec.name, &target.node_id);
             Self::hand_over_address(&spec.name, &target_ns, &self.source_netns(&spec.name)?)?;
             // The target's namespace holds nothing of ours now but maybe a stale network lock.
             netns::delete(&target_ns)?;
             st.unmark(Step::AddressOnTarget);
             *state = st.encode();
         }
-        if let Some(image) = Self::volume_image(spec) {
+        if let Some(image) = self.volume_image(spec) {
             Self::hand_over_volume(&image, &spec.name, &target, &self.me)?;
             st.unmark(Step::VolumeOnTarget);
             *state = st.encode();
@@ -252,7 +256,7 @@ impl LocalProvider {
     /// The other node holding this workload's volume or address, if any.
     fn find_holder(&self, spec: &WorkloadSpec) -> Result<Option<NodeEntry>, LocalProviderError> {
         Ok(self.entries()?.into_iter().filter(|e| e.node_id != self.me.node_id).find(|e| {
-            crate::workload::is_mount_point(&e.workloads().volume_mount_dir(&spec.name)) || netns::has_service_if(&workload_netns(&e.name, &spec.name))
+            crate::workload::is_mount_point(&e.workloads().volume_mount_dir(&spec.name)) || netns::has_service_if(&workload_netns(&spec.name, &e.node_id))
         }))
     }
 }

@@ -91,6 +91,8 @@ pub struct StartOptions {
     /// `volume` inside the workload's mount namespace only (the host never sees the mount).
     /// `volume` is then the mount point: it must exist (as a directory) on the host or rootfs.
     pub volume_device: Option<PathBuf>,
+    /// The provider's handle of the volume device (see `WorkloadRecord::volume_handle`).
+    pub volume_handle: Option<String>,
     /// Own root filesystem, pivot_root'ed into.
     pub rootfs: Option<PathBuf>,
     /// Network namespace name; default `hs-NAME`.
@@ -335,6 +337,7 @@ impl Workloads {
             uplink,
             volume: opts.volume.clone(),
             volume_on_device: opts.volume_device.is_some(),
+            volume_handle: opts.volume_handle.clone(),
             rootfs: opts.rootfs.clone(),
             command: opts.command.clone(),
             started_unix_ms: now_ms(),

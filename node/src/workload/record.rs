@@ -33,6 +33,10 @@ pub struct WorkloadRecord {
     /// treat it as an external mount; a restore binds it from [`super::Workloads::volume_mount_dir`].
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub volume_on_device: bool,
+    /// The resource provider's handle of that volume (loop image path, EBS volume id): what
+    /// a migration's `WorkloadSpec::volume` carries. Travels with the checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_handle: Option<String>,
     pub rootfs: Option<PathBuf>,
     pub command: Vec<String>,
     pub started_unix_ms: u64,
@@ -125,6 +129,7 @@ mod tests {
             uplink: Some(Uplink { interface: "hsu0".into(), netns: None }),
             volume: None,
             volume_on_device: false,
+            volume_handle: None,
             rootfs: None,
             command: vec!["sleep".into(), "1".into()],
             started_unix_ms: 1,

@@ -84,6 +84,7 @@ impl Workloads {
             uplink: None,
             volume: None,
             volume_on_device: false,
+            volume_handle: None,
             rootfs: Some(st.bundle.join("rootfs")),
             command: Vec::new(),
             started_unix_ms: now_ms(),
