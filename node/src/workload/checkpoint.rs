@@ -192,11 +192,10 @@ impl Workloads {
             _ => None,
         };
         let result = (|| {
-            // Restoring into the namespace the dump ran in (a rollback, a move back): CRIU left
-            // its lock rules there. Drop those copies first, or one would outlive the restore
-            // (CRIU deletes one copy) and keep dropping the client's packets.
+            // A namespace the dump ran in (a rollback) still holds the dump's lock rules;
+            // CRIU's restore deletes one copy, so a second would keep dropping the connections.
             for _ in 0..4 {
-                if netlock::remove(&target, &rules).unwrap_or(0) == 0 {
+                if netlock::remove(&target, &rules).map_err(crate::criu::CriuError::from)? == 0 {
                     break;
                 }
             }
@@ -265,6 +264,12 @@ impl Workloads {
         }
         tracing::info!(pid = outcome.pid, elapsed_ms = outcome.elapsed.as_millis() as u64, "workload restored");
         Ok((Workload { record: rec }, outcome))
+    }
+
+    /// Host directory where this node mounts a device-backed volume of workload `name` before
+    /// restoring it (CRIU binds it into the workload's mount namespace from here).
+    pub fn volume_mount_dir(&self, name: &str) -> PathBuf {
+        self.state_dir.join("volumes").join(name)
     }
 
     /// Where CRIU's restore log and pidfile (and a lazy-pages daemon's socket) go for `name`.

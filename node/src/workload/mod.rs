@@ -224,12 +224,6 @@ impl Workloads {
         &self.state_dir
     }
 
-    /// Host directory where this node mounts a device-backed volume of workload `name` before
-    /// restoring it (CRIU binds it into the workload's mount namespace from here).
-    pub fn volume_mount_dir(&self, name: &str) -> PathBuf {
-        self.state_dir.join("volumes").join(name)
-    }
-
     /// Where a workload's stdout and stderr go: the node's log dir, or inside its rootfs
     /// (the only files a pivot_root'ed workload can reach).
     pub fn console_log(&self, name: &str) -> PathBuf {
