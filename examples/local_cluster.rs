@@ -1,8 +1,8 @@
 //! The local cluster demo (`./scripts/demo`): three nodes, each in its own network namespace on
 //! one bridge, find each other by mDNS; redis runs on node1 with a live pipelining client;
 //! node2 becomes the cheapest and the workload hops there by itself; then
-//! `hotspot-node migrate redis --to node3`, and back to node1, which still has the chunks of
-//! the first visit. Prints, per hop, the client-visible gap, freeze time, bytes on the wire and
+//! `hotspot-node migrate redis --to node3`, and back to node2, which still has the chunks it
+//! received on the first visit. Prints, per hop, the client-visible gap, freeze time, bytes on the wire and
 //! total time. Everything is removed at the end, also on Ctrl-C.
 //!
 //! Usage: local_cluster [--bin PATH/hotspot-node] [--fill-mib N] [--keep]
@@ -105,8 +105,8 @@ fn run(args: &Args, hops: &mut Vec<Hop>) -> Result<(), ClusterError> {
     println!("{}", hop_line(&hops[1]));
     interrupt::sleep(Duration::from_secs(1))?;
 
-    println!("== hotspot-node migrate {WORKLOAD} --to node1 (node1 still has the chunks of the first visit)");
-    hops.push(cluster.migrate(0)?);
+    println!("== hotspot-node migrate {WORKLOAD} --to node2 (node2 still has the chunks of the first visit)");
+    hops.push(cluster.migrate(1)?);
     println!("{}", hop_line(&hops[2]));
 
     let report = cluster.finish_client().ok_or_else(|| ClusterError::Setup("no client".into()))?;

@@ -158,9 +158,12 @@ impl Daemon {
         let socket = dir.join("control.sock");
         let log = root.join(format!("{name}.log"));
         let mut cmd = match netns {
+            // nsenter, not `ip netns exec`: that one also gives the process a private mount
+            // namespace, and the namespaces a daemon creates (`ip netns add` bind mounts under
+            // /run/netns, a moved workload's new home) would then be invisible to the others.
             Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(bin);
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", netns::path(ns).display())).arg("--").arg(bin);
                 c
             }
             None => Command::new(bin),

@@ -84,6 +84,7 @@ impl LocalCluster {
         let start = Instant::now();
         let mut cmd = Command::new(&self.bin);
         cmd.args(["migrate", WORKLOAD, "--to", &self.nodes[to].name, "--json", "--socket"]).arg(&self.daemons[from].socket);
+        cmd.env("RUST_BACKTRACE", "0").env("RUST_LIB_BACKTRACE", "0");
         // Not in our process group: a Ctrl-C stops the demo after this hop, never mid-hop.
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let out = cmd

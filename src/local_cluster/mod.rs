@@ -166,7 +166,8 @@ impl LocalCluster {
             let price = format!("{:.2}", 0.10 + 0.02 * i as f64);
             let (state, cdir) = (state_dir.display().to_string(), cluster_dir.display().to_string());
             let transfer = format!("{}:7947", cluster.lan.node_ip(i));
-            let mut flags = vec!["--price", &price, "--advert-interval-ms", "1000"];
+            // Fixed capacity: measured free CPU on a busy 2-core host would refuse the workload.
+            let mut flags = vec!["--price", &price, "--advert-interval-ms", "1000", "--cpu-millis", "4000", "--memory-bytes", "8589934592"];
             if has_transfer {
                 flags.extend(["--transfer-listen", &transfer]);
             }

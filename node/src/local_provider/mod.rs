@@ -153,10 +153,14 @@ impl LocalProvider {
         Ok(self.me.workloads().get(name)?.netns().to_string())
     }
 
-    /// The volume's image: the spec's handle, else the one the workload's record keeps.
+    /// The volume's image, when the workload's volume is a loop device: the handle its record
+    /// keeps, else the spec's. A host-directory volume stays where it is (one machine shares it).
     fn volume_image(&self, spec: &WorkloadSpec) -> Option<PathBuf> {
-        let recorded = || self.me.workloads().get(&spec.name).ok().and_then(|w| w.record.volume_handle);
-        spec.volume.clone().or_else(recorded).map(PathBuf::from)
+        match self.me.workloads().get(&spec.name) {
+            Ok(w) if !w.record.volume_on_device => None,
+            Ok(w) => w.record.volume_handle.or_else(|| spec.volume.clone()).map(PathBuf::from),
+            Err(_) => spec.volume.as_deref().map(PathBuf::from).filter(|p| p.is_file()),
+        }
     }
 
     /// Lets go of the volume on `from`, then attaches and mounts it on `to`.
