@@ -96,7 +96,7 @@ fn run(args: &Args, hops: &mut Vec<Hop>) -> Result<(), ClusterError> {
     interrupt::sleep(Duration::from_secs(1))?;
 
     println!("== node2's price drops to $0.03/h: node1 should move {WORKLOAD} there by itself");
-    hops.push(cluster.hop_by_price(1, 0.03, Duration::from_secs(120))?);
+    hops.push(cluster.hop_by_price(1, 0.03, Duration::from_secs(60))?);
     println!("{}", hop_line(&hops[0]));
     interrupt::sleep(Duration::from_secs(1))?;
 
