@@ -78,6 +78,7 @@ pub struct NodeInfo {
 pub struct LocalCluster {
     client: Option<PipeliningClient>,
     workloads: Vec<Cleanup>,
+    cgroup_parents: CgroupParents,
     volume: Option<VolumeCleanup>,
     pub daemons: Vec<Daemon>,
     pub lan: Lan,
@@ -87,6 +88,18 @@ pub struct LocalCluster {
     pub fill_keys: u64,
     bin: PathBuf,
     pub dir: WorkDir,
+}
+
+/// The per-node cgroup parents the daemons restore workloads under (`hotspot-<id8>`, the
+/// migration's convention for nodes sharing a host): removed once empty.
+struct CgroupParents(Vec<String>);
+
+impl Drop for CgroupParents {
+    fn drop(&mut self) {
+        for rel in &self.0 {
+            let _ = hotspot_node::workload::cgroup::Cgroup::at(rel).destroy(Duration::from_secs(1));
+        }
+    }
 }
 
 /// The cluster's files (daemon data, logs, the volume image); removed on drop unless kept.
@@ -146,6 +159,7 @@ impl LocalCluster {
         let mut cluster = LocalCluster {
             client: None,
             workloads: Vec::new(),
+            cgroup_parents: CgroupParents(Vec::new()),
             volume: None,
             daemons: Vec::new(),
             lan,
@@ -187,6 +201,7 @@ impl LocalCluster {
             guard.names.push(WORKLOAD.into());
             guard.netns.push(workload_netns(WORKLOAD, &entry.node_id));
             cluster.workloads.push(guard);
+            cluster.cgroup_parents.0.push(format!("hotspot-{}", &entry.node_id[..8]));
             cluster.daemons.push(daemon);
             cluster.nodes.push(NodeInfo { name, netns, state_dir, entry });
         }
