@@ -11,12 +11,16 @@
 //! - [`migrate`]: moving a workload to another node (source driver, target service, recovery).
 //! - [`provider`]: moving a workload's volume and address between nodes (EC2: EBS, ENI, EIP).
 //! - [`imds`]: the EC2 instance metadata service (identity, spot interruption notices).
+//! - [`local_provider`]: moves volumes (loop devices) and service addresses (netns interfaces) on a one-machine cluster.
+//! - [`lab`]: a cluster of nodes in network namespaces on one bridge, for tests, benches and the demo.
 
 pub mod criu;
 pub mod daemon;
 pub mod hostcheck;
 pub mod imds;
 pub mod journal;
+pub mod lab;
+pub mod local_provider;
 pub mod mesh;
 pub mod migrate;
 pub mod observability;

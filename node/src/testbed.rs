@@ -123,6 +123,8 @@ impl ClientReport {
 pub struct PipeliningClient {
     stop: Arc<AtomicBool>,
     batches: Arc<std::sync::atomic::AtomicU64>,
+    /// Longest stall since the last [`PipeliningClient::take_max_stall`], in microseconds.
+    stall_us: Arc<std::sync::atomic::AtomicU64>,
     handle: Option<JoinHandle<ClientReport>>,
 }
 
@@ -139,11 +141,18 @@ impl PipeliningClient {
         stream.set_read_timeout(Some(Duration::from_secs(60)))?;
         let stop = Arc::new(AtomicBool::new(false));
         let batches = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (stop2, batches2, prefix) = (stop.clone(), batches.clone(), key_prefix.to_string());
+        let stall_us = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (stop2, batches2, stall2, prefix) = (stop.clone(), batches.clone(), stall_us.clone(), key_prefix.to_string());
         let handle = std::thread::Builder::new()
             .name("redis-client".into())
-            .spawn(move || client_loop(stream, interval, &prefix, &stop2, &batches2))?;
-        Ok(PipeliningClient { stop, batches, handle: Some(handle) })
+            .spawn(move || client_loop(stream, interval, &prefix, &stop2, &batches2, &stall2))?;
+        Ok(PipeliningClient { stop, batches, stall_us, handle: Some(handle) })
+    }
+
+    /// The longest time between two reply batches since the previous call (the client-visible
+    /// gap of whatever happened in between), and starts a new measurement.
+    pub fn take_max_stall(&self) -> Duration {
+        Duration::from_micros(self.stall_us.swap(0, Ordering::Relaxed))
     }
 
     /// Batches answered so far.
@@ -176,7 +185,14 @@ impl Drop for PipeliningClient {
     }
 }
 
-fn client_loop(stream: TcpStream, interval: Duration, prefix: &str, stop: &AtomicBool, batches: &std::sync::atomic::AtomicU64) -> ClientReport {
+fn client_loop(
+    stream: TcpStream,
+    interval: Duration,
+    prefix: &str,
+    stop: &AtomicBool,
+    batches: &std::sync::atomic::AtomicU64,
+    stall_us: &std::sync::atomic::AtomicU64,
+) -> ClientReport {
     let mut report = ClientReport::default();
     let mut writer = match stream.try_clone() {
         Ok(w) => w,
@@ -209,6 +225,7 @@ fn client_loop(stream: TcpStream, interval: Duration, prefix: &str, stop: &Atomi
             }
             let now = Instant::now();
             report.max_stall = report.max_stall.max(now - last);
+            stall_us.fetch_max((now - last).as_micros() as u64, Ordering::Relaxed);
             last = now;
             n += 1;
             batches.fetch_add(1, Ordering::Relaxed);

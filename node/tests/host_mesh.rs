@@ -45,7 +45,7 @@ fn host_mesh_five_nodes_discover_by_mdns_and_notice_departures() {
         return;
     }
     let root = tempfile::tempdir().unwrap();
-    let lan = Lan::new(5);
+    let lan = Lan::new(5).expect("create the lab network");
     let started = Instant::now();
     let mut nodes = start_cluster(root.path(), &lan, &[]);
     let took = wait_for("every node to see the other four", Duration::from_secs(15), || {
@@ -92,7 +92,7 @@ fn host_mesh_ten_concurrent_reservations_for_room_of_three_grant_three() {
         return;
     }
     let root = tempfile::tempdir().unwrap();
-    let lan = Lan::new(5);
+    let lan = Lan::new(5).expect("create the lab network");
     // node-0 offers exactly 3 CPUs and 3 GiB; each request wants 1 CPU and 1 GiB.
     let mut nodes = start_cluster(root.path(), &lan, &["--cpu-millis", "3000", "--memory-bytes", "3221225472"]);
     wait_for("sources to see node-0", Duration::from_secs(15), || {

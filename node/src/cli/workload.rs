@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use hotspot_node::criu::Criu;
+use hotspot_node::local_provider::loopdev;
 use hotspot_node::workload::{Checkpoint, CheckpointOptions, IfAddr, RestoreSpec, ServiceNet, StartOptions, Workloads, DEFAULT_STATE_DIR};
 
 #[derive(Debug, clap::Args)]
@@ -30,6 +31,14 @@ pub enum WorkloadCommand {
         /// Host directory the workload uses as its disk (its working directory; /volume with --rootfs).
         #[arg(long, value_name = "PATH")]
         volume: Option<PathBuf>,
+        /// ext4 image file to use as the volume: attached to a loop device and mounted at
+        /// --volume inside the workload only (the local stand-in for an EBS disk, moved between
+        /// nodes by the local provider). Created with --volume-size-mib if missing.
+        #[arg(long, value_name = "FILE", requires = "volume")]
+        volume_image: Option<PathBuf>,
+        /// Size of a new --volume-image.
+        #[arg(long, value_name = "MIB", default_value_t = 1024)]
+        volume_size_mib: u64,
         /// Root filesystem to pivot_root into (default: share the host's).
         #[arg(long, value_name = "DIR")]
         rootfs: Option<PathBuf>,
@@ -79,16 +88,38 @@ pub enum WorkloadCommand {
 pub fn run(args: &WorkloadArgs) -> Result<i32> {
     let wls = Workloads::new(&args.state_dir);
     match &args.command {
-        WorkloadCommand::Start { name, address, volume, rootfs, command } => {
+        WorkloadCommand::Start { name, address, volume, volume_image, volume_size_mib, rootfs, command } => {
+            let volume_device = match volume_image {
+                Some(image) => {
+                    loopdev::create_image(image, *volume_size_mib)?;
+                    Some(loopdev::attach(image)?)
+                }
+                None => None,
+            };
             let opts = StartOptions {
                 name: name.clone(),
                 command: command.clone(),
                 address: *address,
                 volume: volume.clone(),
+                volume_device,
+                volume_handle: volume_image.as_ref().map(|i| i.display().to_string()),
                 rootfs: rootfs.clone(),
                 ..Default::default()
             };
-            let w = wls.start(&opts)?;
+            let w = match wls.start(&opts) {
+                Ok(w) => w,
+                Err(e) => {
+                    if let Some(image) = volume_image {
+                        let _ = loopdev::detach(image, Duration::from_secs(5));
+                    }
+                    return Err(e.into());
+                }
+            };
+            if let Some(image) = volume_image {
+                // The workload's mount holds the device now: a detach only marks it to go away
+                // with that mount (autoclear), so stopping the workload leaks no loop device.
+                loopdev::detach_when_unused(image)?;
+            }
             println!("started {} pid {} netns {}{}", w.name(), w.pid().unwrap_or(0), w.netns(), address.map(|a| format!(" address {a}")).unwrap_or_default());
             println!("output: {}", wls.console_log(name).display());
         }

@@ -192,6 +192,13 @@ impl Workloads {
             _ => None,
         };
         let result = (|| {
+            // A namespace the dump ran in (a rollback) still holds the dump's lock rules;
+            // CRIU's restore deletes one copy, so a second would keep dropping the connections.
+            for _ in 0..4 {
+                if netlock::remove(&target, &rules).map_err(crate::criu::CriuError::from)? == 0 {
+                    break;
+                }
+            }
             netlock::install(&target, &rules).map_err(crate::criu::CriuError::from)?;
             if let Some(addr) = src.address {
                 netns::bring_up_service(&spec.netns, addr)?;
@@ -207,7 +214,17 @@ impl Workloads {
             opts.lazy_pages = cp.meta.remote_pages;
             if src.rootfs.is_some() {
                 opts.external.push(format!("mnt[{DEV_NULL_EXT}]:/dev/null"));
-                if let Some(vol) = &src.volume {
+            }
+            if let Some(vol) = &src.volume {
+                if src.volume_on_device {
+                    // The device-backed volume was attached and mounted here by the resource
+                    // provider (see crate::local_provider); CRIU binds it back into place.
+                    let staged = self.volume_mount_dir(&src.name);
+                    if !is_mount_point(&staged) {
+                        return Err(WorkloadError::MissingPath { what: "volume (not mounted on this node; the resource provider attaches it)", path: staged });
+                    }
+                    opts.external.push(format!("mnt[{VOLUME_EXT}]:{}", staged.display()));
+                } else if src.rootfs.is_some() {
                     opts.external.push(format!("mnt[{VOLUME_EXT}]:{}", vol.display()));
                 }
             }
@@ -249,6 +266,12 @@ impl Workloads {
         Ok((Workload { record: rec }, outcome))
     }
 
+    /// Host directory where this node mounts a device-backed volume of workload `name` before
+    /// restoring it (CRIU binds it into the workload's mount namespace from here).
+    pub fn volume_mount_dir(&self, name: &str) -> PathBuf {
+        self.state_dir.join("volumes").join(name)
+    }
+
     /// Where CRIU's restore log and pidfile (and a lazy-pages daemon's socket) go for `name`.
     pub fn restore_work_dir(&self, name: &str) -> PathBuf {
         self.state_dir.join("criu").join(name)
@@ -284,7 +307,12 @@ impl Workloads {
         if w.is_running() {
             return Err(WorkloadError::NameTaken(name.into()));
         }
-        w.cgroup().destroy(Duration::from_secs(2))?;
+        // Our copy is gone, so anything in the cgroup is the restored copy of another node on
+        // this same machine (cgroup paths are per workload name, not per node): leave it be.
+        let cg = w.cgroup();
+        if cg.pids().is_empty() {
+            cg.destroy(Duration::from_secs(2))?;
+        }
         netns::delete(&w.record.netns)?;
         record::remove(&self.state_dir, name)?;
         Ok(())
@@ -300,11 +328,41 @@ fn dump_options(w: &Workload, opts: &CheckpointOptions) -> DumpOptions {
     dump.timeout = opts.timeout;
     if w.record.rootfs.is_some() {
         dump.external.push(format!("mnt[/dev/null]:{DEV_NULL_EXT}"));
-        if w.record.volume.is_some() {
-            dump.external.push(format!("mnt[/volume]:{VOLUME_EXT}"));
+    }
+    if w.record.rootfs.is_some() || w.record.volume_on_device {
+        if let Some(inside) = w.volume_inside() {
+            dump.external.push(format!("mnt[{}]:{VOLUME_EXT}", inside.display()));
         }
     }
     dump
+}
+
+/// Whether `path` is the mount point of a mounted filesystem (per /proc/self/mountinfo).
+pub fn is_mount_point(path: &Path) -> bool {
+    let Ok(canonical) = path.canonicalize() else { return false };
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    mountinfo.lines().filter_map(|l| l.split(' ').nth(4)).any(|m| Path::new(&unescape_mountinfo(m)) == canonical)
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal (`\040`).
+fn unescape_mountinfo(field: &str) -> String {
+    let mut out = String::with_capacity(field.len());
+    let mut chars = field.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            let code: String = chars.by_ref().take(3).collect();
+            match u8::from_str_radix(&code, 8) {
+                Ok(b) => out.push(b as char),
+                Err(_) => {
+                    out.push('\\');
+                    out.push_str(&code);
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 pub(super) fn write_meta(dir: &Path, meta: &CheckpointMeta) -> Result<(), WorkloadError> {

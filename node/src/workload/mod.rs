@@ -18,13 +18,12 @@ mod spawn;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub use checkpoint::{Checkpoint, CheckpointMeta, CheckpointOptions, RestoreSpec, ServiceNet, CHECKPOINT_FORMAT, CHECKPOINT_META};
-pub use netns::IfAddr;
+pub use checkpoint::{is_mount_point, Checkpoint, CheckpointMeta, CheckpointOptions, RestoreSpec, ServiceNet, CHECKPOINT_FORMAT, CHECKPOINT_META};
+pub use netns::{IfAddr, NetError};
 pub use record::{Uplink, WorkloadKind, WorkloadRecord};
 
 use crate::criu::CriuError;
 use cgroup::{Cgroup, CgroupError};
-use netns::NetError;
 use record::RecordError;
 
 /// Console file of a pivot_root'ed workload, inside its rootfs.
@@ -88,6 +87,12 @@ pub struct StartOptions {
     /// Address of the uplink end (when clients live in `uplink_netns`).
     pub uplink_address: Option<IfAddr>,
     pub volume: Option<PathBuf>,
+    /// Block device (a loop device, an EBS disk) holding an ext4 filesystem, mounted at
+    /// `volume` inside the workload's mount namespace only (the host never sees the mount).
+    /// `volume` is then the mount point: it must exist (as a directory) on the host or rootfs.
+    pub volume_device: Option<PathBuf>,
+    /// The provider's handle of the volume device (see `WorkloadRecord::volume_handle`).
+    pub volume_handle: Option<String>,
     /// Own root filesystem, pivot_root'ed into.
     pub rootfs: Option<PathBuf>,
     /// Network namespace name; default `hs-NAME`.
@@ -121,6 +126,10 @@ impl Workload {
     }
     pub fn volume(&self) -> Option<&Path> {
         self.record.volume.as_deref()
+    }
+    /// Where the volume is mounted as the workload sees it.
+    pub fn volume_inside(&self) -> Option<PathBuf> {
+        self.record.volume.as_ref().map(|v| if self.record.rootfs.is_some() { PathBuf::from("/volume") } else { v.clone() })
     }
     /// Its PID 1 is alive (not a zombie) and still in its cgroup (guards against PID reuse).
     pub fn is_running(&self) -> bool {
@@ -267,6 +276,12 @@ impl Workloads {
                 return Err(WorkloadError::MissingPath { what, path: p.clone() });
             }
         }
+        if opts.volume_device.is_some() && opts.volume.is_none() {
+            return Err(WorkloadError::MissingPath { what: "volume mount point (--volume) for the volume device", path: PathBuf::new() });
+        }
+        if let Some(dev) = opts.volume_device.as_ref().filter(|d| !d.exists()) {
+            return Err(WorkloadError::MissingPath { what: "volume device", path: dev.clone() });
+        }
         if !command_exists(argv0, opts.rootfs.as_deref()) {
             return Err(WorkloadError::CommandMissing(argv0.clone()));
         }
@@ -299,6 +314,7 @@ impl Workloads {
             cgroup_procs: cg.procs_files(),
             rootfs: opts.rootfs.as_deref(),
             volume: opts.volume.as_deref().zip(volume_inside.as_deref().filter(|_| opts.rootfs.is_some())),
+            volume_device: opts.volume_device.as_deref().zip(volume_inside.as_deref()),
             cwd: volume_inside.as_deref(),
             env,
             console: &console,
@@ -314,6 +330,8 @@ impl Workloads {
             address: opts.address,
             uplink,
             volume: opts.volume.clone(),
+            volume_on_device: opts.volume_device.is_some(),
+            volume_handle: opts.volume_handle.clone(),
             rootfs: opts.rootfs.clone(),
             command: opts.command.clone(),
             started_unix_ms: now_ms(),

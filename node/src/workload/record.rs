@@ -28,6 +28,15 @@ pub struct WorkloadRecord {
     /// Host end of the service veth and the namespace it lives in (None = root namespace).
     pub uplink: Option<Uplink>,
     pub volume: Option<PathBuf>,
+    /// The volume is a block-device filesystem (a loop device or an EBS disk) mounted at
+    /// `volume` inside the workload's own mount namespace, not a host directory. Checkpoints
+    /// treat it as an external mount; a restore binds it from [`super::Workloads::volume_mount_dir`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub volume_on_device: bool,
+    /// The resource provider's handle of that volume (loop image path, EBS volume id): what
+    /// a migration's `WorkloadSpec::volume` carries. Travels with the checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_handle: Option<String>,
     pub rootfs: Option<PathBuf>,
     pub command: Vec<String>,
     pub started_unix_ms: u64,
@@ -119,6 +128,8 @@ mod tests {
             address: Some("10.77.0.2/24".parse().unwrap()),
             uplink: Some(Uplink { interface: "hsu0".into(), netns: None }),
             volume: None,
+            volume_on_device: false,
+            volume_handle: None,
             rootfs: None,
             command: vec!["sleep".into(), "1".into()],
             started_unix_ms: 1,

@@ -83,6 +83,8 @@ impl Workloads {
             address: None,
             uplink: None,
             volume: None,
+            volume_on_device: false,
+            volume_handle: None,
             rootfs: Some(st.bundle.join("rootfs")),
             command: Vec::new(),
             started_unix_ms: now_ms(),

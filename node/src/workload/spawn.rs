@@ -25,6 +25,9 @@ pub struct SpawnSpec<'a> {
     pub rootfs: Option<&'a Path>,
     /// (host dir, path inside the rootfs) bind-mounted before pivot_root.
     pub volume: Option<(&'a Path, &'a Path)>,
+    /// (block device, mount point as seen inside) mounted as ext4 in the new mount namespace,
+    /// after the root is made private (so the host never sees it) and before pivot_root.
+    pub volume_device: Option<(&'a Path, &'a Path)>,
     /// Working directory inside the workload (after pivot_root when there is a rootfs).
     pub cwd: Option<&'a Path>,
     pub env: Vec<(String, String)>,
@@ -60,6 +63,19 @@ pub fn spawn(spec: SpawnSpec<'_>) -> io::Result<i32> {
             Some((cstr(host)?, cstr(target)?))
         }
         _ => None,
+    };
+    // A device volume is mounted at its in-workload path; with a rootfs, that path lives
+    // under the rootfs until pivot_root.
+    let volume_device = match spec.volume_device {
+        Some((dev, inside)) => {
+            let target = match spec.rootfs {
+                Some(root) => root.join(inside.strip_prefix("/").unwrap_or(inside)),
+                None => inside.to_path_buf(),
+            };
+            std::fs::create_dir_all(&target)?;
+            Some((cstr(dev)?, cstr(target)?, cstr("ext4")?))
+        }
+        None => None,
     };
     let (proc_src, proc_dir, root, dot, run_netns) = (cstr("proc")?, cstr("/proc")?, cstr("/")?, cstr(".")?, cstr("/run/netns")?);
     let (console, dev_null) = (cstr(spec.console)?, cstr("/dev/null")?);
@@ -112,12 +128,15 @@ pub fn spawn(spec: SpawnSpec<'_>) -> io::Result<i32> {
             // The host's /run/netns bind mounts (nsfs) would make the mount tree undumpable.
             libc::umount2(run_netns.as_ptr(), libc::MNT_DETACH);
             check(libc::sethostname(hostname.as_ptr().cast(), hostname.len()))?;
+            if let Some((dev, target, fstype)) = &volume_device {
+                check(libc::mount(dev.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()))?;
+            }
             if let Some(rootfs) = &rootfs {
                 check(libc::mount(rootfs.as_ptr(), rootfs.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null()))?;
                 if let Some(null) = &rootfs_dev_null {
                     check(libc::mount(dev_null.as_ptr(), null.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()))?;
                 }
-                if let Some((host, target)) = &volume {
+                if let (Some((host, target)), None) = (&volume, &volume_device) {
                     check(libc::mount(host.as_ptr(), target.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()))?;
                 }
                 check(libc::chdir(rootfs.as_ptr()))?;
