@@ -39,6 +39,8 @@ enum Command {
     Reserve(cli::reserve::ReserveArgs),
     /// Release a reservation obtained with `reserve`.
     Release(cli::reserve::ReleaseArgs),
+    /// Move a running workload to another node (`--to PEER` or `--to auto`), live.
+    Migrate(cli::migrate::MigrateArgs),
 }
 
 fn main() -> Result<()> {
@@ -52,6 +54,7 @@ fn main() -> Result<()> {
         Command::Status(args) => cli::status::run(args)?,
         Command::Reserve(args) => cli::reserve::run(args)?,
         Command::Release(args) => cli::reserve::release(args)?,
+        Command::Migrate(args) => cli::migrate::run(args)?,
     };
     std::process::exit(code);
 }

@@ -71,7 +71,8 @@ pub fn start(
             return Ok(None);
         }
     };
-    let workloads = Workloads::new(&config.workloads_dir);
+    // Own cgroup parent: several nodes may share a host (the local cluster).
+    let workloads = Workloads::new(&config.workloads_dir).with_cgroup_parent(format!("hotspot-{}", &service.node().to_string()[..8]));
     let db = sled::open(config.data_dir.join("journal"))?;
     let journal = Journal::open(&db)?;
     let trust = TrustSet::default();
@@ -251,7 +252,7 @@ impl Migrations {
         };
         let cancel = self.cancel.child_token();
         let result = source::run(&plan, &self.parts(&link, &ptx, &cancel)).await;
-        drop(ptx);
+        drop((link, ptx)); // both hold progress senders: the forwarder ends when they are gone
         let _ = forward.await;
         Ok(result?)
     }
