@@ -192,6 +192,13 @@ impl Workloads {
             _ => None,
         };
         let result = (|| {
+            // A namespace the dump ran in (a rollback) still holds the dump's lock rules;
+            // CRIU's restore deletes one copy, so a second would keep dropping the connections.
+            for _ in 0..4 {
+                if netlock::remove(&target, &rules).map_err(crate::criu::CriuError::from)? == 0 {
+                    break;
+                }
+            }
             netlock::install(&target, &rules).map_err(crate::criu::CriuError::from)?;
             if let Some(addr) = src.address {
                 netns::bring_up_service(&spec.netns, addr)?;
