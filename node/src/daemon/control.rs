@@ -151,15 +151,19 @@ pub enum ControlError {
     InUse { socket: PathBuf },
 }
 
-/// Sends one request to the daemon and waits (up to `timeout`) for its reply.
-pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Reply, ControlError> {
+fn connect(socket: &Path) -> Result<std::os::unix::net::UnixStream, ControlError> {
     use std::io::ErrorKind;
-    let io = |source: std::io::Error| ControlError::Io { socket: socket.into(), source };
-    let mut stream = std::os::unix::net::UnixStream::connect(socket).map_err(|e| match e.kind() {
+    std::os::unix::net::UnixStream::connect(socket).map_err(|e| match e.kind() {
         ErrorKind::NotFound | ErrorKind::ConnectionRefused => ControlError::NotRunning { socket: socket.into() },
         ErrorKind::PermissionDenied => ControlError::PermissionDenied { socket: socket.into() },
-        _ => io(e),
-    })?;
+        _ => ControlError::Io { socket: socket.into(), source: e },
+    })
+}
+
+/// Sends one request to the daemon and waits (up to `timeout`) for its reply.
+pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Reply, ControlError> {
+    let io = |source: std::io::Error| ControlError::Io { socket: socket.into(), source };
+    let mut stream = connect(socket)?;
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
     let mut line = serde_json::to_vec(&Envelope { version: CONTROL_PROTOCOL_VERSION, body: request })
@@ -180,13 +184,8 @@ pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Reply
 /// Sends one request and passes every reply line to `each` (progress, then the final reply,
 /// which is also returned). `idle` bounds the wait for each line, not the whole exchange.
 pub fn call_stream(socket: &Path, request: &Request, idle: Duration, mut each: impl FnMut(&Reply)) -> Result<Reply, ControlError> {
-    use std::io::ErrorKind;
     let io = |source: std::io::Error| ControlError::Io { socket: socket.into(), source };
-    let mut stream = std::os::unix::net::UnixStream::connect(socket).map_err(|e| match e.kind() {
-        ErrorKind::NotFound | ErrorKind::ConnectionRefused => ControlError::NotRunning { socket: socket.into() },
-        ErrorKind::PermissionDenied => ControlError::PermissionDenied { socket: socket.into() },
-        _ => io(e),
-    })?;
+    let mut stream = connect(socket)?;
     stream.set_read_timeout(Some(idle)).map_err(io)?;
     let mut line = serde_json::to_vec(&Envelope { version: CONTROL_PROTOCOL_VERSION, body: request })
         .map_err(|e| ControlError::Malformed(e.to_string()))?;
