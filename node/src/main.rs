@@ -45,6 +45,8 @@ enum Command {
     Receive(cli::transfer::ReceiveArgs),
     /// EC2: this instance's identity, its spot price, the cluster's peers; a fake metadata service.
     Ec2(cli::ec2::Ec2Args),
+    /// Move a running workload to another node (`--to PEER` or `--to auto`), live.
+    Migrate(cli::migrate::MigrateArgs),
 }
 
 fn main() -> Result<()> {
@@ -61,6 +63,7 @@ fn main() -> Result<()> {
         Command::Send(args) => cli::transfer::send(args)?,
         Command::Receive(args) => cli::transfer::receive(args)?,
         Command::Ec2(args) => cli::ec2::run(args)?,
+        Command::Migrate(args) => cli::migrate::run(args)?,
     };
     std::process::exit(code);
 }

@@ -3,6 +3,9 @@
 
 /// ALPN of the QUIC image-transfer and migration protocol.
 pub const TRANSFER_ALPN: &[u8] = b"hotspot-mesh/transfer/1";
+/// ALPN of migration control (offer, restore, status, commit, abort) between source and target,
+/// served by the same node-key-authenticated QUIC endpoint as image transfers.
+pub const MIGRATE_ALPN: &[u8] = b"hotspot-mesh/migrate/1";
 /// Gossipsub topic carrying [`crate::advert::NodeAdvert`]s.
 pub const ADVERT_TOPIC: &str = "hotspot-mesh/adverts/1";
 /// libp2p request-response protocol for reservations.

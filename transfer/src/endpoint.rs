@@ -54,7 +54,12 @@ fn endpoint_config() -> EndpointConfig {
 /// Client (sender) config presenting `key`; accepts a receiver in `trust` (and only `expected`
 /// when given).
 pub fn client_config(key: &NodeKey, trust: TrustSet, expected: Option<NodeId>) -> Result<quinn::ClientConfig, EndpointError> {
-    let crypto = tls::client_crypto(key, trust, expected)?;
+    client_config_alpn(key, trust, expected, hotspot_protocol::ids::TRANSFER_ALPN)
+}
+
+/// [`client_config`] for another protocol on the same endpoint (e.g. migration control).
+pub fn client_config_alpn(key: &NodeKey, trust: TrustSet, expected: Option<NodeId>, alpn: &[u8]) -> Result<quinn::ClientConfig, EndpointError> {
+    let crypto = tls::client_crypto_alpn(key, trust, expected, alpn)?;
     let quic = QuicClientConfig::try_from(Arc::new(crypto)).map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     config.transport_config(transport());

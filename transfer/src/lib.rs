@@ -21,7 +21,7 @@ pub mod tls;
 pub mod wire;
 
 pub use chunker::{build_manifest, ChunkerConfig};
-pub use receive::{receive_one, serve, ReceiveError, ReceiveOptions, Received};
+pub use receive::{receive_one, serve, serve_dispatch, ReceiveError, ReceiveOptions, Received};
 pub use send::{send_dir, SendError, SendOptions, SendProgress, SendReport};
 pub use store::{ManifestId, Store, StoreError, StoreOptions};
 pub use tls::TrustSet;

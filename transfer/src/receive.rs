@@ -99,6 +99,19 @@ pub async fn serve(
     done: mpsc::Sender<Result<Received, ReceiveError>>,
     shutdown: CancellationToken,
 ) {
+    serve_dispatch(endpoint, store, opts, done, None, shutdown).await
+}
+
+/// [`serve`], handing connections that negotiated another ALPN than image transfer (migration
+/// control) to `others` instead of refusing them.
+pub async fn serve_dispatch(
+    endpoint: quinn::Endpoint,
+    store: Arc<Store>,
+    opts: ReceiveOptions,
+    done: mpsc::Sender<Result<Received, ReceiveError>>,
+    others: Option<mpsc::Sender<quinn::Connection>>,
+    shutdown: CancellationToken,
+) {
     let mut conns = JoinSet::new();
     let limit = Arc::new(Semaphore::new(8));
     loop {
@@ -109,10 +122,18 @@ pub async fn serve(
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
                 let Ok(permit) = limit.clone().acquire_owned().await else { break };
-                let (store, opts, done, shutdown) = (store.clone(), opts.clone(), done.clone(), shutdown.clone());
+                let (store, opts, done, shutdown, others) = (store.clone(), opts.clone(), done.clone(), shutdown.clone(), others.clone());
                 conns.spawn(async move {
                     let addr = incoming.remote_address();
                     let result = match incoming.await {
+                        Ok(conn) if tls::negotiated_alpn(&conn).as_deref() != Some(hotspot_protocol::ids::TRANSFER_ALPN) => {
+                            drop(permit);
+                            match others {
+                                Some(others) => { let _ = others.send(conn).await; }
+                                None => conn.close(ErrorCode::BadRequest.as_u16().into(), b"unsupported protocol"),
+                            }
+                            return;
+                        }
                         Ok(conn) => tokio::select! {
                             r = receive_one(conn.clone(), store, opts) => r,
                             _ = shutdown.cancelled() => { conn.close(ErrorCode::Busy.as_u16().into(), b"receiver shutting down"); return; }

@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 
-use hotspot_protocol::ids::TRANSFER_ALPN;
+use hotspot_protocol::ids::{MIGRATE_ALPN, TRANSFER_ALPN};
 use hotspot_protocol::NodeId;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls13_signature_with_raw_key, CryptoProvider};
@@ -196,13 +196,26 @@ pub fn server_crypto(key: &NodeKey, trust: TrustSet) -> Result<rustls::ServerCon
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(resolver));
-    config.alpn_protocols = vec![TRANSFER_ALPN.to_vec()];
+    // Image transfers and migration control share the endpoint; the server dispatches on the
+    // negotiated ALPN (see `receive::serve_dispatch`).
+    config.alpn_protocols = vec![TRANSFER_ALPN.to_vec(), MIGRATE_ALPN.to_vec()];
     Ok(config)
+}
+
+/// The ALPN a connection negotiated.
+pub fn negotiated_alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
+    let data = conn.handshake_data()?;
+    data.downcast_ref::<quinn::crypto::rustls::HandshakeData>()?.protocol.clone()
 }
 
 /// TLS config of a sending endpoint: presents `key`, accepts a server key from `trust` (and, if
 /// given, only `expected`).
 pub fn client_crypto(key: &NodeKey, trust: TrustSet, expected: Option<NodeId>) -> Result<rustls::ClientConfig, TlsError> {
+    client_crypto_alpn(key, trust, expected, TRANSFER_ALPN)
+}
+
+/// [`client_crypto`] speaking `alpn` (e.g. [`MIGRATE_ALPN`]) instead of image transfer.
+pub fn client_crypto_alpn(key: &NodeKey, trust: TrustSet, expected: Option<NodeId>, alpn: &[u8]) -> Result<rustls::ClientConfig, TlsError> {
     let provider = provider();
     let verifier = Arc::new(NodeKeyVerifier { trust, expected, provider: provider.clone() });
     let resolver = rustls::client::AlwaysResolvesClientRawPublicKeys::new(certified_key(key, &provider)?);
@@ -211,7 +224,7 @@ pub fn client_crypto(key: &NodeKey, trust: TrustSet, expected: Option<NodeId>) -
         .dangerous() // the custom verifier below is the whole point: key pinning instead of web PKI
         .with_custom_certificate_verifier(verifier)
         .with_client_cert_resolver(Arc::new(resolver));
-    config.alpn_protocols = vec![TRANSFER_ALPN.to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     Ok(config)
 }
 

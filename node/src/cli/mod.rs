@@ -1,5 +1,6 @@
 //! Subcommands of `hotspot-node`, one module each.
 pub mod check;
+pub mod migrate;
 pub mod workload;
 pub mod peers;
 pub mod reserve;

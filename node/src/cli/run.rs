@@ -53,6 +53,15 @@ pub struct RunArgs {
     /// Memory offered, bytes [default: measured MemAvailable].
     #[arg(long, env = "HOTSPOT_CAPACITY_MEMORY_BYTES")]
     pub memory_bytes: Option<u64>,
+    /// Workload state directory, shared with `hotspot-node workload` [default: /var/lib/hotspot-node].
+    #[arg(long, env = "HOTSPOT_STATE_DIR")]
+    pub workloads_dir: Option<PathBuf>,
+    /// UDP address of the QUIC endpoint for images and migration control [default: 0.0.0.0:7947].
+    #[arg(long, env = "HOTSPOT_TRANSFER_LISTEN")]
+    pub transfer_listen: Option<String>,
+    /// Transfer address told to peers [default: --transfer-listen unless it is 0.0.0.0].
+    #[arg(long, env = "HOTSPOT_TRANSFER_ADVERTISE")]
+    pub transfer_advertise: Option<String>,
     /// Disk offered, bytes [default: measured free space of the data dir].
     #[arg(long, env = "HOTSPOT_CAPACITY_DISK_BYTES")]
     pub disk_bytes: Option<u64>,
@@ -76,6 +85,11 @@ impl RunArgs {
             c.name = self.name.clone();
         }
         set(&mut c.zone, &self.zone);
+        set(&mut c.workloads_dir, &self.workloads_dir);
+        set(&mut c.transfer_listen, &self.transfer_listen);
+        if self.transfer_advertise.is_some() {
+            c.transfer_advertise = self.transfer_advertise.clone();
+        }
         set(&mut c.mesh.listen, &self.listen);
         set(&mut c.mesh.bootstrap, &self.bootstrap);
         set(&mut c.mesh.mdns, &self.mdns);

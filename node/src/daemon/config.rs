@@ -8,6 +8,13 @@
 //! control_socket = "/run/hotspot-mesh/control.sock"   # default
 //! name = "web-3"                              # default: the host name
 //! zone = "local"                              # default; on EC2 the availability zone
+//! # Workload records: the same directory `hotspot-node workload --state-dir` uses, so workloads
+//! # started with the CLI are the daemon's to advertise and migrate.
+//! workloads_dir = "/var/lib/hotspot-node"     # default
+//! # QUIC endpoint for images and migration control, and the address peers are told to use
+//! # (needed when listening on 0.0.0.0; without it the node cannot receive workloads).
+//! transfer_listen = "0.0.0.0:7947"            # default
+//! transfer_advertise = "10.0.0.5:7947"        # default: transfer_listen unless unspecified
 //!
 //! [mesh]
 //! listen = ["/ip4/0.0.0.0/udp/0/quic-v1", "/ip4/0.0.0.0/tcp/0"]   # default
@@ -55,6 +62,9 @@ pub struct Config {
     /// Default: the host name.
     pub name: Option<String>,
     pub zone: String,
+    pub workloads_dir: PathBuf,
+    pub transfer_listen: String,
+    pub transfer_advertise: Option<String>,
     pub mesh: MeshConfig,
     pub price: PriceConfig,
     pub capacity: CapacityConfig,
@@ -69,6 +79,9 @@ impl Default for Config {
             control_socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
             name: None,
             zone: "local".into(),
+            workloads_dir: PathBuf::from(crate::workload::DEFAULT_STATE_DIR),
+            transfer_listen: "0.0.0.0:7947".into(),
+            transfer_advertise: None,
             mesh: MeshConfig::default(),
             price: PriceConfig::default(),
             capacity: CapacityConfig::default(),

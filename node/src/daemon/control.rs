@@ -39,6 +39,9 @@ pub enum Request {
     Release { peer: String, id: String },
     /// Pins the advertised price (`None` returns to the configured source). For operators and tests.
     SetPrice { price_per_hour: Option<f64> },
+    /// Migrates a workload to `to` (peer name or node id prefix; `None` elects one). Answered
+    /// by a stream of `Progress` lines and a final `Migrated` or `Error`.
+    Migrate { workload: String, to: Option<String> },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -58,6 +61,8 @@ pub enum Reply {
     Reserve(ReserveOutcome),
     Released { released: bool },
     PriceSet { price_per_hour: f64 },
+    Progress { progress: crate::migrate::Progress },
+    Migrated { summary: crate::migrate::Summary },
     Error { message: String },
 }
 
@@ -146,15 +151,19 @@ pub enum ControlError {
     InUse { socket: PathBuf },
 }
 
-/// Sends one request to the daemon and waits (up to `timeout`) for its reply.
-pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Reply, ControlError> {
+fn connect(socket: &Path) -> Result<std::os::unix::net::UnixStream, ControlError> {
     use std::io::ErrorKind;
-    let io = |source: std::io::Error| ControlError::Io { socket: socket.into(), source };
-    let mut stream = std::os::unix::net::UnixStream::connect(socket).map_err(|e| match e.kind() {
+    std::os::unix::net::UnixStream::connect(socket).map_err(|e| match e.kind() {
         ErrorKind::NotFound | ErrorKind::ConnectionRefused => ControlError::NotRunning { socket: socket.into() },
         ErrorKind::PermissionDenied => ControlError::PermissionDenied { socket: socket.into() },
-        _ => io(e),
-    })?;
+        _ => ControlError::Io { socket: socket.into(), source: e },
+    })
+}
+
+/// Sends one request to the daemon and waits (up to `timeout`) for its reply.
+pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Reply, ControlError> {
+    let io = |source: std::io::Error| ControlError::Io { socket: socket.into(), source };
+    let mut stream = connect(socket)?;
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
     let mut line = serde_json::to_vec(&Envelope { version: CONTROL_PROTOCOL_VERSION, body: request })
@@ -172,9 +181,39 @@ pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Reply
     Ok(env.body)
 }
 
+/// Sends one request and passes every reply line to `each` (progress, then the final reply,
+/// which is also returned). `idle` bounds the wait for each line, not the whole exchange.
+pub fn call_stream(socket: &Path, request: &Request, idle: Duration, mut each: impl FnMut(&Reply)) -> Result<Reply, ControlError> {
+    let io = |source: std::io::Error| ControlError::Io { socket: socket.into(), source };
+    let mut stream = connect(socket)?;
+    stream.set_read_timeout(Some(idle)).map_err(io)?;
+    let mut line = serde_json::to_vec(&Envelope { version: CONTROL_PROTOCOL_VERSION, body: request })
+        .map_err(|e| ControlError::Malformed(e.to_string()))?;
+    line.push(b'\n');
+    stream.write_all(&line).map_err(io)?;
+    let mut last = None;
+    for line in BufReader::new(stream).lines() {
+        let line = line.map_err(io)?;
+        let env: Envelope<Reply> = serde_json::from_str(&line).map_err(|e| ControlError::Malformed(e.to_string()))?;
+        if env.version != CONTROL_PROTOCOL_VERSION {
+            return Err(ControlError::Version { got: env.version });
+        }
+        each(&env.body);
+        last = Some(env.body);
+    }
+    last.ok_or_else(|| ControlError::Malformed("daemon closed the connection without a reply".into()))
+}
+
 /// Answers control requests.
 pub trait Handler: Send + Sync + 'static {
     fn handle(&self, request: Request) -> impl Future<Output = Reply> + Send;
+    /// Answers a request whose reply is a stream of lines (`Migrate`); the stream ends when
+    /// `out` is dropped. The default sends the one reply of [`Handler::handle`].
+    fn handle_stream(&self, request: Request, out: tokio::sync::mpsc::Sender<Reply>) -> impl Future<Output = ()> + Send {
+        async move {
+            let _ = out.send(self.handle(request).await).await;
+        }
+    }
 }
 
 /// Binds the socket root-only. Refuses if a live daemon already serves it; replaces a stale one.
@@ -233,20 +272,41 @@ async fn serve_one<H: Handler>(stream: tokio::net::UnixStream, handler: &H) -> s
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     tokio::io::BufReader::new(read.take(MAX_LINE)).read_line(&mut line).await?;
-    let reply = match serde_json::from_str::<serde_json::Value>(&line) {
-        Err(e) => Reply::Error { message: format!("request is not JSON: {e}") },
-        Ok(v) if v.get("version").and_then(|v| v.as_u64()) != Some(CONTROL_PROTOCOL_VERSION as u64) => Reply::Error {
+    let request = match serde_json::from_str::<serde_json::Value>(&line) {
+        Err(e) => Err(Reply::Error { message: format!("request is not JSON: {e}") }),
+        Ok(v) if v.get("version").and_then(|v| v.as_u64()) != Some(CONTROL_PROTOCOL_VERSION as u64) => Err(Reply::Error {
             message: format!("unsupported control protocol version (this daemon speaks {CONTROL_PROTOCOL_VERSION})"),
-        },
-        Ok(v) => match serde_json::from_value::<Envelope<Request>>(v) {
-            Ok(env) => handler.handle(env.body).await,
-            Err(e) => Reply::Error { message: format!("unknown or malformed request: {e}") },
-        },
+        }),
+        Ok(v) => serde_json::from_value::<Envelope<Request>>(v)
+            .map(|env| env.body)
+            .map_err(|e| Reply::Error { message: format!("unknown or malformed request: {e}") }),
     };
-    let mut out = serde_json::to_vec(&Envelope { version: CONTROL_PROTOCOL_VERSION, body: reply })?;
-    out.push(b'\n');
-    write.write_all(&out).await?;
-    write.shutdown().await
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Reply>(64);
+    let answer = async move {
+        match request {
+            Ok(request @ Request::Migrate { .. }) => handler.handle_stream(request, tx).await,
+            Ok(request) => {
+                let _ = tx.send(handler.handle(request).await).await;
+            }
+            Err(reply) => {
+                let _ = tx.send(reply).await;
+            }
+        }
+    };
+    let write_lines = async {
+        while let Some(reply) = rx.recv().await {
+            let mut out = serde_json::to_vec(&Envelope { version: CONTROL_PROTOCOL_VERSION, body: reply })?;
+            out.push(b'\n');
+            // A client that went away does not stop the work (a migration must finish or roll back).
+            if write.write_all(&out).await.is_err() {
+                while rx.recv().await.is_some() {}
+                return Ok(());
+            }
+        }
+        write.shutdown().await
+    };
+    let ((), written) = tokio::join!(answer, write_lines);
+    written
 }
 
 #[cfg(test)]

@@ -113,6 +113,16 @@ impl ReservationBook {
         Ok(released)
     }
 
+    /// The workload arrived: the reservation stops expiring. Persisted before it returns.
+    pub fn commit(&self, id: &ReservationId, now_ms: u64) -> Result<bool, LedgerError> {
+        let mut ledger = self.lock();
+        let committed = ledger.commit(id, now_ms);
+        if committed {
+            self.store.save(&ledger)?;
+        }
+        Ok(committed)
+    }
+
     /// Drops expired reservations (persisting if any) and returns what is left to offer.
     pub fn tick(&self, capacity: Resources, now_ms: u64) -> Result<Resources, LedgerError> {
         let mut ledger = self.lock();

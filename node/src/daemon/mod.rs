@@ -12,6 +12,7 @@ pub mod config;
 pub mod control;
 pub mod host;
 pub mod ledger;
+pub mod migration;
 pub mod price;
 pub mod service;
 
@@ -43,6 +44,8 @@ pub enum DaemonError {
     Mesh(#[from] mesh::MeshError),
     #[error(transparent)]
     Control(#[from] control::ControlError),
+    #[error("migration endpoint: {0}")]
+    Migration(crate::migrate::BoxError),
     #[error("invalid multiaddr {addr:?} in {field}: {reason}")]
     Multiaddr { field: &'static str, addr: String, reason: String },
 }
@@ -104,7 +107,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
 
     let tasks_cancel = shutdown.child_token();
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(control::serve(listener, service.clone(), tasks_cancel.clone()));
+    let migrations = migration::start(&config, &key, service.clone(), mesh.client.clone(), &mut tasks, tasks_cancel.clone()).map_err(DaemonError::Migration)?;
+    let handler = Arc::new(migration::DaemonHandler { service: service.clone(), migrations });
+    tasks.spawn(control::serve(listener, handler, tasks_cancel.clone()));
     tasks.spawn(service.clone().advertise(tasks_cancel.clone()));
     tasks.spawn(service.clone().answer_reservations(mesh.events, tasks_cancel.clone()));
 

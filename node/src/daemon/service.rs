@@ -38,6 +38,9 @@ pub struct NodeService {
     pinned_price: Mutex<Option<f64>>,
     obtained: Mutex<Vec<HeldReservation>>,
     changed: Notify,
+    /// Workloads to advertise and the transfer address peers send images to (set by the
+    /// migration subsystem when it starts).
+    migration_info: Mutex<(Option<crate::workload::Workloads>, Option<String>)>,
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
@@ -82,6 +85,7 @@ impl NodeService {
             pinned_price: Mutex::new(None),
             obtained: Mutex::new(Vec::new()),
             changed: Notify::new(),
+            migration_info: Mutex::new((None, None)),
         };
         service.name.truncate(NodeAdvert::MAX_NAME);
         Ok(service)
@@ -89,6 +93,40 @@ impl NodeService {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    pub fn arch(&self) -> &str {
+        &self.arch
+    }
+
+    pub fn cpu_features(&self) -> &BTreeSet<String> {
+        &self.cpu_features
+    }
+
+    pub(crate) fn book(&self) -> &ReservationBook {
+        &self.book
+    }
+
+    pub fn set_migration_info(&self, workloads: crate::workload::Workloads, transfer_addr: Option<String>) {
+        *self.migration_info.lock().unwrap_or_else(|p| p.into_inner()) = (Some(workloads), transfer_addr);
+        self.changed.notify_one();
+    }
+
+    /// Running workloads, with what they need from a target (memory: their resident set).
+    fn workload_summaries(&self) -> Vec<hotspot_protocol::advert::WorkloadSummary> {
+        let info = self.migration_info.lock().unwrap_or_else(|p| p.into_inner()).0.clone();
+        let Some(wls) = info else { return Vec::new() };
+        wls.list()
+            .into_iter()
+            .flatten()
+            .filter(|w| w.is_running())
+            .take(NodeAdvert::MAX_WORKLOADS)
+            .map(|w| hotspot_protocol::advert::WorkloadSummary { name: w.name().to_string(), needs: crate::migrate::local::needs_of(&w) })
+            .collect()
     }
 
     /// Total and offered capacity: measured, with each configured override taking precedence.
@@ -130,6 +168,8 @@ impl NodeService {
             arch: self.arch.clone(),
             cpu_features: self.cpu_features.clone(),
             zone: self.zone.clone(),
+            workloads: self.workload_summaries(),
+            transfer_addr: self.migration_info.lock().unwrap_or_else(|p| p.into_inner()).1.clone(),
             ..NodeAdvert::blank(self.node, self.name.clone())
         }
     }
@@ -218,7 +258,7 @@ impl NodeService {
             .or_else(|| peers.iter().find(|p| !wanted.is_empty() && p.advert.node.to_string().starts_with(wanted)))
     }
 
-    async fn reserve(&self, params: ReserveParams) -> Reply {
+    pub(crate) async fn reserve(&self, params: ReserveParams) -> Reply {
         let peers = match self.mesh.peers().await {
             Ok(p) => p,
             Err(e) => return Reply::Error { message: e.to_string() },
@@ -279,7 +319,7 @@ impl NodeService {
         Reply::Reserve(ReserveOutcome { granted: None, attempts })
     }
 
-    async fn release(&self, peer: &str, id: &str) -> Reply {
+    pub(crate) async fn release(&self, peer: &str, id: &str) -> Reply {
         let Some(rid) = parse_reservation_id(id) else {
             return Reply::Error { message: format!("reservation id {id:?} must be 32 hex digits") };
         };
@@ -371,6 +411,7 @@ impl control::Handler for NodeService {
             },
             Request::Reserve(params) => self.reserve(params).await,
             Request::Release { peer, id } => self.release(&peer, &id).await,
+            Request::Migrate { .. } => Reply::Error { message: "migration is not available on this node (see the daemon log: CRIU missing?)".into() },
             Request::SetPrice { price_per_hour } => {
                 if let Some(p) = price_per_hour {
                     if !(p.is_finite() && (0.0..=NodeAdvert::MAX_PRICE_PER_HOUR).contains(&p)) {

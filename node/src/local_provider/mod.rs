@@ -123,7 +123,7 @@ impl ClusterDir {
 
 /// Name of the network namespace node `node_id` (its id as text) restores `workload` into:
 /// `hs-WORKLOAD-<first 8 of the id>`, the name the migration's target side uses
-/// (`migrate::local::target_netns` on the migration branch: keep the two identical).
+/// (`migrate::local::target_netns` delegates here, so source and target agree).
 pub fn workload_netns(workload: &str, node_id: &str) -> String {
     format!("hs-{workload}-{}", &node_id[..8.min(node_id.len())])
 }

@@ -10,6 +10,8 @@
 //! Every phase is journaled before it starts (see [`crate::journal`]); a node restarted mid-way
 //! runs [`recovery::recover`], which applies [`hotspot_protocol::handoff::recover_source`].
 
+pub mod local;
+pub mod quic;
 pub mod recovery;
 pub mod source;
 pub mod target;
@@ -79,17 +81,19 @@ pub trait ResourceMover: Send + Sync {
 }
 
 /// Progress of a migration, for the CLI's progress bar and `--json` output.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Progress {
     Phase { phase: String },
+    /// An image is on its way: bytes the target asked for and bytes sent so far (uncompressed).
+    Bytes { image_bytes: u64, wanted_bytes: u64, sent_bytes: u64 },
     Round { round: u32, image_bytes: u64, new_bytes: u64, wire_bytes: u64 },
     RolledBack { reason: String },
     Done(Summary),
 }
 
 /// What `hotspot-node migrate` prints at the end.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Summary {
     pub migration: String,
     pub workload: String,

@@ -203,7 +203,7 @@ impl Workloads {
             if let Some(addr) = src.address {
                 netns::bring_up_service(&spec.netns, addr)?;
             }
-            let cg_rel = format!("hotspot/{}", spec.name);
+            let cg_rel = self.cgroup_of(&spec.name);
             let cg = Cgroup::create(&cg_rel)?;
             let mut opts = RestoreOptions::new(&cp.dir);
             opts.work_dir = Some(self.restore_work_dir(&spec.name));

@@ -146,6 +146,9 @@ impl Workload {
 #[derive(Debug, Clone)]
 pub struct Workloads {
     state_dir: PathBuf,
+    /// Parent of the workloads' cgroups (`hotspot` unless set): nodes sharing one host (the
+    /// local cluster) need their own, or one node's clean-up would kill another's workload.
+    cgroup_parent: String,
 }
 
 pub fn validate_name(name: &str) -> Result<(), WorkloadError> {
@@ -217,7 +220,17 @@ impl Drop for Undo {
 
 impl Workloads {
     pub fn new(state_dir: impl Into<PathBuf>) -> Self {
-        Workloads { state_dir: state_dir.into() }
+        Workloads { state_dir: state_dir.into(), cgroup_parent: "hotspot".into() }
+    }
+
+    /// Puts the cgroups of workloads this node starts or restores under `parent`.
+    pub fn with_cgroup_parent(mut self, parent: impl Into<String>) -> Self {
+        self.cgroup_parent = parent.into();
+        self
+    }
+
+    pub(crate) fn cgroup_of(&self, name: &str) -> String {
+        format!("{}/{name}", self.cgroup_parent)
     }
 
     pub fn state_dir(&self) -> &Path {
@@ -296,7 +309,7 @@ impl Workloads {
             Some(addr) => Some(self.attach_service_if(&ns, &opts.name, addr, opts)?),
             None => None,
         };
-        let cg_rel = format!("hotspot/{}", opts.name);
+        let cg_rel = self.cgroup_of(&opts.name);
         let cg = Cgroup::create(&cg_rel)?;
         undo.cgroup = Some(cg.clone());
 

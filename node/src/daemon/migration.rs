@@ -1,0 +1,337 @@
+//! The daemon's migration subsystem: the QUIC endpoint that receives images and answers
+//! migration control (ALPN-dispatched), the target service, recovery of journaled migrations
+//! on start, and `Migrate` requests from the control socket (progress streamed back).
+//!
+//! Workloads: the daemon reads the same state directory as `hotspot-node workload`
+//! (`workloads_dir`, default `/var/lib/hotspot-node`, env `HOTSPOT_STATE_DIR` for both), so a
+//! workload started with the CLI is advertised and migratable; restored ones are written there.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hotspot_protocol::handoff::{recover_target, TargetPhase, TargetRecovery};
+use hotspot_protocol::migration::{MigrationId, MigrationMode, WorkloadSpec};
+use hotspot_protocol::reservation::ReservationId;
+use hotspot_protocol::NodeId;
+use hotspot_transfer::identity::NodeKey;
+use hotspot_transfer::{ReceiveOptions, Store, StoreOptions, TrustSet};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::config::Config;
+use super::control::{Handler, Reply, Request, ReserveParams};
+use super::service::NodeService;
+use crate::criu::Criu;
+use crate::journal::{Journal, MigrationRecord, Role};
+use crate::mesh::MeshClient;
+use crate::local_provider::{ClusterDir, LocalProvider, DEFAULT_CLUSTER_DIR};
+use crate::migrate::local::{images_root, needs_of, BookReservations, WorkloadCheckpointer, WorkloadRestorer};
+use crate::migrate::quic::{self, unhex16, QuicLink};
+use crate::migrate::source::{self, Parts, SourcePlan};
+use crate::migrate::target::TargetService;
+use crate::migrate::{recovery, BoxError, Progress};
+use crate::workload::Workloads;
+
+/// How long a reservation for a migration lives before the target may give it away.
+const RESERVATION_TTL_MS: u64 = 300_000;
+
+pub struct Migrations {
+    service: Arc<NodeService>,
+    mesh: MeshClient,
+    key: NodeKey,
+    trust: TrustSet,
+    sender: quinn::Endpoint,
+    journal: Journal,
+    workloads: Workloads,
+    checkpointer: WorkloadCheckpointer,
+    mover: LocalProvider,
+    images_root: PathBuf,
+    busy: Mutex<HashSet<String>>,
+    cancel: CancellationToken,
+}
+
+/// Starts the subsystem's tasks in `tasks`. `None` (with a warning) when this host cannot
+/// checkpoint (no usable CRIU): the node still meshes and answers reservations.
+pub fn start(
+    config: &Config,
+    key: &NodeKey,
+    service: Arc<NodeService>,
+    mesh: MeshClient,
+    tasks: &mut JoinSet<()>,
+    cancel: CancellationToken,
+) -> Result<Option<Arc<Migrations>>, BoxError> {
+    let criu = match Criu::detect() {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            warn!(error = %e, "CRIU unusable: this node can neither send nor receive workloads");
+            return Ok(None);
+        }
+    };
+    // Own cgroup parent: several nodes may share a host (the local cluster).
+    let workloads = Workloads::new(&config.workloads_dir).with_cgroup_parent(format!("hotspot-{}", &service.node().to_string()[..8]));
+    let db = sled::open(config.data_dir.join("journal"))?;
+    let journal = Journal::open(&db)?;
+    let trust = TrustSet::default();
+    let listen: SocketAddr = config.transfer_listen.parse().map_err(|e| format!("transfer_listen {:?}: {e}", config.transfer_listen))?;
+    let receiver = hotspot_transfer::endpoint::receiver(key, trust.clone(), listen)?;
+    let bound = receiver.local_addr()?;
+    let advertise = config.transfer_advertise.clone().or_else(|| (!bound.ip().is_unspecified()).then(|| bound.to_string()));
+    if advertise.is_none() {
+        warn!(%bound, "transfer endpoint listens on an unspecified address and transfer_advertise is unset: peers cannot send workloads here");
+    }
+    service.set_migration_info(workloads.clone(), advertise.clone());
+    // No fsync on the migration path: an image is restored the moment it is complete, and a
+    // target that crashes first is rolled back by the source (the journal decides, not the
+    // image). Chunks are verified by blake3 whenever they are read back, so a torn store after
+    // a power loss costs a re-fetch, not a corrupt restore. fsync of a GiB image cost seconds of
+    // freeze on a loaded disk.
+    let store = Arc::new(Store::open(&config.data_dir.join("chunks"), StoreOptions { sync: false, ..StoreOptions::default() })?);
+    let mut receive = ReceiveOptions::new(config.data_dir.join("incoming"));
+    receive.sync = false;
+    let sender = hotspot_transfer::endpoint::sender(key, trust.clone(), None, bound)?;
+
+    let restorer = WorkloadRestorer {
+        workloads: workloads.clone(),
+        criu: criu.clone(),
+        node: service.node(),
+        corrupt_images: std::env::var("HOTSPOT_FAULT_CORRUPT_IMAGE").is_ok_and(|v| v == "1"),
+    };
+    let target = Arc::new(TargetService { journal: journal.clone(), restorer, reservations: BookReservations(service.clone()) });
+    recover_targets(&target.journal, &workloads, &service);
+
+    let (done_tx, done_rx) = mpsc::channel(16);
+    let (ctl_tx, ctl_rx) = mpsc::channel(16);
+    tasks.spawn(hotspot_transfer::serve_dispatch(receiver, store, receive, done_tx, Some(ctl_tx), cancel.clone()));
+    tasks.spawn(quic::record_images(done_rx, target.clone()));
+    tasks.spawn(quic::serve_control(ctl_rx, target, cancel.clone()));
+    tasks.spawn(sync_trust(mesh.clone(), trust.clone(), cancel.clone()));
+    info!(transfer = %bound, advertised = ?advertise, workloads = %config.workloads_dir.display(), "migration endpoint up");
+
+    // The local provider: volumes (loop devices) and service addresses (netns interfaces) move
+    // between the nodes of one machine, which find each other through a shared directory.
+    let cluster = ClusterDir::new(std::env::var_os("HOTSPOT_LOCAL_CLUSTER").map_or_else(|| DEFAULT_CLUSTER_DIR.into(), std::path::PathBuf::from));
+    let mover = LocalProvider::join(cluster, &service.node(), service.name(), &config.workloads_dir)?;
+    let m = Arc::new(Migrations {
+        service,
+        mesh,
+        key: key.clone(),
+        trust,
+        sender,
+        journal,
+        workloads: workloads.clone(),
+        checkpointer: WorkloadCheckpointer { workloads: workloads.clone(), criu },
+        mover,
+        images_root: images_root(&config.data_dir),
+        busy: Mutex::new(HashSet::new()),
+        cancel,
+    });
+    tasks.spawn(m.clone().recover_sources());
+    Ok(Some(m))
+}
+
+/// Peers in the mesh may open transfer and control connections to us, and we to them.
+async fn sync_trust(mesh: MeshClient, trust: TrustSet, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Ok(peers) = mesh.peers().await {
+            peers.iter().for_each(|p| trust.insert(p.advert.node));
+        }
+    }
+}
+
+/// Target-side records left by a crash: see `hotspot_protocol::handoff::recover_target`.
+fn recover_targets(journal: &Journal, workloads: &Workloads, service: &NodeService) {
+    for rec in journal.unfinished().into_iter().flatten() {
+        let Role::Target(phase) = rec.role else { continue };
+        let running = workloads.get(&rec.workload).is_ok_and(|w| w.is_running());
+        let to = match recover_target(phase) {
+            TargetRecovery::Abandon => TargetPhase::Abandoned,
+            TargetRecovery::CheckRestored if running => TargetPhase::Running,
+            TargetRecovery::CheckRestored => TargetPhase::Abandoned,
+            TargetRecovery::Adopt | TargetRecovery::Nothing => continue,
+        };
+        if to == TargetPhase::Abandoned {
+            if let Some(r) = rec.reservation {
+                let _ = service.book().release(&r);
+            }
+        }
+        info!(migration = %rec.migration, workload = %rec.workload, ?phase, ?to, "recovered incoming migration");
+        let _ = journal.set_target_phase(&rec.migration, to, crate::mesh::now_ms());
+    }
+}
+
+impl Migrations {
+    async fn link_to(&self, node: NodeId, progress: mpsc::Sender<Progress>) -> Result<QuicLink, BoxError> {
+        let peers = self.mesh.peers().await?;
+        let advert = peers.iter().find(|p| p.advert.node == node).map(|p| &p.advert).ok_or("the target left the mesh")?;
+        let addr: SocketAddr = advert
+            .transfer_addr
+            .as_deref()
+            .ok_or_else(|| format!("{} advertises no transfer address", advert.name))?
+            .parse()
+            .map_err(|e| format!("{} advertises a bad transfer address: {e}", advert.name))?;
+        QuicLink::new(self.sender.clone(), &self.key, self.trust.clone(), node, addr, self.mesh.clone(), progress)
+    }
+
+    fn parts<'a>(&'a self, link: &'a QuicLink, progress: &'a mpsc::Sender<Progress>, cancel: &'a CancellationToken) -> Parts<'a, WorkloadCheckpointer, QuicLink, LocalProvider> {
+        Parts { journal: &self.journal, checkpointer: &self.checkpointer, link, mover: &self.mover, progress, cancel }
+    }
+
+    /// Runs one `Migrate` request, streaming progress to `out`; the last line is the outcome.
+    pub async fn migrate(&self, workload: String, to: Option<String>, out: mpsc::Sender<Reply>) {
+        if !self.busy.lock().unwrap_or_else(|p| p.into_inner()).insert(workload.clone()) {
+            let _ = out.send(Reply::Error { message: format!("{workload} is already being migrated") }).await;
+            return;
+        }
+        let reply = match self.migrate_inner(&workload, to, &out).await {
+            Ok(summary) => Reply::Migrated { summary },
+            Err(e) => Reply::Error { message: e.to_string() },
+        };
+        self.busy.lock().unwrap_or_else(|p| p.into_inner()).remove(&workload);
+        let _ = out.send(reply).await;
+    }
+
+    async fn migrate_inner(&self, name: &str, to: Option<String>, out: &mpsc::Sender<Reply>) -> Result<crate::migrate::Summary, BoxError> {
+        let w = self.workloads.get(name)?;
+        if !w.is_running() {
+            return Err(format!("workload {name} is not running on this node").into());
+        }
+        let needs = needs_of(&w);
+        let progress_of = |phase: &str| Reply::Progress { progress: Progress::Phase { phase: phase.into() } };
+        let _ = out.try_send(progress_of("Reserving"));
+        let params = ReserveParams { peer: to, workload: name.to_string(), needs, ttl_ms: RESERVATION_TTL_MS };
+        let held = match self.service.reserve(params).await {
+            Reply::Reserve(outcome) => match outcome.granted {
+                Some(h) => h,
+                None => {
+                    let tried: Vec<String> = outcome.attempts.iter().map(|a| format!("{}: {}", a.name, a.outcome)).collect();
+                    return Err(format!("no target granted a reservation ({})", if tried.is_empty() { "no eligible peer".into() } else { tried.join("; ") }).into());
+                }
+            },
+            Reply::Error { message } => return Err(message.into()),
+            other => return Err(format!("unexpected reservation answer {other:?}").into()),
+        };
+        let target: NodeId = held.peer.parse().map_err(|_| "reservation names a bad node id")?;
+        let reservation = ReservationId(unhex16(&held.id).ok_or("reservation id is not hex")?);
+        let target_name = self.mesh.peers().await?.into_iter().find(|p| p.advert.node == target).map(|p| p.advert.name).unwrap_or_else(|| target.short());
+
+        let (ptx, mut prx) = mpsc::channel::<Progress>(64);
+        let forward = {
+            let out = out.clone();
+            tokio::spawn(async move {
+                while let Some(p) = prx.recv().await {
+                    let _ = out.try_send(Reply::Progress { progress: p });
+                }
+            })
+        };
+        let link = match self.link_to(target, ptx.clone()).await {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = self.service.release(&held.peer, &held.id).await;
+                return Err(e);
+            }
+        };
+        let mut id = [0u8; 16];
+        getrandom::getrandom(&mut id).map_err(|e| e.to_string())?;
+        let plan = SourcePlan {
+            migration: MigrationId(id),
+            workload: WorkloadSpec {
+                name: name.to_string(),
+                needs,
+                address: w.address().map(|a| a.to_string()),
+                volume: w.record.volume_handle.clone(),
+            },
+            target,
+            target_name,
+            reservation,
+            mode: MigrationMode::PreCopy,
+            images_root: self.images_root.clone(),
+            // One leave-running round ships the bulk while the workload runs; the frozen final
+            // dump then ships only what changed (content addressing is our dirty tracking).
+            max_precopy_rounds: 1,
+            min_shrink: 0.5,
+            done_fraction: 0.02,
+        };
+        let cancel = self.cancel.child_token();
+        let result = source::run(&plan, &self.parts(&link, &ptx, &cancel)).await;
+        drop((link, ptx)); // both hold progress senders: the forwarder ends when they are gone
+        let _ = forward.await;
+        Ok(result?)
+    }
+
+    /// Source-side records left by a crash: resumed or rolled back once the target can be
+    /// asked (it must be back in the mesh); retried while in doubt.
+    async fn recover_sources(self: Arc<Self>) {
+        let pending: Vec<MigrationRecord> =
+            self.journal.unfinished().into_iter().flatten().filter(|r| matches!(r.role, Role::Source(_))).collect();
+        for rec in pending {
+            let spec = match self.workloads.get(&rec.workload) {
+                Ok(w) => WorkloadSpec {
+                    name: rec.workload.clone(),
+                    needs: needs_of(&w),
+                    address: w.address().map(|a| a.to_string()),
+                    volume: w.record.volume_handle.clone(),
+                },
+                Err(_) => WorkloadSpec { name: rec.workload.clone(), needs: Default::default(), address: None, volume: None },
+            };
+            for attempt in 0.. {
+                if self.cancel.is_cancelled() {
+                    return;
+                }
+                let (ptx, _prx) = mpsc::channel(1);
+                let outcome = match self.link_to(rec.peer, ptx.clone()).await {
+                    Ok(link) => recovery::recover(&rec, &spec, self.images_root.clone(), &self.parts(&link, &ptx, &self.cancel)).await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                match outcome {
+                    Ok(done) => {
+                        info!(migration = %rec.migration, workload = %rec.workload, ?done, "recovered migration");
+                        break;
+                    }
+                    Err(e) if attempt < 30 => {
+                        info!(migration = %rec.migration, error = %e, "recovery waits for the target");
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
+                    Err(e) => {
+                        warn!(migration = %rec.migration, error = %e, "recovery gave up; an operator must look");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The control-socket handler of a running daemon: the node service, plus migrations.
+pub struct DaemonHandler {
+    pub service: Arc<NodeService>,
+    pub migrations: Option<Arc<Migrations>>,
+}
+
+impl Handler for DaemonHandler {
+    async fn handle(&self, request: Request) -> Reply {
+        self.service.handle(request).await
+    }
+
+    async fn handle_stream(&self, request: Request, out: mpsc::Sender<Reply>) {
+        match (request, &self.migrations) {
+            (Request::Migrate { workload, to }, Some(m)) => {
+                // The migration runs to its end even if the CLI goes away.
+                let m = m.clone();
+                let _ = tokio::spawn(async move { m.migrate(workload, to, out).await }).await;
+            }
+            (request, _) => {
+                let _ = out.send(self.service.handle(request).await).await;
+            }
+        }
+    }
+}

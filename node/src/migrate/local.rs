@@ -1,0 +1,151 @@
+//! The migration parts backed by this host: CRIU dumps and restores of [`Workloads`] and the
+//! reservation ledger. Volumes and addresses move through a [`super::ResourceMover`]
+//! ([`crate::local_provider::LocalProvider`] on one machine).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hotspot_protocol::migration::WorkloadSpec;
+use hotspot_protocol::reservation::ReservationId;
+use hotspot_protocol::NodeId;
+use tracing::{info, warn};
+
+use super::target::{Reservations, Restorer};
+use super::{BoxError, Checkpointer, DumpReport};
+use crate::criu::Criu;
+use crate::workload::{netns, Checkpoint, CheckpointOptions, RestoreSpec, ServiceNet, Workloads};
+
+/// Network namespace a node restores workload `name` into. Nodes sharing a host (the local
+/// cluster) need distinct names; the node id keeps them apart and lets the source compute it.
+pub fn target_netns(workload: &str, node: &NodeId) -> String {
+    crate::local_provider::workload_netns(workload, &node.to_string())
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, BoxError> + Send + 'static) -> Result<T, BoxError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| -> BoxError { format!("worker task failed: {e}").into() })?
+}
+
+/// Dumps and local restores through [`Workloads`] (blocking CRIU calls on the blocking pool).
+#[derive(Clone)]
+pub struct WorkloadCheckpointer {
+    pub workloads: Workloads,
+    pub criu: Arc<Criu>,
+}
+
+impl Checkpointer for WorkloadCheckpointer {
+    async fn dump(&self, workload: &str, dir: &Path, leave_running: bool) -> Result<DumpReport, BoxError> {
+        let (wls, criu, name, dir) = (self.workloads.clone(), self.criu.clone(), workload.to_string(), dir.to_path_buf());
+        blocking(move || {
+            let mut opts = CheckpointOptions::new(dir);
+            opts.leave_running = leave_running;
+            let cp = wls.checkpoint(&criu, &name, &opts)?;
+            let stats = cp.stats.unwrap_or_else(|| unreachable!("a local dump reports stats"));
+            Ok(DumpReport { image_bytes: stats.image_bytes, frozen_ms: stats.elapsed.as_millis() as u64 })
+        })
+        .await
+    }
+
+    async fn restore_local(&self, workload: &str, dir: &Path) -> Result<(), BoxError> {
+        let (wls, criu, name, dir) = (self.workloads.clone(), self.criu.clone(), workload.to_string(), dir.to_path_buf());
+        blocking(move || {
+            let record = wls.get(&name)?.record;
+            let cp = Checkpoint::open(&dir, &criu)?;
+            let spec = RestoreSpec { name: name.clone(), netns: record.netns, service_net: ServiceNet::Present, timeout: Duration::from_secs(120) };
+            let (w, _) = wls.restore(&criu, &cp, &spec)?;
+            info!(workload = %name, pid = w.pid().unwrap_or(0), "restored on this node (rollback)");
+            Ok(())
+        })
+        .await
+    }
+
+    async fn retire(&self, workload: &str) -> Result<(), BoxError> {
+        let (wls, name) = (self.workloads.clone(), workload.to_string());
+        blocking(move || Ok(wls.retire(&name)?)).await
+    }
+}
+
+/// Restores incoming workloads into `hs-NAME-<node>` (see [`target_netns`]); the service
+/// interface is already there (moved by the source's resource mover), CRIU's network-lock
+/// rules go in before its address comes up (done by [`Workloads::restore`]).
+#[derive(Clone)]
+pub struct WorkloadRestorer {
+    pub workloads: Workloads,
+    pub criu: Arc<Criu>,
+    pub node: NodeId,
+    /// Test hook (`HOTSPOT_FAULT_CORRUPT_IMAGE=1` on the target daemon): truncate the received
+    /// pages before restoring, as a disk or transfer bug would, so the real restore fails.
+    pub corrupt_images: bool,
+}
+
+fn corrupt(dir: &Path) -> Result<(), BoxError> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("pages-")) {
+            let len = std::fs::metadata(&path)?.len();
+            std::fs::OpenOptions::new().write(true).open(&path)?.set_len(len / 2)?;
+        }
+    }
+    Ok(())
+}
+
+impl Restorer for WorkloadRestorer {
+    async fn restore(&self, spec: &WorkloadSpec, dir: &Path) -> Result<u32, BoxError> {
+        let (wls, criu, name, dir) = (self.workloads.clone(), self.criu.clone(), spec.name.clone(), dir.to_path_buf());
+        let (ns, fault) = (target_netns(&spec.name, &self.node), self.corrupt_images);
+        blocking(move || {
+            if fault {
+                warn!(dir = %dir.display(), "test hook: corrupting the received image before restore");
+                corrupt(&dir)?;
+            }
+            let cp = Checkpoint::open(&dir, &criu)?;
+            let spec = RestoreSpec { name, netns: ns, service_net: ServiceNet::Present, timeout: Duration::from_secs(120) };
+            let (w, _) = wls.restore(&criu, &cp, &spec)?;
+            Ok(w.pid().unwrap_or(0) as u32)
+        })
+        .await
+    }
+
+    async fn discard(&self, workload: &str) {
+        // `Workloads::restore` already removed its cgroup and record on failure; a namespace it
+        // did not create (the source's mover made it) is the source's to take back.
+        info!(workload, "restore failed here; nothing of it is kept");
+    }
+}
+
+/// The reservation ledger as the target side of a migration sees it.
+#[derive(Clone)]
+pub struct BookReservations(pub Arc<crate::daemon::service::NodeService>);
+
+impl Reservations for BookReservations {
+    fn held_by(&self, id: &ReservationId, source: &NodeId) -> bool {
+        let now = crate::mesh::now_ms();
+        self.0.book().snapshot().get(id).is_some_and(|r| r.request.source == *source && (r.committed || r.expires_at_ms > now))
+    }
+    fn commit(&self, id: &ReservationId) -> bool {
+        self.0.book().commit(id, crate::mesh::now_ms()).unwrap_or_else(|e| {
+            warn!(error = %e, "reservation commit not persisted");
+            false
+        })
+    }
+    fn release(&self, id: &ReservationId) {
+        if let Err(e) = self.0.book().release(id) {
+            warn!(error = %e, "reservation release not persisted");
+        }
+    }
+}
+
+/// Where the source keeps its dumps during migrations.
+pub fn images_root(data_dir: &Path) -> PathBuf {
+    data_dir.join("migrations")
+}
+
+/// What a workload needs from a target: a tenth of a CPU and its resident memory (PID 1's).
+pub fn needs_of(w: &crate::workload::Workload) -> hotspot_protocol::Resources {
+    let rss_kib = w
+        .pid()
+        .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .unwrap_or(0);
+    hotspot_protocol::Resources { cpu_millis: 100, memory_bytes: rss_kib * 1024, disk_bytes: 0 }
+}

@@ -1,0 +1,199 @@
+//! End-to-end migration between real daemons: real CRIU, real redis with a live pipelining
+//! client, images and control over real QUIC, the service address moved between network
+//! namespaces. Daemons run on loopback (mDNS off, bootstrap); workloads and the client live in
+//! namespaces created here. Everything is removed on drop, also when a test panics.
+
+#[path = "mesh_support/mod.rs"]
+mod mesh_support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use hotspot_node::migrate::local::target_netns;
+use hotspot_node::migrate::{Progress, Summary};
+use hotspot_node::testbed::{self, Cleanup, PipeliningClient};
+use hotspot_node::workload::{netns, StartOptions, Workloads};
+use hotspot_node::testing;
+use mesh_support::{wait_for, Node, BIN};
+
+struct Cluster {
+    // Field order is drop order: daemons stop before their workloads and namespaces go.
+    nodes: Vec<Node>,
+    wls: Vec<Workloads>,
+    guards: Vec<Cleanup>,
+    name: String,
+    client_ns: String,
+    server: SocketAddr,
+    filled_keys: u64,
+    _tmp: tempfile::TempDir,
+}
+
+const LOCAL: [&str; 10] = ["--mdns", "false", "--listen", "/ip4/127.0.0.1/tcp/0", "--advert-interval-ms", "500", "--cpu-millis", "4000", "--memory-bytes", "8589934592"];
+
+fn start_node(root: &Path, name: &str, bootstrap: Option<&str>) -> Node {
+    let wdir = root.join(format!("{name}-workloads")).display().to_string();
+    let mut flags: Vec<&str> = LOCAL.to_vec();
+    flags.extend(["--workloads-dir", wdir.as_str(), "--transfer-listen", "127.0.0.1:0"]);
+    if let Some(b) = bootstrap {
+        flags.extend(["--bootstrap", b]);
+    }
+    Node::start(root, name, None, &flags)
+}
+
+impl Cluster {
+    /// node1 and node2 meshed; redis (with `fill` random bytes) on node1 behind a client netns.
+    fn new(tag: &str, fill: u64) -> Cluster {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_path_buf();
+        let id = std::process::id();
+        let name = format!("{tag}{id}");
+        let client_ns = format!("hsc-{tag}{id}");
+        let wls: Vec<Workloads> = ["node1", "node2"].iter().map(|n| Workloads::new(root.join(format!("{n}-workloads")))).collect();
+        let mut guards: Vec<Cleanup> = wls.iter().map(|w| Cleanup::new(w.clone())).collect();
+        for g in &mut guards {
+            g.names.push(name.clone());
+        }
+        guards[0].netns.extend([format!("hs-{name}"), client_ns.clone()]);
+        let mut c = Cluster { nodes: Vec::new(), wls, guards, name, client_ns, server: "0.0.0.0:0".parse().unwrap(), filled_keys: 0, _tmp: tmp };
+        let n1 = start_node(&root, "node1", None);
+        let addr = n1.status().mesh["listen_addrs"][0].as_str().expect("node1 listens").to_string();
+        let n2 = start_node(&root, "node2", Some(&addr));
+        c.nodes = vec![n1, n2];
+        for n in &c.nodes {
+            let node = n.status().node.parse().unwrap();
+            c.guards[0].netns.push(target_netns(&c.name, &node));
+        }
+        wait_for("the two daemons to see each other", Duration::from_secs(30), || c.nodes.iter().all(|n| n.peers().len() == 1));
+        std::thread::sleep(Duration::from_secs(1)); // trust sets follow the peer table
+
+        netns::create(&c.client_ns).unwrap();
+        let subnet = 100 + id % 100;
+        c.server = format!("10.77.{subnet}.2:6379").parse().unwrap();
+        c.wls[0]
+            .start(&StartOptions {
+                name: c.name.clone(),
+                command: ["redis-server", "--port", "6379", "--bind", "0.0.0.0", "--protected-mode", "no", "--save", "", "--appendonly", "no"]
+                    .map(String::from)
+                    .to_vec(),
+                address: Some(format!("10.77.{subnet}.2/24").parse().unwrap()),
+                uplink_netns: Some(c.client_ns.clone()),
+                uplink_address: Some(format!("10.77.{subnet}.1/24").parse().unwrap()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(testbed::wait_listening(Some(&c.client_ns), c.server, Duration::from_secs(10)), "redis came up");
+        if fill > 0 {
+            c.filled_keys = testbed::fill_random(Some(&c.client_ns), c.server, fill, 4096).unwrap();
+        }
+        c
+    }
+
+    fn client(&self) -> PipeliningClient {
+        let client = PipeliningClient::start(Some(&self.client_ns), self.server, Duration::from_millis(3), "live").unwrap();
+        assert!(client.wait_batches(30, Duration::from_secs(10)), "client is served");
+        client
+    }
+
+    fn runs_on(&self, i: usize) -> bool {
+        self.wls[i].get(&self.name).is_ok_and(|w| w.is_running())
+    }
+
+    /// `hotspot-node migrate` on node `from` with `--json`: the summary, or the error text.
+    fn migrate(&self, from: usize, to: &str) -> Result<Summary, String> {
+        let out = self.nodes[from].cli(&["migrate", &self.name, "--to", to, "--json"]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        eprintln!("migrate {} -> {to}:\n{stdout}{}", self.nodes[from].name, String::from_utf8_lossy(&out.stderr));
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        match serde_json::from_str::<Progress>(stdout.lines().last().unwrap_or_default()) {
+            Ok(Progress::Done(s)) => Ok(s),
+            other => Err(format!("last line is not a summary: {other:?}")),
+        }
+    }
+}
+
+fn check_client(client: PipeliningClient, filled_keys: u64) {
+    let report = client.finish();
+    assert_eq!(report.error, None, "the client saw no error and never reconnected");
+    report.incr_sequence_ok().unwrap();
+    assert_eq!(report.dbsize, Some(report.sets_acked as i64 + 1 + filled_keys as i64), "every key survived");
+    eprintln!("client: {} batches, longest stall {:?}", report.incrs.len(), report.max_stall);
+}
+
+#[test]
+fn host_migrate_redis_to_peer_and_back() {
+    if !testing::require_migration_host("host_migrate_redis_to_peer_and_back") {
+        return;
+    }
+    let c = Cluster::new("mig", 32 << 20);
+    let client = c.client();
+    let first = c.migrate(0, "node2").expect("first hop");
+    assert!(c.runs_on(1) && !c.runs_on(0), "runs on node2 only");
+    assert!(c.wls[0].get(&c.name).is_err(), "node1 forgot the workload");
+    assert!(client.wait_batches(50, Duration::from_secs(10)), "served from node2");
+    assert!(first.wire_bytes > 16 << 20, "the first hop carried the dataset: {first:?}");
+
+    let back = c.migrate(1, "node1").expect("hop back");
+    assert!(c.runs_on(0) && !c.runs_on(1), "runs on node1 only");
+    assert!(client.wait_batches(50, Duration::from_secs(10)), "served from node1 again");
+    let again = c.migrate(0, "auto").expect("third hop, elected");
+    assert!(c.runs_on(1) && !c.runs_on(0));
+    eprintln!("wire bytes: first {} back {} return-to-node2 {}", first.wire_bytes, back.wire_bytes, again.wire_bytes);
+    assert!(again.wire_bytes * 5 < first.wire_bytes, "node2 still had the chunks: {} vs {}", again.wire_bytes, first.wire_bytes);
+    check_client(client, c.filled_keys);
+}
+
+#[test]
+fn host_migrate_failed_restore_rolls_back() {
+    if !testing::require_migration_host("host_migrate_failed_restore_rolls_back") {
+        return;
+    }
+    // The fault hook is read by node2's daemon at start (nextest runs each test in its own process).
+    std::env::set_var("HOTSPOT_FAULT_CORRUPT_IMAGE", "1");
+    let c = Cluster::new("rb", 8 << 20);
+    std::env::remove_var("HOTSPOT_FAULT_CORRUPT_IMAGE");
+    let client = c.client();
+    let err = c.migrate(0, "node2").expect_err("restore on node2 must fail");
+    assert!(err.contains("rolled back"), "{err}");
+    assert!(c.runs_on(0) && !c.runs_on(1), "runs on node1 only");
+    assert!(client.wait_batches(50, Duration::from_secs(10)), "still served by node1");
+    check_client(client, c.filled_keys);
+}
+
+#[test]
+fn host_migrate_target_killed_mid_transfer() {
+    if !testing::require_migration_host("host_migrate_target_killed_mid_transfer") {
+        return;
+    }
+    let mut c = Cluster::new("kill", 256 << 20);
+    let client = c.client();
+    let mut child = Command::new(BIN)
+        .args(["migrate", &c.name, "--to", "node2", "--json", "--socket"])
+        .arg(&c.nodes[0].socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut killed = false;
+    for line in lines {
+        let line = line.unwrap();
+        if !killed && line.contains("\"bytes\"") && line.contains("\"sent_bytes\":") && !line.contains("\"sent_bytes\":0") {
+            c.nodes[1].kill();
+            killed = true;
+        }
+    }
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    eprintln!("migrate: {err}");
+    assert!(killed, "the transfer was under way when node2 died");
+    assert!(!status.success(), "the migration failed");
+    assert!(c.runs_on(0), "the workload keeps running on node1");
+    assert!(client.wait_batches(50, Duration::from_secs(10)), "still served by node1");
+    check_client(client, c.filled_keys);
+}
