@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use super::target::{Reservations, Restorer};
 use super::{BoxError, Checkpointer, DumpReport};
 use crate::criu::Criu;
-use crate::workload::{netns, Checkpoint, CheckpointOptions, RestoreSpec, ServiceNet, Workloads};
+use crate::workload::{Checkpoint, CheckpointOptions, RestoreSpec, ServiceNet, Workloads};
 
 /// Network namespace a node restores workload `name` into. Nodes sharing a host (the local
 /// cluster) need distinct names; the node id keeps them apart and lets the source compute it.
