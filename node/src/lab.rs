@@ -177,6 +177,9 @@ impl Daemon {
             .arg(&socket)
             .args(["--name", name])
             .args(extra)
+            // Daemons sharing the host's namespace would all bind the default transfer port;
+            // give each an ephemeral loopback one unless the caller chose.
+            .args(if netns.is_none() && !extra.contains(&"--transfer-listen") { &["--transfer-listen", "127.0.0.1:0"][..] } else { &[][..] })
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
             .envs(env.iter().copied())
             .stdin(Stdio::null())

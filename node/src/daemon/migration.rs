@@ -78,7 +78,9 @@ pub fn start(
     let journal = Journal::open(&db)?;
     let trust = TrustSet::default();
     let listen: SocketAddr = config.transfer_listen.parse().map_err(|e| format!("transfer_listen {:?}: {e}", config.transfer_listen))?;
-    let receiver = hotspot_transfer::endpoint::receiver(key, trust.clone(), listen)?;
+    let receiver = hotspot_transfer::endpoint::receiver(key, trust.clone(), listen).map_err(|e| -> BoxError {
+        format!("transfer endpoint on {listen}: {e} (another node on this host? choose a port with --transfer-listen)").into()
+    })?;
     let bound = receiver.local_addr()?;
     let advertise = config.transfer_advertise.clone().or_else(|| (!bound.ip().is_unspecified()).then(|| bound.to_string()));
     if advertise.is_none() {
