@@ -96,7 +96,16 @@ fn run(args: &Args, hops: &mut Vec<Hop>) -> Result<(), ClusterError> {
     interrupt::sleep(Duration::from_secs(1))?;
 
     println!("== node2's price drops to $0.03/h: node1 should move {WORKLOAD} there by itself");
-    hops.push(cluster.hop_by_price(1, 0.03, Duration::from_secs(60))?);
+    match cluster.hop_by_price(1, 0.03, Duration::from_secs(20)) {
+        Ok(hop) => hops.push(hop),
+        // Said plainly rather than hidden: the hop still happens, by hand, and is labelled so.
+        Err(ClusterError::PriceTriggerIdle(why)) => {
+            println!("   {why}");
+            println!("== the price trigger is not built yet (issue 6): moving by hand instead: hotspot-node migrate {WORKLOAD} --to node2");
+            hops.push(cluster.migrate(1)?);
+        }
+        Err(e) => return Err(e),
+    }
     println!("{}", hop_line(&hops[0]));
     interrupt::sleep(Duration::from_secs(1))?;
 

@@ -122,7 +122,7 @@ impl LocalCluster {
         match lab::wait_until("the price trigger", timeout, || self.where_is() == Some(to)) {
             Ok(_) => {}
             Err(lab::LabError::Timeout { .. }) => {
-                return Err(ClusterError::Hop(format!(
+                return Err(ClusterError::PriceTriggerIdle(format!(
                     "{} became the cheapest node (${usd_per_hour}/h) but {WORKLOAD} did not move there within {timeout:?}: the price \
                      trigger (issue 6) is not wired in this build, or its margin is larger than this drop. Logs: {}",
                     self.nodes[to].name,

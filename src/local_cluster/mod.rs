@@ -45,6 +45,9 @@ pub enum ClusterError {
     MigrateUnavailable(PathBuf),
     #[error("{0}")]
     Hop(String),
+    /// The cheaper node was advertised but the workload did not move by itself.
+    #[error("{0}")]
+    PriceTriggerIdle(String),
 }
 
 /// How to build the cluster.
