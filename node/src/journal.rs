@@ -195,7 +195,18 @@ mod tests {
             j.put(&record(2)).unwrap();
             j.advance_source(&MigrationId([2; 16]), SourcePhase::RolledBack, 5).unwrap();
         }
-        let db = sled::open(dir.path()).unwrap();
+        // sled's flusher thread holds the file lock for a moment after the last handle drops
+        // (a restarted node is a new process and never sees this).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let db = loop {
+            match sled::open(dir.path()) {
+                Ok(db) => break db,
+                Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                Err(e) => panic!("reopen: {e}"),
+            }
+        };
         let j = Journal::open(&db).unwrap();
         let rec = j.get(&MigrationId([1; 16])).unwrap().unwrap();
         assert_eq!(rec.role, Role::Source(SourcePhase::PreCopy));

@@ -153,6 +153,21 @@ mod tests {
         }
     }
 
+    /// sled's flusher thread holds the file lock for a moment after the last handle drops; a
+    /// restarted daemon is a new process and never sees this, an in-process reopen can.
+    fn reopen<T, E: std::fmt::Debug>(mut open: impl FnMut() -> Result<T, E>) -> T {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match open() {
+                Ok(v) => return v,
+                Err(e) if std::time::Instant::now() < deadline && format!("{e:?}").contains("lock") => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                Err(e) => panic!("reopen failed: {e:?}"),
+            }
+        }
+    }
+
     #[test]
     fn grants_survive_a_restart_and_versions_are_checked() {
         let dir = tempfile::tempdir().unwrap();
@@ -162,15 +177,15 @@ mod tests {
             assert!(matches!(book.request(&req(1), None, 0).unwrap(), ReservationMessage::Granted { .. }));
             assert!(matches!(book.request(&req(2), None, 0).unwrap(), ReservationMessage::Granted { .. }));
         }
-        let store = SledLedgerStore::open(dir.path()).unwrap();
+        let store = reopen(|| SledLedgerStore::open(dir.path()));
         let book = ReservationBook::open(Box::new(store), cap).unwrap();
         assert!(matches!(book.request(&req(3), None, 10).unwrap(), ReservationMessage::Denied { .. }));
         assert_eq!(book.tick(cap, 60_001).unwrap(), cap, "both expired after their TTL");
         drop(book);
-        let db = sled::open(dir.path()).unwrap();
+        let db = reopen(|| sled::open(dir.path()));
         db.insert(LEDGER_KEY, serde_cbor::to_vec(&LedgerRecord { version: 9, ledger: Ledger::default() }).unwrap()).unwrap();
         drop(db);
-        let err = SledLedgerStore::open(dir.path()).unwrap().load().unwrap_err();
+        let err = reopen(|| SledLedgerStore::open(dir.path())).load().unwrap_err();
         assert!(matches!(err, LedgerError::Version { found: 9 }), "{err}");
     }
 }
