@@ -218,8 +218,14 @@ impl LocalProvider {
     /// [`Self::move_to_target_blocking`] may have journaled an empty state.
     pub fn move_back_blocking(&self, spec: &WorkloadSpec, state: &mut Vec<u8>) -> Result<(), LocalProviderError> {
         let mut st = MoveState::decode(state)?;
+        // By name *and* by what it holds: the cluster directory may keep entries of earlier
+        // nodes with the same name (a node that died without removing its entry).
         let holder = match &st.target {
-            Some(name) => self.entries()?.into_iter().find(|e| &e.name == name),
+            Some(name) => {
+                let named: Vec<NodeEntry> = self.entries()?.into_iter().filter(|e| &e.name == name && e.node_id != self.me.node_id).collect();
+                let holding = named.iter().find(|e| Self::holds(spec, e)).cloned();
+                holding.or_else(|| named.into_iter().next())
+            }
             None => self.find_holder(spec)?,
         };
         let Some(target) = holder else {
@@ -259,9 +265,12 @@ impl LocalProvider {
 
     /// The other node holding this workload's volume or address, if any.
     fn find_holder(&self, spec: &WorkloadSpec) -> Result<Option<NodeEntry>, LocalProviderError> {
-        Ok(self.entries()?.into_iter().filter(|e| e.node_id != self.me.node_id).find(|e| {
-            crate::workload::is_mount_point(&e.workloads().volume_mount_dir(&spec.name)) || netns::has_service_if(&workload_netns(&spec.name, &e.node_id))
-        }))
+        Ok(self.entries()?.into_iter().filter(|e| e.node_id != self.me.node_id).find(|e| Self::holds(spec, e)))
+    }
+
+    /// Whether node `e` holds this workload's volume or service address.
+    fn holds(spec: &WorkloadSpec, e: &NodeEntry) -> bool {
+        crate::workload::is_mount_point(&e.workloads().volume_mount_dir(&spec.name)) || netns::has_service_if(&workload_netns(&spec.name, &e.node_id))
     }
 }
 
