@@ -40,9 +40,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn redis_options(name: &str, client_ns: &str, subnet: u32, dir: &Path) -> StartOptions {
     StartOptions {
         name: name.into(),
-        command: ["redis-server", "--port", "6379", "--bind", "0.0.0.0", "--protected-mode", "no", "--appendonly", "no", "--save", "", "--dbfilename", "bench.rdb"]
-            .map(String::from)
-            .to_vec(),
+        command: hotspot_node::testbed::redis_command(&["--appendonly", "no", "--dbfilename", "bench.rdb"]),
         address: Some(format!("10.77.{subnet}.2/24").parse().unwrap()),
         uplink_netns: Some(client_ns.into()),
         uplink_address: Some(format!("10.77.{subnet}.1/24").parse().unwrap()),

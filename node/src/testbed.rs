@@ -327,3 +327,13 @@ mod tests {
         assert!(repeat.incr_sequence_ok().is_err());
     }
 }
+
+/// The redis-server command line every host test, bench and the demo run: port 6379 on all
+/// addresses of its namespace, no RDB snapshots, then `extra` (persistence choices, data dir).
+pub fn redis_command(extra: &[&str]) -> Vec<String> {
+    ["redis-server", "--port", "6379", "--bind", "0.0.0.0", "--protected-mode", "no", "--save", ""]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect()
+}

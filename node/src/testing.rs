@@ -4,21 +4,13 @@
 //! (`CI=true`, where both are installed by the test command) a missing prerequisite fails the
 //! test instead, so CI can never pass by skipping.
 
-use crate::hostcheck;
-
 /// Why this host cannot run real-CRIU tests, if it cannot.
 pub fn migration_host_missing() -> Option<String> {
     if unsafe { libc::geteuid() } != 0 {
         return Some("needs root (CRIU, namespaces)".into());
     }
-    let Some(criu) = hostcheck::criu_path() else {
-        return Some("needs criu >= 4.2 (run scripts/install-deps)".into());
-    };
-    let out = std::process::Command::new(&criu).arg("--version").output().ok()?;
-    match hostcheck::parse_criu_version(&String::from_utf8_lossy(&out.stdout)) {
-        Some((a, b, _)) if (a, b) >= hostcheck::MIN_CRIU => None,
-        other => Some(format!("needs criu >= 4.2, found {other:?} at {}", criu.display())),
-    }
+    // The driver's own detection: the same binary, version floor and probes the node uses.
+    crate::criu::Criu::detect().err().map(|e| e.to_string())
 }
 
 /// True when the test may run; false (after printing why) when it must be skipped.

@@ -91,9 +91,7 @@ fn set_up(tag: &str) -> Setup {
     let w = wls
         .start(&StartOptions {
             name: name.clone(),
-            command: ["redis-server", "--port", "6379", "--bind", "0.0.0.0", "--protected-mode", "no", "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", &dir]
-                .map(String::from)
-                .to_vec(),
+            command: hotspot_node::testbed::redis_command(&["--appendonly", "yes", "--appendfsync", "always", "--dir", &dir]),
             address: Some(address),
             uplink_netns: Some(lan.hub.clone()),
             uplink_address: None,

@@ -75,9 +75,7 @@ impl Cluster {
         c.wls[0]
             .start(&StartOptions {
                 name: c.name.clone(),
-                command: ["redis-server", "--port", "6379", "--bind", "0.0.0.0", "--protected-mode", "no", "--save", "", "--appendonly", "no"]
-                    .map(String::from)
-                    .to_vec(),
+                command: hotspot_node::testbed::redis_command(&["--appendonly", "no"]),
                 address: Some(format!("10.77.{subnet}.2/24").parse().unwrap()),
                 uplink_netns: Some(c.client_ns.clone()),
                 uplink_address: Some(format!("10.77.{subnet}.1/24").parse().unwrap()),

@@ -96,9 +96,7 @@ fn host_redis_keeps_its_live_client_across_namespaces() {
     let server: SocketAddr = format!("10.77.{subnet}.2:6379").parse().unwrap();
     wls.start(&StartOptions {
         name: a.clone(),
-        command: ["redis-server", "--port", "6379", "--bind", "0.0.0.0", "--protected-mode", "no", "--save", "", "--appendonly", "no"]
-            .map(String::from)
-            .to_vec(),
+        command: hotspot_node::testbed::redis_command(&["--appendonly", "no"]),
         address: Some(format!("10.77.{subnet}.2/24").parse().unwrap()),
         uplink_netns: Some(client_ns.clone()),
         uplink_address: Some(format!("10.77.{subnet}.1/24").parse().unwrap()),

@@ -229,10 +229,10 @@ impl LocalCluster {
         let data = self.dir.path().join("redis-data");
         std::fs::create_dir_all(&data).map_err(|e| ClusterError::Setup(format!("{}: {e}", data.display())))?;
         let d = data.display().to_string();
-        let command = ["redis-server", "--port", "6379", "--bind", "0.0.0.0", "--protected-mode", "no", "--save", "", "--appendonly", "yes", "--appendfsync", "everysec", "--dir", &d];
+        let command = hotspot_node::testbed::redis_command(&["--appendonly", "yes", "--appendfsync", "everysec", "--dir", &d]);
         let w = self.workloads(node).start(&StartOptions {
             name: WORKLOAD.into(),
-            command: command.map(String::from).to_vec(),
+            command,
             address: Some(self.lan.service_address(1)),
             uplink_netns: Some(self.lan.hub.clone()),
             volume: Some(data),
