@@ -97,13 +97,28 @@ impl ClusterDir {
         move |source| LocalProviderError::Io { path, source }
     }
 
-    /// Records `entry` (atomically: write then rename).
+    /// Records `entry` (atomically: write then rename), and forgets entries of nodes whose state
+    /// directory is gone: such a node holds no volume or workload any more, and its entry would
+    /// only litter the directory (test runs create and delete hundreds of nodes).
     pub fn register(&self, entry: &NodeEntry) -> Result<(), LocalProviderError> {
         std::fs::create_dir_all(&self.dir).map_err(self.io(&self.dir))?;
+        self.prune_gone();
         let path = self.dir.join(format!("{}.json", entry.node_id));
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, serde_json::to_vec_pretty(entry).expect("entry serializes")).map_err(self.io(&tmp))?;
         std::fs::rename(&tmp, &path).map_err(self.io(&path))
+    }
+
+    fn prune_gone(&self) {
+        let Ok(dir) = std::fs::read_dir(&self.dir) else { return };
+        for path in dir.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "json")) {
+            let Ok(bytes) = std::fs::read(&path) else { continue };
+            let Ok(entry) = serde_json::from_slice::<NodeEntry>(&bytes) else { continue };
+            if !entry.state_dir.exists() {
+                tracing::debug!(node = %entry.node_id, name = %entry.name, "forgetting cluster entry of a node whose state dir is gone");
+                let _ = std::fs::remove_file(&path);
+            }
+        }
     }
 
     pub fn lookup(&self, node: &NodeId) -> Result<NodeEntry, LocalProviderError> {
@@ -295,5 +310,26 @@ impl ResourceMover for LocalProvider {
         .await?;
         *state = st;
         Ok(result?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registering_forgets_nodes_whose_state_dir_is_gone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cluster = ClusterDir::new(tmp.path().join("cluster"));
+        let alive_dir = tmp.path().join("alive");
+        std::fs::create_dir_all(&alive_dir).unwrap();
+        let (alive, gone, new) = (NodeId([1; 32]), NodeId([2; 32]), NodeId([3; 32]));
+        cluster.register(&NodeEntry::new(&alive, "node1", &alive_dir)).unwrap();
+        cluster.register(&NodeEntry::new(&gone, "node2", &tmp.path().join("deleted"))).unwrap();
+        assert_eq!(cluster.lookup(&gone).unwrap().name, "node2", "an entry is never pruned by its own registration");
+        cluster.register(&NodeEntry::new(&new, "node2", &alive_dir)).unwrap();
+        assert!(matches!(cluster.lookup(&gone), Err(LocalProviderError::UnknownNode(_))));
+        assert_eq!(cluster.lookup(&alive).unwrap().name, "node1");
+        assert_eq!(cluster.lookup(&new).unwrap().name, "node2");
     }
 }
