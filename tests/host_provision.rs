@@ -133,11 +133,12 @@ fn host_provision_node_in_a_fresh_debian_root_joins_a_mesh() {
     let merged = root.path("merged");
     let provision = format!(
         "chroot {m} /opt/hotspot-mesh/scripts/provision-node --name {NODE_NAME} --zone test --price 0.25 --listen-ip {ip} \
-         --binary /tmp/hotspot-node --criu-binary /tmp/criu",
+         --binary /tmp/hotspot-node --criu-binary /tmp/criu --config-append /tmp/extra.toml",
         m = merged.display()
     );
     let install = format!(
         "{mount}cp {bin} \"$m/tmp/hotspot-node\"; cp {criu} \"$m/tmp/criu\"; cp /etc/resolv.conf \"$m/etc/resolv.conf\"
+printf '[capacity]\\ncpu_millis = 1500\\n' >\"$m/tmp/extra.toml\"
 {provision}
 echo '--- verify'
 chroot \"$m\" systemd-analyze verify /etc/systemd/system/hotspot-node.service
@@ -226,6 +227,7 @@ exec chroot \"$m\" env -i {env} {start}",
     let seen = peer.peers().unwrap();
     let me = seen.iter().find(|p| p.name == NODE_NAME).unwrap();
     assert!((me.price_per_hour - 0.25).abs() < 1e-9 && me.zone == "test", "the peer sees the configured price and zone: {me:?}");
+    assert_eq!(me.total.cpu_millis, 1500, "--config-append reached the config: {me:?}");
 
     eprintln!(
         "{TEST}: timings: debian root (cached) {:.1}s, provisioning twice + verify {:.1}s, boot to mesh join {:.1}s, total {:.1}s",
