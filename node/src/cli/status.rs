@@ -59,6 +59,12 @@ pub fn run(args: &StatusArgs) -> Result<i32> {
     for w in &s.workloads {
         out += &format!("  {}  {}\n", w.name, resources(&w.needs));
     }
+    if !s.lost_at_reboot.is_empty() {
+        out += &format!("lost at reboot: {} (not restored; `hotspot-node workload stop NAME` forgets one)\n", s.lost_at_reboot.len());
+        for l in &s.lost_at_reboot {
+            out += &format!("  {}  {}\n", l.name, l.reason);
+        }
+    }
     out += &reservation_lines("reservations held for peers", &s.reservations_held);
     out += &reservation_lines("reservations obtained on peers", &s.reservations_obtained);
     print!("{out}");

@@ -114,6 +114,9 @@ pub struct StatusReport {
     /// Capacity this node reserved on targets.
     pub reservations_obtained: Vec<HeldReservation>,
     pub mesh: serde_json::Value,
+    /// Workloads that were running before a reboot and could not be restored (daemon::reboot).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lost_at_reboot: Vec<super::reboot::LostWorkload>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

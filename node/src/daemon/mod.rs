@@ -14,6 +14,7 @@ pub mod host;
 pub mod ledger;
 pub mod migration;
 pub mod price;
+pub mod reboot;
 pub mod service;
 
 use std::path::PathBuf;
@@ -108,6 +109,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     let tasks_cancel = shutdown.child_token();
     let mut tasks = tokio::task::JoinSet::new();
     let migrations = migration::start(&config, &key, service.clone(), mesh.client.clone(), &mut tasks, tasks_cancel.clone()).map_err(DaemonError::Migration)?;
+    reboot::account(&config, mesh.node_id).await;
     let handler = Arc::new(migration::DaemonHandler { service: service.clone(), migrations });
     tasks.spawn(control::serve(listener, handler, tasks_cancel.clone()));
     tasks.spawn(service.clone().advertise(tasks_cancel.clone()));

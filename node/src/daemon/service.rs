@@ -379,6 +379,7 @@ impl NodeService {
             reservations_held: held,
             reservations_obtained: obtained,
             mesh,
+            lost_at_reboot: self.migration_info.lock().unwrap_or_else(|p| p.into_inner()).0.as_ref().map(super::reboot::reported).unwrap_or_default(),
         }))
     }
 }
