@@ -10,6 +10,11 @@
 //!    connection, both directions, as % of the image size.
 //! Also prints, per page-chunk size, how much of the second dump is not shared with the first
 //! and the manifest size: the data behind `chunker::DEFAULT_PAGE_CHUNK_BYTES`.
+//!
+//! Knobs for profiling (defaults are the measurement): `HOTSPOT_BENCH_TRANSFER_MIB`
+//! (redis data size, 1024), `HOTSPOT_BENCH_TRANSFER_RUNS` (3), `HOTSPOT_BENCH_TRANSFER_TABLE=0`
+//! (skip the chunk-size table), `HOTSPOT_BENCH_TRANSFER_DUMPS=DIR` (keep the two dumps in DIR and
+//! reuse them on the next run), `RUST_LOG=hotspot_transfer=debug` (stage timings).
 
 use std::collections::HashSet;
 use std::io::{BufWriter, Read, Write};
@@ -22,8 +27,9 @@ use std::time::{Duration, Instant};
 use hotspot_transfer::identity::NodeKey;
 use hotspot_transfer::{build_manifest, endpoint, send_dir, ChunkerConfig, ReceiveOptions, SendOptions, Store, StoreOptions, TrustSet};
 
-const RUNS: usize = 3;
-const TARGET_BYTES: u64 = 1 << 30;
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
 
 fn main() {
     if unsafe { libc::geteuid() } != 0 || !Path::new("/usr/local/sbin/criu").exists() {
@@ -33,12 +39,18 @@ fn main() {
         eprintln!("SKIPPED transfer bench: needs root and criu >= 4.2");
         return;
     }
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
+    }
+    let (target_bytes, runs) = (env_u64("HOTSPOT_BENCH_TRANSFER_MIB", 1024) << 20, env_u64("HOTSPOT_BENCH_TRANSFER_RUNS", 3).max(1) as usize);
     let work = tempfile::Builder::new().prefix("hotspot-bench-transfer").tempdir_in("/var/tmp").unwrap();
-    let (d1, d2) = (work.path().join("dump1"), work.path().join("dump2"));
-    {
+    let dumps = std::env::var_os("HOTSPOT_BENCH_TRANSFER_DUMPS").map_or_else(|| work.path().to_path_buf(), PathBuf::from);
+    let (d1, d2) = (dumps.join("dump1"), dumps.join("dump2"));
+    if !(d1.join("inventory.img").exists() && d2.join("inventory.img").exists()) {
+        let _ = (std::fs::remove_dir_all(&d1), std::fs::remove_dir_all(&d2));
         let redis = Redis::start();
         let mut rng = XorShift(0x5eed_1234_abcd_ef01);
-        let keys = redis.fill(&mut rng, TARGET_BYTES);
+        let keys = redis.fill(&mut rng, target_bytes);
         criu_dump(redis.pid, &d1);
         redis.churn(&mut rng, &keys);
         criu_dump(redis.pid, &d2);
@@ -47,7 +59,8 @@ fn main() {
     println!("image 1: {} MiB, image 2: {} MiB", image_bytes >> 20, dir_bytes(&d2) >> 20);
 
     println!("{:>9} {:>9} {:>10} {:>14} {:>12} {:>12}", "chunk_kib", "chunks", "unshared%", "manifest_bytes", "manifest_zst", "wire_est%");
-    for kib in [4u64, 8, 16, 32, 64] {
+    let table: &[u64] = if env_u64("HOTSPOT_BENCH_TRANSFER_TABLE", 1) == 0 { &[] } else { &[4, 8, 16, 32, 64] };
+    for &kib in table {
         let cfg = ChunkerConfig { page_chunk_bytes: kib * 1024, ..Default::default() };
         let (a, b) = (build_manifest(&d1, "a", &cfg).unwrap(), build_manifest(&d2, "b", &cfg).unwrap());
         let have: HashSet<_> = a.chunks().map(|c| c.hash).collect();
@@ -69,7 +82,7 @@ fn main() {
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let (mut ours, mut base) = (Vec::new(), Vec::new());
-    for run in 0..RUNS {
+    for run in 0..runs {
         let out = work.path().join(format!("rx-{run}"));
         let t = rt.block_on(ours_once(&out, &[&d1])).0;
         std::fs::remove_dir_all(&out).unwrap();

@@ -68,7 +68,7 @@ pub fn client_config_alpn(key: &NodeKey, trust: TrustSet, expected: Option<NodeI
 
 /// Socket buffers for bulk transfer: the 208 KiB default overflows within a millisecond at
 /// loopback/LAN speed, and every drop is a retransmission plus a congestion-window cut.
-const SOCKET_BUFFER: libc::c_int = 8 * 1024 * 1024;
+const SOCKET_BUFFER: libc::c_int = 32 * 1024 * 1024;
 
 fn grow_buffers(socket: &std::net::UdpSocket) {
     use std::os::fd::AsRawFd;

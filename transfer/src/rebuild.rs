@@ -9,12 +9,12 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use hotspot_protocol::manifest::{check_relative_path, ChunkHash, ChunkRef, ImageManifest};
 
-use crate::store::{Store, StoreError};
+use crate::store::{Located, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RebuildError {
@@ -40,6 +40,32 @@ fn io_err(path: &Path, source: std::io::Error) -> RebuildError {
 
 /// Where one chunk goes: (file index, offset).
 type Places = HashMap<ChunkHash, Vec<(u32, u64)>>;
+
+/// Most bytes read from a pack at once when filling an image from the store.
+pub const RUN_BYTES: u64 = 4 * 1024 * 1024;
+/// Unneeded bytes between two chunks of a pack that are read over rather than split into two reads.
+const RUN_GAP: u64 = 64 * 1024;
+
+/// Splits chunks sorted by pack and offset into index ranges, each one read of a pack.
+fn runs(sorted: &[Located]) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for i in 1..=sorted.len() {
+        let split = match (sorted.get(i), &sorted[start]) {
+            (Some(next), first) => {
+                let prev = &sorted[i - 1];
+                let prev_end = prev.offset + prev.chunk.len as u64;
+                next.pack != first.pack || next.offset < prev_end || next.offset - prev_end > RUN_GAP || next.offset + next.chunk.len as u64 - first.offset > RUN_BYTES
+            }
+            (None, _) => true,
+        };
+        if split && i > start {
+            out.push(start..i);
+            start = i;
+        }
+    }
+    out
+}
 
 pub struct ImageWriter {
     dest: PathBuf,
@@ -80,6 +106,7 @@ impl ImageWriter {
             }
             let file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).map_err(|e| io_err(&path, e))?;
             file.set_len(f.size).map_err(|e| io_err(&path, e))?;
+            preallocate(&file, f.size).map_err(|e| io_err(&path, e))?;
             let mut offset = 0;
             for c in &f.chunks {
                 writer.places.entry(c.hash).or_default().push((i as u32, offset));
@@ -136,9 +163,12 @@ impl ImageWriter {
         Ok(())
     }
 
-    /// Writes every chunk not written yet from `store` (verifying each), then moves the image
-    /// into place. Chunks missing or corrupt in the store are returned as
-    /// [`RebuildError::Missing`]; the writer stays usable so the caller can fetch them and retry.
+    /// Writes every chunk not written yet from `store` (verifying each). Chunks missing or
+    /// corrupt in the store are returned as [`RebuildError::Missing`]; the writer stays usable so
+    /// the caller can fetch them and retry.
+    ///
+    /// This runs inside a migration's freeze on the target, so it reads the store in pack order,
+    /// neighbours in one read of up to [`RUN_BYTES`], and verifies and writes on every core.
     pub fn fill_from_store(&self, store: &Store) -> Result<(), RebuildError> {
         let todo: Vec<ChunkRef> = {
             let written = self.written.lock().unwrap_or_else(|e| e.into_inner());
@@ -146,18 +176,62 @@ impl ImageWriter {
             self.manifest.chunks().filter(|c| !written.contains(&c.hash) && seen.insert(c.hash)).copied().collect()
         };
         let mut missing = Vec::new();
-        for c in todo {
-            match store.read(&c) {
-                Ok(bytes) => self.write_chunk(&c.hash, &bytes)?,
-                Err(StoreError::Corrupt(h) | StoreError::Missing(h)) => missing.push(h),
-                Err(e) => return Err(e.into()),
+        let mut located = Vec::with_capacity(todo.len());
+        for (c, at) in todo.iter().zip(store.locate(&todo)) {
+            match at {
+                Some(at) => located.push(at),
+                None => missing.push(c.hash),
             }
+        }
+        located.sort_unstable_by_key(|l| (l.pack, l.offset));
+        let runs = runs(&located);
+        let next = AtomicUsize::new(0);
+        let results: Mutex<Vec<Result<Vec<ChunkHash>, RebuildError>>> = Mutex::new(Vec::new());
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(|| {
+                    let mut buf = Vec::new();
+                    let mut bad = Vec::new();
+                    while let Some(run) = runs.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        if let Err(e) = self.copy_run(store, &located[run.clone()], &mut buf, &mut bad) {
+                            results.lock().unwrap_or_else(|e| e.into_inner()).push(Err(e));
+                            return;
+                        }
+                    }
+                    results.lock().unwrap_or_else(|e| e.into_inner()).push(Ok(bad));
+                });
+            }
+        });
+        for r in results.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            missing.extend(r?);
         }
         if missing.is_empty() {
             Ok(())
         } else {
             Err(RebuildError::Missing(missing))
         }
+    }
+
+    /// Reads one run of neighbouring chunks from a pack, verifies each and writes the good ones
+    /// into place; bad ones are dropped from the store's index and added to `bad`.
+    fn copy_run(&self, store: &Store, run: &[Located], buf: &mut Vec<u8>, bad: &mut Vec<ChunkHash>) -> Result<(), RebuildError> {
+        let (first, last) = (&run[0], &run[run.len() - 1]);
+        let span = (last.offset + last.chunk.len as u64 - first.offset) as usize;
+        buf.resize(span, 0);
+        store.read_pack(first.pack, first.offset, buf)?;
+        let mut good = Vec::with_capacity(run.len());
+        for l in run {
+            let at = (l.offset - first.offset) as usize;
+            let data = &buf[at..at + l.chunk.len as usize];
+            if blake3::hash(data).as_bytes() == &l.chunk.hash.0 {
+                good.push((l.chunk.hash, data));
+            } else {
+                store.mark_corrupt(&l.chunk.hash)?;
+                bad.push(l.chunk.hash);
+            }
+        }
+        self.write_chunks(&good)
     }
 
     /// Sets modes, syncs and renames the staging directory to `dest` (replacing an old copy).
@@ -190,6 +264,24 @@ impl ImageWriter {
 impl Drop for ImageWriter {
     fn drop(&mut self) {
         self.discard();
+    }
+}
+
+/// Reserves the file's blocks up front: a full disk shows now, not halfway through a transfer,
+/// and the file is laid out in few extents. Filesystems without fallocate just skip it.
+fn preallocate(file: &File, size: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    if size == 0 {
+        return Ok(());
+    }
+    // SAFETY: plain syscall on an open fd; no memory is passed.
+    if unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, size as libc::off_t) } == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => Ok(()),
+        _ => Err(e),
     }
 }
 

@@ -165,7 +165,14 @@ pub async fn receive_one(conn: quinn::Connection, store: Arc<Store>, opts: Recei
     let peer = tls::peer_node_id(&conn).ok_or_else(|| ReceiveError::Protocol("peer has no node key".into()))?;
     let span = tracing::info_span!("receive", peer = %peer.short(), remote = %conn.remote_address());
     let (mut ctl_tx, mut ctl_rx) = conn.accept_bi().instrument(span.clone()).await?;
-    let result = run(&conn, peer, &mut ctl_tx, &mut ctl_rx, store, opts).instrument(span).await;
+    let result = run(&conn, peer, &mut ctl_tx, &mut ctl_rx, store.clone(), opts).instrument(span.clone()).await;
+    if result.is_err() {
+        // Index what arrived, so a resumed transfer only sends what is still missing.
+        let st = store.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || st.commit_pending()).await {
+            span.in_scope(|| tracing::warn!(error = %e, "could not index the chunks stored before the failure"));
+        }
+    }
     match &result {
         Ok(_) => {
             // Let the sender read `Complete` and close first; don't hang on a vanished peer.

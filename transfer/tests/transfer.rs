@@ -233,8 +233,9 @@ async fn malformed_messages_are_refused_without_panic() {
     let _want = hotspot_transfer::wire::read_msg(&mut ctl_rx, 64 << 20).await.unwrap();
     let mut data = conn.open_uni().await.unwrap();
     let bogus = TransferMessage::ChunkBatch { chunks: vec![ChunkRef { hash: ChunkHash([9; 32]), len: 4 }], compressed_len: 4, compression: Compression::None };
-    hotspot_transfer::wire::write_msg(&mut data, &bogus).await.unwrap();
-    data.write_all(b"abcd").await.unwrap();
+    // The receiver may refuse on the header alone and close before the payload is written.
+    let _ = hotspot_transfer::wire::write_msg(&mut data, &bogus).await;
+    let _ = data.write_all(b"abcd").await;
     assert!(matches!(rx.next().await.unwrap_err(), ReceiveError::Protocol(_)));
 
     // After all that, the receiver still serves a good transfer.

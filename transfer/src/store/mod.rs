@@ -1,29 +1,36 @@
 //! The content-addressed chunk store: chunk bytes in append-only packs ([`pack`]), and a sled
-//! index of versioned CBOR records (one tree, key prefixes, so one batch updates both kinds
-//! atomically):
-//! - `c` + blake3 hash -> [`ChunkRecord`]: size, reference count, location if present;
+//! index of versioned records (one tree, key prefixes):
+//! - `s` + pack + offset -> a segment: the chunks (hash, offset, length) one group commit
+//!   appended to that pack ([`index`]); loaded into an in-memory map at open;
 //! - `m` + manifest id -> [`ManifestRecord`]: a manifest that pins its chunks (pending or complete);
-//! - `v` -> store format version.
+//! - `v` -> store format version (2; a version-1 store is migrated at open).
 //!
-//! Invariants: a chunk is marked present only after its bytes are in a pack (synced when
-//! `StoreOptions::sync`); every read re-verifies the blake3 hash, and a chunk that fails is
-//! marked absent so the next transfer fetches it again. Reference counts count the manifests
-//! that use a chunk; [`Store::gc`] drops unreferenced chunks and reclaims pack space.
+//! Invariants: a chunk is marked present (indexed) only after its bytes are in a pack, synced
+//! when `StoreOptions::sync`; received chunks are indexed in groups of [`index::GROUP_BYTES`]
+//! (one fdatasync and one sled record per group), so a crash loses at most the last group, which
+//! is then simply missing and fetched again. Every read re-verifies the blake3 hash, and a chunk
+//! that fails is dropped from the index so the next transfer fetches it again. A chunk is
+//! referenced by the manifests that list it; [`Store::gc`] counts those references, drops
+//! unreferenced chunks and reclaims pack space.
 
+mod index;
 mod pack;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fmt;
+use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 
 use hotspot_protocol::manifest::{ChunkHash, ChunkRef, ImageManifest};
 use serde::{Deserialize, Serialize};
 
+use index::{ChunkMap, Segment, GROUP_BYTES};
 pub(crate) use pack::is_disk_full;
 use pack::{io_error, Packs};
 
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
+const TREE: &str = "chunks/2";
 const RECORD_VERSION: u8 = 1;
 
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +43,7 @@ pub enum StoreError {
     Index(#[from] sled::Error),
     #[error("chunk store record {key}: {detail}")]
     Record { key: String, detail: String },
-    #[error("chunk store at {path} has format version {found}; this build reads version {FORMAT_VERSION}")]
+    #[error("chunk store at {path} has format version {found}; this build reads versions 1 (migrated) and {FORMAT_VERSION}")]
     Version { path: PathBuf, found: u32 },
     #[error("chunk {0} failed verification in the store (marked missing; it will be fetched again)")]
     Corrupt(ChunkHash),
@@ -65,15 +72,6 @@ impl fmt::Debug for ManifestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "ManifestId({})", &self.to_string()[..12])
     }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct ChunkRecord {
-    v: u8,
-    len: u32,
-    refs: u32,
-    /// (pack, offset) when the bytes are present.
-    loc: Option<(u32, u64)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -116,20 +114,36 @@ pub struct StoredManifest {
     pub bytes: u64,
 }
 
+/// Pack appends and the segments not indexed yet (one lock: they change together).
+struct Writes {
+    packs: Packs,
+    pending: Vec<Segment>,
+    pending_bytes: u64,
+}
+
+/// Adds appended chunks to `segments`, extending the last one when contiguous; returns their bytes.
+fn note_segments(segments: &mut Vec<Segment>, chunks: &[(ChunkHash, u32)], locs: &[(u32, u64)]) -> u64 {
+    let mut bytes = 0;
+    for (&(h, len), &(pack, offset)) in chunks.iter().zip(locs) {
+        let extend = segments.last().is_some_and(|s| s.pack == pack && s.entries.last().is_some_and(|&(_, o, l)| o + l as u64 == offset));
+        if !extend {
+            segments.push(Segment { pack, start: offset, entries: Vec::new() });
+        }
+        segments.last_mut().expect("pushed above").entries.push((h, offset, len));
+        bytes += len as u64;
+    }
+    bytes
+}
+
 pub struct Store {
     dir: PathBuf,
     db: sled::Db,
     index: sled::Tree,
-    packs: Mutex<Packs>,
-    /// Serialises read-modify-write of index records (sled itself is thread-safe).
+    writes: Mutex<Writes>,
+    chunks: RwLock<ChunkMap>,
+    /// Serialises manifest read-modify-write and GC.
     writer: Mutex<()>,
     opts: StoreOptions,
-}
-
-fn chunk_key(h: &ChunkHash) -> [u8; 33] {
-    let mut k = [b'c'; 33];
-    k[1..].copy_from_slice(&h.0);
-    k
 }
 
 fn manifest_key(id: &ManifestId) -> [u8; 33] {
@@ -150,11 +164,19 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A located chunk, ready to be read (see [`Store::locate`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Located {
+    pub chunk: ChunkRef,
+    pub(crate) pack: u32,
+    pub(crate) offset: u64,
+}
+
 impl Store {
     pub fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
         let db = sled::Config::new().path(dir.join("index")).open()?;
-        let index = db.open_tree("chunks/1")?;
+        let index = db.open_tree(TREE)?;
         match index.get(b"v")? {
             Some(v) if v.len() == 4 => {
                 let found = u32::from_be_bytes([v[0], v[1], v[2], v[3]]);
@@ -164,24 +186,34 @@ impl Store {
             }
             Some(_) => return Err(StoreError::Version { path: dir.into(), found: 0 }),
             None => {
+                if db.tree_names().iter().any(|n| n.as_ref() == migrate::V1_TREE.as_bytes()) {
+                    migrate::from_v1(dir, &db, &index)?;
+                }
                 index.insert(b"v", &FORMAT_VERSION.to_be_bytes())?;
             }
         }
+        let chunks = ChunkMap::load(&index)?;
         let packs = Packs::open(dir.join("packs"), opts.pack_bytes)?;
-        Ok(Store { dir: dir.into(), db, index, packs: Mutex::new(packs), writer: Mutex::new(()), opts })
+        tracing::debug!(dir = %dir.display(), chunks = chunks.at.len(), "chunk store open");
+        let writes = Mutex::new(Writes { packs, pending: Vec::new(), pending_bytes: 0 });
+        Ok(Store { dir: dir.into(), db, index, writes, chunks: RwLock::new(chunks), writer: Mutex::new(()), opts })
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    fn chunk(&self, h: &ChunkHash) -> Result<Option<ChunkRecord>, StoreError> {
-        let key = chunk_key(h);
-        self.index.get(key)?.map(|v| decode(&key, &v)).transpose()
+    fn map(&self) -> std::sync::RwLockReadGuard<'_, ChunkMap> {
+        self.chunks.read().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn map_mut(&self) -> std::sync::RwLockWriteGuard<'_, ChunkMap> {
+        self.chunks.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the chunk is stored and indexed.
     pub fn has(&self, h: &ChunkHash) -> Result<bool, StoreError> {
-        Ok(self.chunk(h)?.is_some_and(|r| r.loc.is_some()))
+        Ok(self.map().at.contains_key(h))
     }
 
     /// Pins `manifest` (once per distinct manifest: re-registering is a no-op, which is what
@@ -189,57 +221,67 @@ impl Store {
     pub fn register(&self, manifest: &ImageManifest) -> Result<(ManifestId, Vec<ChunkHash>), StoreError> {
         let id = ManifestId::of(manifest);
         let _w = lock(&self.writer);
-        let known = self.index.contains_key(manifest_key(&id))?;
-        let mut seen = HashSet::new();
-        let mut missing = Vec::new();
-        let mut batch = sled::Batch::default();
-        for c in manifest.chunks() {
-            if !seen.insert(c.hash) {
-                continue;
-            }
-            let mut rec = self.chunk(&c.hash)?.unwrap_or(ChunkRecord { v: RECORD_VERSION, len: c.len, refs: 0, loc: None });
-            if rec.loc.is_none() {
-                missing.push(c.hash);
-            }
-            if !known {
-                rec.refs = rec.refs.saturating_add(1);
-                batch.insert(&chunk_key(&c.hash)[..], encode(&rec));
-            }
-        }
-        if !known {
+        if !self.index.contains_key(manifest_key(&id))? {
             let rec = ManifestRecord { v: RECORD_VERSION, complete: false, manifest: manifest.clone() };
-            batch.insert(&manifest_key(&id)[..], encode(&rec));
-            self.index.apply_batch(batch).map_err(|e| self.sled_error(e))?;
+            self.index.insert(manifest_key(&id), encode(&rec)).map_err(|e| self.sled_error(e))?;
         }
+        let map = self.map();
+        let mut seen = HashSet::with_capacity(manifest.files.iter().map(|f| f.chunks.len()).sum());
+        let missing = manifest.chunks().filter(|c| !map.at.contains_key(&c.hash) && seen.insert(c.hash)).map(|c| c.hash).collect();
         Ok((id, missing))
     }
 
     /// Stores chunks whose bytes the caller has verified against their hashes. Chunks already
-    /// present are skipped. On error (disk full) none of the batch is marked present.
+    /// present are skipped. On error (disk full) none of the batch is marked present. Chunks
+    /// become present (indexed) when their group is committed: every [`index::GROUP_BYTES`],
+    /// on [`Store::commit_pending`] and on [`Store::mark_complete`].
     pub fn put_verified(&self, chunks: &[(ChunkHash, &[u8])]) -> Result<(), StoreError> {
-        let _w = lock(&self.writer);
-        let mut records = Vec::with_capacity(chunks.len());
-        let mut data = Vec::with_capacity(chunks.len());
-        let mut seen = HashSet::new();
-        for (h, bytes) in chunks {
-            let rec = self.chunk(h)?;
-            if rec.as_ref().is_some_and(|r| r.loc.is_some()) || !seen.insert(*h) {
-                continue;
+        let mut w = lock(&self.writes);
+        let (mut meta, mut data) = (Vec::with_capacity(chunks.len()), Vec::with_capacity(chunks.len()));
+        {
+            let map = self.map();
+            let mut seen = HashSet::with_capacity(chunks.len());
+            for (h, bytes) in chunks {
+                if !map.at.contains_key(h) && seen.insert(*h) {
+                    meta.push((*h, bytes.len() as u32));
+                    data.push(*bytes);
+                }
             }
-            let rec = rec.unwrap_or(ChunkRecord { v: RECORD_VERSION, len: bytes.len() as u32, refs: 0, loc: None });
-            records.push((*h, rec));
-            data.push(*bytes);
         }
         if data.is_empty() {
             return Ok(());
         }
-        let locs = lock(&self.packs).append(&data, self.opts.max_bytes, self.opts.sync)?;
-        let mut batch = sled::Batch::default();
-        for ((h, mut rec), loc) in records.into_iter().zip(locs) {
-            rec.loc = Some(loc);
-            batch.insert(&chunk_key(&h)[..], encode(&rec));
+        let locs = w.packs.append(&data, self.opts.max_bytes, false)?;
+        w.pending_bytes += note_segments(&mut w.pending, &meta, &locs);
+        if w.pending_bytes >= GROUP_BYTES {
+            self.commit_locked(&mut w)?;
         }
-        self.index.apply_batch(batch).map_err(|e| self.sled_error(e))
+        Ok(())
+    }
+
+    /// Indexes every stored chunk not indexed yet (after syncing the pack when `sync`). Called
+    /// by a receiver whose transfer fails, so a resumed transfer does not fetch them again.
+    pub fn commit_pending(&self) -> Result<(), StoreError> {
+        let mut w = lock(&self.writes);
+        self.commit_locked(&mut w)
+    }
+
+    fn commit_locked(&self, w: &mut Writes) -> Result<(), StoreError> {
+        if w.pending.is_empty() {
+            return Ok(());
+        }
+        if self.opts.sync {
+            // Rotated packs were synced when they were closed; only the current one can lag.
+            w.packs.sync()?;
+        }
+        let pending = std::mem::take(&mut w.pending);
+        w.pending_bytes = 0;
+        let mut batch = sled::Batch::default();
+        pending.iter().for_each(|s| batch.insert(&s.key()[..], s.encode()));
+        self.index.apply_batch(batch).map_err(|e| self.sled_error(e))?;
+        let mut map = self.map_mut();
+        pending.iter().for_each(|s| map.add(s));
+        Ok(())
     }
 
     fn sled_error(&self, e: sled::Error) -> StoreError {
@@ -249,34 +291,56 @@ impl Store {
         }
     }
 
+    /// Where each of `chunks` is stored (`None`: not present), for bulk reads.
+    pub fn locate(&self, chunks: &[ChunkRef]) -> Vec<Option<Located>> {
+        let map = self.map();
+        chunks.iter().map(|c| map.at.get(&c.hash).filter(|l| l.len == c.len).map(|l| Located { chunk: *c, pack: l.pack, offset: l.offset })).collect()
+    }
+
+    /// Reads `buf.len()` bytes of pack `pack` at `offset` (a run of located chunks, unverified).
+    pub(crate) fn read_pack(&self, pack: u32, offset: u64, buf: &mut [u8]) -> Result<(), StoreError> {
+        use std::os::unix::fs::FileExt;
+        let file: Arc<File> = lock(&self.writes).packs.reader(pack)?;
+        file.read_exact_at(buf, offset).map_err(|e| io_error(&pack::pack_path(&self.dir, pack), e))
+    }
+
     /// Reads and verifies one chunk. A chunk whose bytes no longer match is marked absent.
     pub fn read(&self, c: &ChunkRef) -> Result<Vec<u8>, StoreError> {
-        let rec = self.chunk(&c.hash)?.ok_or(StoreError::Missing(c.hash))?;
-        let (pack, offset) = rec.loc.ok_or(StoreError::Missing(c.hash))?;
-        let file = lock(&self.packs).reader(pack);
-        let bytes = file.and_then(|f| pack::read_at(&f, offset, c.len).map_err(|e| io_error(&pack::pack_path(&self.dir, pack), e)));
-        match bytes {
-            Ok(b) if blake3::hash(&b).as_bytes() == &c.hash.0 => Ok(b),
-            other => {
-                tracing::warn!(chunk = %c.hash, error = ?other.err(), "stored chunk failed verification; marking it missing");
-                self.mark_missing(&c.hash)?;
-                Err(StoreError::Corrupt(c.hash))
-            }
+        let at = self.locate(std::slice::from_ref(c))[0].ok_or(StoreError::Missing(c.hash))?;
+        let mut bytes = vec![0u8; c.len as usize];
+        self.read_pack(at.pack, at.offset, &mut bytes)?;
+        if blake3::hash(&bytes).as_bytes() == &c.hash.0 {
+            Ok(bytes)
+        } else {
+            self.mark_corrupt(&c.hash)?;
+            Err(StoreError::Corrupt(c.hash))
         }
     }
 
-    fn mark_missing(&self, h: &ChunkHash) -> Result<(), StoreError> {
-        let _w = lock(&self.writer);
-        if let Some(mut rec) = self.chunk(h)? {
-            rec.loc = None;
-            self.index.insert(chunk_key(h), encode(&rec))?;
+    /// Drops a chunk whose stored bytes failed verification from the index (it will be fetched
+    /// again by the next transfer that needs it).
+    pub fn mark_corrupt(&self, h: &ChunkHash) -> Result<(), StoreError> {
+        tracing::warn!(chunk = %h, "stored chunk failed verification; marking it missing");
+        let _w = lock(&self.writes);
+        let Some(loc) = self.map_mut().at.remove(h) else { return Ok(()) };
+        if let Some(mut seg) = index::segment_of(&self.index, loc)? {
+            seg.entries.retain(|(e, _, _)| e != h);
+            if seg.entries.is_empty() {
+                self.index.remove(seg.key())?;
+            } else {
+                self.index.insert(seg.key(), seg.encode())?;
+            }
         }
         Ok(())
     }
 
-    /// Records that a manifest's image was rebuilt completely (packs synced first).
+    /// Records that a manifest's image was rebuilt completely (its chunks indexed and synced first).
     pub fn mark_complete(&self, id: &ManifestId) -> Result<(), StoreError> {
-        lock(&self.packs).sync()?;
+        {
+            let mut w = lock(&self.writes);
+            self.commit_locked(&mut w)?;
+            w.packs.sync()?;
+        }
         let _w = lock(&self.writer);
         let key = manifest_key(id);
         if let Some(v) = self.index.get(key)? {
@@ -293,121 +357,58 @@ impl Store {
         Ok(self.index.get(key)?.map(|v| decode::<ManifestRecord>(&key, &v)).transpose()?.map(|r| r.manifest))
     }
 
-    pub fn manifests(&self) -> Result<Vec<StoredManifest>, StoreError> {
-        let mut out = Vec::new();
-        for kv in self.index.scan_prefix(b"m") {
+    fn manifest_records(&self) -> impl Iterator<Item = Result<(ManifestId, ManifestRecord), StoreError>> + '_ {
+        self.index.scan_prefix(b"m").map(|kv| {
             let (k, v) = kv?;
-            let rec: ManifestRecord = decode(&k, &v)?;
             let mut id = [0u8; 32];
             id.copy_from_slice(&k[1..]);
-            out.push(StoredManifest { id: ManifestId(id), label: rec.manifest.label.clone(), complete: rec.complete, bytes: rec.manifest.total_bytes() });
-        }
-        Ok(out)
+            Ok((ManifestId(id), decode(&k, &v)?))
+        })
     }
 
-    /// Unpins a manifest: its chunks lose one reference each (GC reclaims the unreferenced).
+    pub fn manifests(&self) -> Result<Vec<StoredManifest>, StoreError> {
+        self.manifest_records()
+            .map(|r| r.map(|(id, rec)| StoredManifest { id, label: rec.manifest.label.clone(), complete: rec.complete, bytes: rec.manifest.total_bytes() }))
+            .collect()
+    }
+
+    /// Unpins a manifest: its chunks lose that reference (GC reclaims the unreferenced).
     pub fn release(&self, id: &ManifestId) -> Result<bool, StoreError> {
         let _w = lock(&self.writer);
-        let key = manifest_key(id);
-        let Some(v) = self.index.get(key)? else { return Ok(false) };
-        let rec: ManifestRecord = decode(&key, &v)?;
-        let mut batch = sled::Batch::default();
-        let mut seen = HashSet::new();
-        for c in rec.manifest.chunks().filter(|c| seen.insert(c.hash)) {
-            if let Some(mut r) = self.chunk(&c.hash)? {
-                r.refs = r.refs.saturating_sub(1);
-                batch.insert(&chunk_key(&c.hash)[..], encode(&r));
-            }
-        }
-        batch.remove(&key[..]);
-        self.index.apply_batch(batch)?;
-        Ok(true)
+        Ok(self.index.remove(manifest_key(id))?.is_some())
     }
 
     /// Bytes used by pack files.
     pub fn disk_bytes(&self) -> u64 {
-        lock(&self.packs).total_bytes
-    }
-
-    /// Drops unreferenced chunks, deletes packs with no live chunk and rewrites packs that are
-    /// mostly dead into the current pack.
-    pub fn gc(&self) -> Result<GcReport, StoreError> {
-        let mut report = GcReport::default();
-        let _w = lock(&self.writer);
-        let mut batch = sled::Batch::default();
-        let mut live: HashMap<u32, u64> = HashMap::new();
-        let mut by_pack: HashMap<u32, Vec<(ChunkHash, ChunkRecord)>> = HashMap::new();
-        for kv in self.index.scan_prefix(b"c") {
-            let (k, v) = kv?;
-            let rec: ChunkRecord = decode(&k, &v)?;
-            let mut h = [0u8; 32];
-            h.copy_from_slice(&k[1..]);
-            if rec.refs == 0 {
-                batch.remove(k);
-                report.chunks_removed += 1;
-            } else if let Some((pack, _)) = rec.loc {
-                *live.entry(pack).or_default() += rec.len as u64;
-                by_pack.entry(pack).or_default().push((ChunkHash(h), rec));
-            }
-        }
-        self.index.apply_batch(batch)?;
-        let mut packs = lock(&self.packs);
-        packs.rotate()?;
-        for (id, len) in packs.list()? {
-            let used = live.get(&id).copied().unwrap_or(0);
-            if id == packs.current() || used * 2 >= len {
-                continue;
-            }
-            let moved = by_pack.remove(&id).unwrap_or_default();
-            if !moved.is_empty() {
-                let file = packs.reader(id)?;
-                let mut data = Vec::with_capacity(moved.len());
-                for (h, rec) in &moved {
-                    let (_, offset) = rec.loc.expect("listed by location");
-                    let bytes = pack::read_at(&file, offset, rec.len).map_err(|e| io_error(&pack::pack_path(&self.dir, id), e))?;
-                    // A corrupt chunk is not copied; it becomes missing and is fetched again.
-                    data.push((*h, rec.clone(), (blake3::hash(&bytes).as_bytes() == &h.0).then_some(bytes)));
-                }
-                let keep: Vec<&[u8]> = data.iter().filter_map(|(_, _, b)| b.as_deref()).collect();
-                let mut locs = packs.append(&keep, None, true)?.into_iter();
-                let mut batch = sled::Batch::default();
-                for (h, mut rec, bytes) in data {
-                    rec.loc = bytes.map(|_| locs.next().expect("one location per kept chunk"));
-                    batch.insert(&chunk_key(&h)[..], encode(&rec));
-                }
-                self.index.apply_batch(batch)?;
-                self.db.flush()?;
-                report.packs_compacted += 1;
-            } else {
-                report.packs_removed += 1;
-            }
-            report.bytes_freed += packs.remove(id)?;
-        }
-        Ok(report)
+        lock(&self.writes).packs.total_bytes
     }
 
     /// Re-reads every present chunk and checks its hash: (chunks checked, chunks corrupt).
     pub fn verify_all(&self) -> Result<(u64, u64), StoreError> {
-        let mut checked = 0;
+        let refs: Vec<ChunkRef> = self.map().at.iter().map(|(h, l)| ChunkRef { hash: *h, len: l.len }).collect();
         let mut corrupt = 0;
-        let mut refs = Vec::new();
-        for kv in self.index.scan_prefix(b"c") {
-            let (k, v) = kv?;
-            let rec: ChunkRecord = decode(&k, &v)?;
-            if rec.loc.is_some() {
-                let mut h = [0u8; 32];
-                h.copy_from_slice(&k[1..]);
-                refs.push(ChunkRef { hash: ChunkHash(h), len: rec.len });
-            }
-        }
-        for c in refs {
-            checked += 1;
-            match self.read(&c) {
+        for c in &refs {
+            match self.read(c) {
                 Ok(_) => {}
                 Err(StoreError::Corrupt(_)) => corrupt += 1,
                 Err(e) => return Err(e),
             }
         }
-        Ok((checked, corrupt))
+        Ok((refs.len() as u64, corrupt))
     }
 }
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Best effort: index what was stored so a restarted receiver does not fetch it again.
+        if let Err(e) = self.commit_pending() {
+            tracing::warn!(error = %e, "could not index the last stored chunks");
+        }
+    }
+}
+
+mod gc;
+mod migrate;
+
+#[cfg(test)]
+mod tests;
