@@ -160,24 +160,24 @@ impl Triggers {
                 let total = pending.len();
                 for (index, workload) in pending.iter().enumerate() {
                     if self.service.state() != state {
-                        info!(workload, "evacuation stopped: the node changed state");
+                        info!(workload = %workload, "evacuation stopped: the node changed state");
                         report.left_behind.push(workload.clone());
                         continue;
                     }
                     if deadline.is_some_and(|d| Instant::now() >= d) {
-                        warn!(workload, "deadline passed before this workload could be moved");
+                        warn!(workload = %workload, "deadline passed before this workload could be moved");
                         report.left_behind.push(workload.clone());
                         continue;
                     }
                     send(out, EvacuationEvent::Moving { workload: workload.clone(), index, total });
                     match self.move_one(workload, None, trigger, out).await {
                         Ok(summary) => {
-                            info!(workload, target = %summary.target, total_ms = summary.total_ms, "moved off");
+                            info!(workload = %workload, target = %summary.target, total_ms = summary.total_ms, "moved off");
                             send(out, EvacuationEvent::Moved { workload: workload.clone(), summary: summary.clone() });
                             report.moved.push(summary);
                         }
                         Err(error) => {
-                            warn!(workload, %error, "could not move off");
+                            warn!(workload = %workload, %error, "could not move off");
                             send(out, EvacuationEvent::Failed { workload: workload.clone(), error: error.clone() });
                             report.failed.push(FailedMove { workload: workload.clone(), error });
                         }
