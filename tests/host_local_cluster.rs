@@ -1,6 +1,7 @@
 //! The demo's scenario as a test: three nodes in their own network namespaces, redis with a
-//! live pipelining client, three hops (node1 -> node2 -> node3 -> node2, the last one back to a
-//! node that still has the chunks it received on the first visit). The client must never reconnect, its
+//! live pipelining client, three hops (node1 -> node2 made by node1's price trigger when node2's
+//! price drops, then `migrate` to node3 and back to node2, which still has the chunks it received
+//! on the first visit). The client must never reconnect, its
 //! INCR sequence must be unbroken, every key must survive, and the return visit must send far
 //! fewer bytes than the first.
 //!
@@ -33,7 +34,9 @@ fn host_local_cluster_three_hops_keep_the_client_connected() {
     let (mut cluster, _) = LocalCluster::up(&opts).unwrap();
     cluster.start_redis(0, opts.fill_bytes).unwrap();
 
-    let first = cluster.migrate(1).unwrap();
+    // The first hop is the price trigger's: node2 becomes the cheapest and node1 moves it.
+    let first = cluster.hop_by_price(1, 0.03, Duration::from_secs(90)).unwrap();
+    assert_eq!(first.trigger, "price");
     assert_eq!(cluster.where_is(), Some(1));
     let second = cluster.migrate(2).unwrap();
     assert_eq!(cluster.where_is(), Some(2));

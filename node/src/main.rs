@@ -47,6 +47,14 @@ enum Command {
     Ec2(cli::ec2::Ec2Args),
     /// Move a running workload to another node (`--to PEER` or `--to auto`), live.
     Migrate(cli::migrate::MigrateArgs),
+    /// Stop taking workloads and move every workload off this node (`--cancel` to undo).
+    Drain(cli::triggers::DrainArgs),
+    /// Take workloads again after `drain` (same as `drain --cancel`).
+    Undrain(cli::peers::ControlArgs),
+    /// A spot interruption notice by hand: announce leaving and evacuate before the deadline.
+    Notice(cli::triggers::NoticeArgs),
+    /// Change the price this node advertises at runtime (`--clear` for the configured source).
+    Price(cli::triggers::PriceArgs),
 }
 
 fn main() -> Result<()> {
@@ -64,6 +72,10 @@ fn main() -> Result<()> {
         Command::Receive(args) => cli::transfer::receive(args)?,
         Command::Ec2(args) => cli::ec2::run(args)?,
         Command::Migrate(args) => cli::migrate::run(args)?,
+        Command::Drain(args) => cli::triggers::drain(args)?,
+        Command::Undrain(control) => cli::triggers::drain(&cli::triggers::DrainArgs { cancel: true, control: control.clone() })?,
+        Command::Notice(args) => cli::triggers::notice(args)?,
+        Command::Price(args) => cli::triggers::price(args)?,
     };
     std::process::exit(code);
 }

@@ -124,7 +124,7 @@ impl LocalCluster {
             Err(lab::LabError::Timeout { .. }) => {
                 return Err(ClusterError::PriceTriggerIdle(format!(
                     "{} became the cheapest node (${usd_per_hour}/h) but {WORKLOAD} did not move there within {timeout:?}: the price \
-                     trigger (issue 6) is not wired in this build, or its margin is larger than this drop. Logs: {}",
+                     trigger is disabled, failed (see `hotspot-node status` and the logs), or its margin is larger than this drop. Logs: {}",
                     self.nodes[to].name,
                     self.dir.path().display()
                 )))
@@ -134,8 +134,17 @@ impl LocalCluster {
         let took = start.elapsed();
         let status = self.daemons[from].cli(&["status", "--json"])?;
         let status: Option<Value> = serde_json::from_slice(&status.stdout).ok();
-        let summary = status.as_ref().and_then(find_summary).cloned();
-        Ok(self.hop_from(from, to, "price", summary.as_ref(), took))
+        // Only a move the source's price trigger made itself counts as a price hop.
+        let by_trigger = status.as_ref().and_then(|s| s.get("moves")).and_then(Value::as_array).and_then(|moves| {
+            moves.iter().rev().find(|m| m["trigger"] == "price" && m["workload"] == WORKLOAD && m["summary"].is_object())
+        });
+        let Some(record) = by_trigger else {
+            return Err(ClusterError::PriceTriggerIdle(format!(
+                "{WORKLOAD} reached {} but {}'s status records no price-trigger move of it",
+                self.nodes[to].name, self.nodes[from].name
+            )));
+        };
+        Ok(self.hop_from(from, to, "price", find_summary(record), took))
     }
 }
 

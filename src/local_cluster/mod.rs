@@ -185,6 +185,11 @@ impl LocalCluster {
             let transfer = format!("{}:7947", cluster.lan.node_ip(i));
             // Fixed capacity: measured free CPU on a busy 2-core host would refuse the workload.
             let mut flags = vec!["--price", &price, "--advert-interval-ms", "1000", "--cpu-millis", "4000", "--memory-bytes", "8589934592"];
+            // The price trigger reacts within a second of a price change, and leaves a workload
+            // alone for 15 s after it arrived (so the demo's manual hops are not undone).
+            if run_help.contains("--hop-cooldown-ms") {
+                flags.extend(["--hop-cooldown-ms", "15000", "--hop-check-interval-ms", "1000"]);
+            }
             if has_transfer {
                 flags.extend(["--transfer-listen", &transfer]);
             }
@@ -266,9 +271,13 @@ impl LocalCluster {
         self.client.as_ref().map_or(0, |c| c.batches())
     }
 
-    /// Pins `node`'s advertised price (what a spot market would do to it).
+    /// Pins `node`'s advertised price (what a spot market would do to it), with
+    /// `hotspot-node price` when the binary has it, else through the control socket.
     pub fn set_price(&self, node: usize, usd_per_hour: f64) -> Result<(), ClusterError> {
-        self.daemons[node].call(&Request::SetPrice { price_per_hour: Some(usd_per_hour) })?;
+        let out = self.daemons[node].cli(&["price", &usd_per_hour.to_string()])?;
+        if !out.status.success() {
+            self.daemons[node].call(&Request::SetPrice { price_per_hour: Some(usd_per_hour) })?;
+        }
         Ok(())
     }
 

@@ -65,6 +65,27 @@ pub struct RunArgs {
     /// Disk offered, bytes [default: measured free space of the data dir].
     #[arg(long, env = "HOTSPOT_CAPACITY_DISK_BYTES")]
     pub disk_bytes: Option<u64>,
+    /// Move workloads to a peer cheaper by the margin after migration cost [default: true].
+    #[arg(long, env = "HOTSPOT_PRICE_TRIGGER")]
+    pub price_trigger: Option<bool>,
+    /// Leave a workload alone this long after it arrived or was last moved, ms [default: 60000].
+    #[arg(long, env = "HOTSPOT_HOP_COOLDOWN_MS")]
+    pub hop_cooldown_ms: Option<u64>,
+    /// Re-check the price trigger this often (and whenever a peer's advert changes), ms [default: 5000].
+    #[arg(long, env = "HOTSPOT_HOP_CHECK_INTERVAL_MS")]
+    pub hop_check_interval_ms: Option<u64>,
+    /// Relative margin a cheaper peer must beat, e.g. 0.10 [default: 0.10].
+    #[arg(long, env = "HOTSPOT_HOP_MARGIN")]
+    pub hop_margin: Option<f64>,
+    /// A file whose appearance is a spot interruption notice (content: optional deadline in seconds).
+    #[arg(long, env = "HOTSPOT_NOTICE_FILE")]
+    pub notice_file: Option<PathBuf>,
+    /// Poll EC2's instance metadata service for spot interruption notices [default: false].
+    #[arg(long, env = "HOTSPOT_IMDS_NOTICES")]
+    pub imds_notices: Option<bool>,
+    /// Metadata service base URL [default: http://169.254.169.254].
+    #[arg(long, env = "HOTSPOT_IMDS_ENDPOINT")]
+    pub imds_endpoint: Option<String>,
 }
 
 impl RunArgs {
@@ -106,6 +127,18 @@ impl RunArgs {
         c.capacity.cpu_millis = self.cpu_millis.or(c.capacity.cpu_millis);
         c.capacity.memory_bytes = self.memory_bytes.or(c.capacity.memory_bytes);
         c.capacity.disk_bytes = self.disk_bytes.or(c.capacity.disk_bytes);
+        let t = &mut c.triggers;
+        set(&mut t.price, &self.price_trigger);
+        set(&mut t.cooldown_ms, &self.hop_cooldown_ms);
+        set(&mut t.check_interval_ms, &self.hop_check_interval_ms);
+        set(&mut t.margin, &self.hop_margin);
+        set(&mut t.imds, &self.imds_notices);
+        if self.notice_file.is_some() {
+            t.notice_file = self.notice_file.clone();
+        }
+        if self.imds_endpoint.is_some() {
+            t.imds_endpoint = self.imds_endpoint.clone();
+        }
         c.validate()?;
         Ok(c)
     }

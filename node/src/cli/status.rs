@@ -67,6 +67,15 @@ pub fn run(args: &StatusArgs) -> Result<i32> {
     }
     out += &reservation_lines("reservations held for peers", &s.reservations_held);
     out += &reservation_lines("reservations obtained on peers", &s.reservations_obtained);
+    out += &format!("moves made by this node: {}\n", s.moves.len());
+    for m in &s.moves {
+        let outcome = match (&m.summary, &m.error) {
+            (Some(s), _) => format!("to {} in {} ms (frozen {} ms)", s.target, s.total_ms, s.freeze_ms),
+            (None, Some(e)) => format!("failed: {e}"),
+            (None, None) => "?".into(),
+        };
+        out += &format!("  [{}] {} {}\n", m.trigger, m.workload, outcome);
+    }
     print!("{out}");
     Ok(0)
 }

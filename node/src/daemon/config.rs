@@ -32,6 +32,9 @@
 //! trace_file = "/etc/hotspot/prices.txt"  # lines "<seconds> <usd_per_hour>", replayed from start
 //! trace_loop = true               # default; start over after the last point
 //!
+//! [triggers]                      # price trigger, notices: see hotspot_node::daemon::triggers
+//! price = true                    # default
+//!
 //! [capacity]                      # what this node offers; each default: measured from the host
 //! cpu_millis = 4000
 //! memory_bytes = 8589934592
@@ -68,6 +71,7 @@ pub struct Config {
     pub mesh: MeshConfig,
     pub price: PriceConfig,
     pub capacity: CapacityConfig,
+    pub triggers: super::triggers::TriggerConfig,
 }
 
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/hotspot-mesh/control.sock";
@@ -85,6 +89,7 @@ impl Default for Config {
             mesh: MeshConfig::default(),
             price: PriceConfig::default(),
             capacity: CapacityConfig::default(),
+            triggers: Default::default(),
         }
     }
 }
@@ -184,6 +189,7 @@ impl Config {
         if p.source == PriceSourceKind::Trace && p.trace_file.is_none() {
             return Err(ConfigError::Invalid("price.source = \"trace\" needs price.trace_file".into()));
         }
+        self.triggers.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 

@@ -42,6 +42,13 @@ pub enum Request {
     /// Migrates a workload to `to` (peer name or node id prefix; `None` elects one). Answered
     /// by a stream of `Progress` lines and a final `Migrated` or `Error`.
     Migrate { workload: String, to: Option<String> },
+    /// Stops taking workloads (advert `draining`, reservations denied) and moves every workload
+    /// off, streaming `Evacuation` lines and a final `Evacuated`. `cancel` returns to healthy.
+    Drain { cancel: bool },
+    /// A spot interruption notice given by hand: announce `leaving` at once and move every
+    /// workload off before `deadline_secs` (default: the configured notice deadline). Streams
+    /// like `Drain`.
+    Notice { deadline_secs: Option<u64> },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,6 +71,12 @@ pub enum Reply {
     Progress { progress: crate::migrate::Progress },
     Migrated { summary: crate::migrate::Summary },
     Error { message: String },
+    /// One step of a drain or notice evacuation.
+    Evacuation { event: super::evacuate::EvacuationEvent },
+    /// The end of a drain or notice evacuation.
+    Evacuated { report: super::evacuate::EvacuationReport },
+    /// The node's state after `Drain { cancel: true }`.
+    State { state: NodeState },
 }
 
 /// One row of `hotspot-node peers`.
@@ -117,6 +130,9 @@ pub struct StatusReport {
     /// Workloads that were running before a reboot and could not be restored (daemon::reboot).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lost_at_reboot: Vec<super::reboot::LostWorkload>,
+    /// Moves this node made by itself (price, drain, notice), newest last.
+    #[serde(default)]
+    pub moves: Vec<super::evacuate::MoveRecord>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -287,7 +303,9 @@ async fn serve_one<H: Handler>(stream: tokio::net::UnixStream, handler: &H) -> s
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Reply>(64);
     let answer = async move {
         match request {
-            Ok(request @ Request::Migrate { .. }) => handler.handle_stream(request, tx).await,
+            Ok(request @ (Request::Migrate { .. } | Request::Drain { cancel: false } | Request::Notice { .. })) => {
+                handler.handle_stream(request, tx).await
+            }
             Ok(request) => {
                 let _ = tx.send(handler.handle(request).await).await;
             }

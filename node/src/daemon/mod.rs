@@ -10,12 +10,15 @@
 
 pub mod config;
 pub mod control;
+pub mod evacuate;
+pub mod hop;
 pub mod host;
 pub mod ledger;
 pub mod migration;
 pub mod price;
 pub mod reboot;
 pub mod service;
+pub mod triggers;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -110,7 +113,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     let mut tasks = tokio::task::JoinSet::new();
     let migrations = migration::start(&config, &key, service.clone(), mesh.client.clone(), &mut tasks, tasks_cancel.clone()).map_err(DaemonError::Migration)?;
     reboot::account(&config, mesh.node_id).await;
-    let handler = Arc::new(migration::DaemonHandler { service: service.clone(), migrations });
+    let triggers = evacuate::Triggers::new(config.triggers.clone(), service.clone(), migrations.clone());
+    let handler = Arc::new(triggers::NodeHandler { inner: migration::DaemonHandler { service: service.clone(), migrations }, triggers: triggers.clone() });
+    tasks.spawn(triggers.clone().price_loop(tasks_cancel.clone()));
+    tasks.spawn(triggers::watch_notices(triggers, tasks_cancel.clone()));
     tasks.spawn(control::serve(listener, handler, tasks_cancel.clone()));
     tasks.spawn(service.clone().advertise(tasks_cancel.clone()));
     tasks.spawn(service.clone().answer_reservations(mesh.events, tasks_cancel.clone()));

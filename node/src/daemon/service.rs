@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use hotspot_protocol::election::{rank, HopPolicy, WorkloadProfile};
 use hotspot_protocol::reservation::{DenyReason, ReservationId, ReservationMessage, ReserveRequest};
-use hotspot_protocol::{Capacity, NodeAdvert, NodeId, Resources};
+use hotspot_protocol::{Capacity, NodeAdvert, NodeId, NodeState, Resources};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -41,7 +41,15 @@ pub struct NodeService {
     /// Workloads to advertise and the transfer address peers send images to (set by the
     /// migration subsystem when it starts).
     migration_info: Mutex<(Option<crate::workload::Workloads>, Option<String>)>,
+    /// Healthy, draining (`hotspot-node drain`) or leaving (spot notice): advertised, and what
+    /// the ledger answers new reservations with.
+    state: Mutex<NodeState>,
+    /// Moves this node made by itself, newest last (bounded by [`MAX_MOVES`]).
+    moves: Mutex<std::collections::VecDeque<super::evacuate::MoveRecord>>,
 }
+
+/// Moves kept for `status`.
+const MAX_MOVES: usize = 32;
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -86,6 +94,8 @@ impl NodeService {
             obtained: Mutex::new(Vec::new()),
             changed: Notify::new(),
             migration_info: Mutex::new((None, None)),
+            state: Mutex::new(NodeState::Healthy),
+            moves: Mutex::new(Default::default()),
         };
         service.name.truncate(NodeAdvert::MAX_NAME);
         Ok(service)
@@ -99,6 +109,10 @@ impl NodeService {
         self.node
     }
 
+    pub fn zone(&self) -> &str {
+        &self.zone
+    }
+
     pub fn arch(&self) -> &str {
         &self.arch
     }
@@ -109,6 +123,61 @@ impl NodeService {
 
     pub(crate) fn book(&self) -> &ReservationBook {
         &self.book
+    }
+
+    pub fn state(&self) -> NodeState {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Changes the advertised state and gossips it at once. `Leaving` is final: once peers were
+    /// told, the mesh ignores later adverts (see the event loop).
+    pub fn set_state(&self, state: NodeState) -> NodeState {
+        let mut current = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if *current != NodeState::Leaving {
+            *current = state;
+        }
+        let now = *current;
+        drop(current);
+        info!(state = %now, "node state");
+        self.changed.notify_one();
+        now
+    }
+
+    pub(crate) fn record_move(&self, record: super::evacuate::MoveRecord) {
+        let mut moves = self.moves.lock().unwrap_or_else(|p| p.into_inner());
+        if moves.len() == MAX_MOVES {
+            moves.pop_front();
+        }
+        moves.push_back(record);
+    }
+
+    /// A workload that arrived here (its reservation committed in our ledger) has left again:
+    /// the capacity it was promised is free. Returns how many reservations were released.
+    pub(crate) fn release_departed(&self, workload: &str) -> usize {
+        let ids: Vec<ReservationId> =
+            self.book.snapshot().iter().filter(|r| r.committed && r.request.workload == workload).map(|r| r.request.id).collect();
+        let released = ids.iter().filter(|id| self.book.release(id).unwrap_or_else(|e| {
+            warn!(error = %e, "release not persisted");
+            false
+        })).count();
+        if released > 0 {
+            info!(workload, released, "released the reservation of a workload that left");
+            self.changed.notify_one();
+        }
+        released
+    }
+
+    /// This node's price and total capacity as of now (for the price trigger's cost).
+    pub(crate) fn price_and_total(&self) -> (f64, Resources) {
+        (self.current_price(), self.offered().total)
+    }
+
+    pub(crate) fn workloads_here(&self) -> Vec<hotspot_protocol::advert::WorkloadSummary> {
+        self.workload_summaries()
+    }
+
+    pub(crate) fn mesh(&self) -> &MeshClient {
+        &self.mesh
     }
 
     pub fn set_migration_info(&self, workloads: crate::workload::Workloads, transfer_addr: Option<String>) {
@@ -170,6 +239,7 @@ impl NodeService {
             zone: self.zone.clone(),
             workloads: self.workload_summaries(),
             transfer_addr: self.migration_info.lock().unwrap_or_else(|p| p.into_inner()).1.clone(),
+            state: self.state(),
             ..NodeAdvert::blank(self.node, self.name.clone())
         }
     }
@@ -225,7 +295,12 @@ impl NodeService {
         let now = now_ms();
         match message {
             ReservationMessage::Request(req) => {
-                let answer = self.book.request(&req, None::<DenyReason>, now);
+                let refuse = match self.state() {
+                    NodeState::Healthy => None,
+                    NodeState::Draining => Some(DenyReason::Draining),
+                    NodeState::Leaving => Some(DenyReason::Leaving),
+                };
+                let answer = self.book.request(&req, refuse, now);
                 match &answer {
                     Ok(ReservationMessage::Granted { id, .. }) => {
                         info!(source = %from.short(), workload = %req.workload, reservation = %id, "reservation granted")
@@ -264,10 +339,19 @@ impl NodeService {
             Err(e) => return Reply::Error { message: e.to_string() },
         };
         let targets: Vec<(NodeId, String)> = match &params.peer {
-            Some(wanted) => match Self::find_peer(&peers, wanted) {
-                Some(p) => vec![(p.advert.node, p.advert.name.clone())],
-                None => return Reply::Error { message: format!("no live peer named {wanted:?} (see `hotspot-node peers`)") },
-            },
+            // A comma-separated list is an order of preference: the next is asked when one refuses.
+            Some(wanted) => {
+                let found: Vec<(NodeId, String)> = wanted
+                    .split(',')
+                    .map(str::trim)
+                    .filter_map(|w| Self::find_peer(&peers, w))
+                    .map(|p| (p.advert.node, p.advert.name.clone()))
+                    .collect();
+                if found.is_empty() {
+                    return Reply::Error { message: format!("no live peer named {wanted:?} (see `hotspot-node peers`)") };
+                }
+                found
+            }
             None => {
                 let profile = WorkloadProfile {
                     needs: params.needs,
@@ -380,6 +464,7 @@ impl NodeService {
             reservations_obtained: obtained,
             mesh,
             lost_at_reboot: self.migration_info.lock().unwrap_or_else(|p| p.into_inner()).0.as_ref().map(super::reboot::reported).unwrap_or_default(),
+            moves: self.moves.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect(),
         }))
     }
 }
@@ -412,6 +497,7 @@ impl control::Handler for NodeService {
             },
             Request::Reserve(params) => self.reserve(params).await,
             Request::Release { peer, id } => self.release(&peer, &id).await,
+            Request::Drain { .. } | Request::Notice { .. } => Reply::Error { message: "drain and notice are answered by the daemon's trigger handler".into() },
             Request::Migrate { .. } => Reply::Error { message: "migration is not available on this node (see the daemon log: CRIU missing?)".into() },
             Request::SetPrice { price_per_hour } => {
                 if let Some(p) = price_per_hour {

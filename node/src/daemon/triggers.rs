@@ -1,0 +1,260 @@
+//! What makes a node move its workloads by itself, and the control handler that exposes it.
+//!
+//! - the price trigger ([`super::hop`]): a peer cheaper by the margin after migration cost;
+//! - a spot interruption notice: `hotspot-node notice`, a notice file (`triggers.notice_file`),
+//!   or EC2's metadata service (`triggers.imds = true`), all ending in [`Triggers::notice`];
+//! - `hotspot-node drain`.
+//!
+//! ```toml
+//! [triggers]
+//! price = true                    # default; move to a peer cheaper by `margin` after move cost
+//! check_interval_ms = 5000        # default; also checked at once when a peer's advert changes
+//! cooldown_ms = 60000             # default; a workload is left alone this long after it arrived
+//!                                 # or this node last tried to move it (no flapping)
+//! margin = 0.10                   # default; see hotspot_protocol::election::HopPolicy
+//! expected_stay_hours = 1.0       # default
+//! bandwidth_bytes_per_sec = 100000000   # default; assumed for the move's cost
+//! fixed_move_secs = 30.0          # default; volume and address move
+//! move_penalty = 0.0              # default; USD per move
+//! notice_deadline_secs = 120      # default; deadline of `hotspot-node notice` without --deadline-secs
+//! notice_file = "/run/hotspot-mesh/notice"   # default: none; its appearance is a notice
+//!                                 # (content: optional deadline in seconds)
+//! imds = false                    # default; poll EC2's metadata service for spot notices
+//! imds_endpoint = "http://169.254.169.254"   # default
+//! ```
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hotspot_protocol::election::HopPolicy;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::control::{Handler, Reply, Request};
+use super::evacuate::Triggers;
+use super::migration::DaemonHandler;
+use crate::imds::watcher::Notice;
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TriggerConfig {
+    pub price: bool,
+    pub check_interval_ms: u64,
+    pub cooldown_ms: u64,
+    pub margin: f64,
+    pub expected_stay_hours: f64,
+    pub bandwidth_bytes_per_sec: f64,
+    pub fixed_move_secs: f64,
+    pub move_penalty: f64,
+    pub notice_deadline_secs: u64,
+    pub notice_file: Option<PathBuf>,
+    pub imds: bool,
+    pub imds_endpoint: Option<String>,
+}
+
+impl Default for TriggerConfig {
+    fn default() -> Self {
+        let p = HopPolicy::default();
+        TriggerConfig {
+            price: true,
+            check_interval_ms: 5_000,
+            cooldown_ms: 60_000,
+            margin: p.margin,
+            expected_stay_hours: p.expected_stay_hours,
+            bandwidth_bytes_per_sec: p.bandwidth_bytes_per_sec,
+            fixed_move_secs: p.fixed_move_secs,
+            move_penalty: p.move_penalty,
+            notice_deadline_secs: 120,
+            notice_file: None,
+            imds: false,
+            imds_endpoint: None,
+        }
+    }
+}
+
+impl TriggerConfig {
+    pub fn policy(&self) -> HopPolicy {
+        HopPolicy {
+            margin: self.margin,
+            expected_stay_hours: self.expected_stay_hours,
+            bandwidth_bytes_per_sec: self.bandwidth_bytes_per_sec,
+            fixed_move_secs: self.fixed_move_secs,
+            move_penalty: self.move_penalty,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        let finite = [self.margin, self.expected_stay_hours, self.bandwidth_bytes_per_sec, self.fixed_move_secs, self.move_penalty];
+        if finite.iter().any(|v| !v.is_finite() || *v < 0.0) {
+            return Err("triggers.margin, expected_stay_hours, bandwidth_bytes_per_sec, fixed_move_secs and move_penalty must be finite and >= 0".into());
+        }
+        if self.check_interval_ms == 0 || self.notice_deadline_secs == 0 {
+            return Err("triggers.check_interval_ms and notice_deadline_secs must be > 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// The daemon's control handler: drain and notice here, everything else as before; a manual
+/// migration away also frees the reservation its workload held here.
+pub struct NodeHandler {
+    pub inner: DaemonHandler,
+    pub triggers: Arc<Triggers>,
+}
+
+impl Handler for NodeHandler {
+    async fn handle(&self, request: Request) -> Reply {
+        match request {
+            Request::Drain { cancel: true } => self.triggers.undrain(),
+            Request::Drain { cancel: false } => self.triggers.drain(None).await,
+            Request::Notice { deadline_secs } => {
+                let deadline = deadline_secs.map_or_else(|| self.triggers.default_notice_deadline(), Duration::from_secs);
+                self.triggers.notice("notice", deadline, None).await
+            }
+            other => self.inner.handle(other).await,
+        }
+    }
+
+    async fn handle_stream(&self, request: Request, out: mpsc::Sender<Reply>) {
+        let triggers = self.triggers.clone();
+        match request {
+            // Runs to its end even if the CLI goes away.
+            Request::Drain { cancel: false } => {
+                let _ = tokio::spawn(async move {
+                    let reply = triggers.drain(Some(&out)).await;
+                    let _ = out.send(reply).await;
+                })
+                .await;
+            }
+            Request::Notice { deadline_secs } => {
+                let deadline = deadline_secs.map_or_else(|| triggers.default_notice_deadline(), Duration::from_secs);
+                let _ = tokio::spawn(async move {
+                    let reply = triggers.notice("notice", deadline, Some(&out)).await;
+                    let _ = out.send(reply).await;
+                })
+                .await;
+            }
+            Request::Migrate { workload, to } => {
+                let (tx, mut rx) = mpsc::channel(64);
+                let inner = self.inner.handle_stream(Request::Migrate { workload: workload.clone(), to }, tx);
+                let forward = async {
+                    while let Some(reply) = rx.recv().await {
+                        if matches!(reply, Reply::Migrated { .. }) {
+                            triggers.service.release_departed(&workload);
+                        }
+                        let _ = out.send(reply).await;
+                    }
+                };
+                tokio::join!(inner, forward);
+            }
+            other => self.inner.handle_stream(other, out).await,
+        }
+    }
+}
+
+/// Seconds from now until an RFC 3339 UTC time (`2026-11-22T06:00:00Z`, what EC2 sends).
+pub fn secs_until(time: &str, now_unix_secs: u64) -> Option<u64> {
+    let t = time.trim().trim_end_matches('Z');
+    let (date, clock) = t.split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>());
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let mut c = clock.split(':');
+    let (h, min) = (c.next()?.parse::<i64>().ok()?, c.next()?.parse::<i64>().ok()?);
+    let s = c.next().map_or(Some(0.0), |s| s.parse::<f64>().ok())? as i64;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let unix = (era * 146_097 + doe - 719_468) * 86_400 + h * 3600 + min * 60 + s;
+    Some((unix - now_unix_secs as i64).max(0) as u64)
+}
+
+fn now_unix_secs() -> u64 {
+    crate::mesh::now_ms() / 1000
+}
+
+/// Notices that do not come through the control socket: a notice file and EC2's metadata
+/// service. Each leads to [`Triggers::notice`] (a rebalance recommendation to a drain).
+pub async fn watch_notices(triggers: Arc<Triggers>, cancel: CancellationToken) {
+    let (tx, mut rx) = mpsc::channel::<Notice>(4);
+    let mut watchers = tokio::task::JoinSet::new();
+    if triggers.config.imds {
+        let mut settings = crate::imds::ImdsSettings::default();
+        if let Some(e) = &triggers.config.imds_endpoint {
+            settings.endpoint = e.clone();
+        }
+        match crate::imds::Imds::new(&settings) {
+            Ok(imds) => {
+                info!(endpoint = %settings.endpoint, "watching the metadata service for spot notices");
+                watchers.spawn(crate::imds::watcher::watch(imds, crate::imds::watcher::DEFAULT_POLL_INTERVAL, tx.clone(), cancel.clone()));
+            }
+            Err(e) => warn!(error = %e, "cannot watch the metadata service for spot notices"),
+        }
+    }
+    let file = triggers.config.notice_file.clone();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut file_seen = false;
+    loop {
+        let notice = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            n = rx.recv() => n,
+            _ = tick.tick() => {
+                let Some(path) = file.as_ref().filter(|p| !file_seen && p.exists()) else { continue };
+                file_seen = true;
+                let text = std::fs::read_to_string(path).unwrap_or_default();
+                let secs = text.trim().parse::<u64>().unwrap_or(triggers.config.notice_deadline_secs);
+                info!(file = %path.display(), deadline_secs = secs, "notice file appeared");
+                let t = triggers.clone();
+                tokio::spawn(async move { t.notice("notice_file", Duration::from_secs(secs), None).await });
+                continue;
+            }
+        };
+        match notice {
+            Some(Notice::SpotInterruption { action, time }) => {
+                let secs = secs_until(&time, now_unix_secs()).unwrap_or(triggers.config.notice_deadline_secs);
+                info!(%action, %time, deadline_secs = secs, "spot interruption notice from the metadata service");
+                let t = triggers.clone();
+                tokio::spawn(async move { t.notice("imds", Duration::from_secs(secs), None).await });
+            }
+            Some(Notice::Rebalance { notice_time }) => {
+                info!(%notice_time, "rebalance recommendation: draining early");
+                let t = triggers.clone();
+                tokio::spawn(async move { t.drain(None).await });
+            }
+            None => break,
+        }
+    }
+    watchers.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadline_from_ec2_time() {
+        // 2026-11-22T06:00:00Z is 1795327200.
+        assert_eq!(secs_until("2026-11-22T06:00:00Z", 1_795_327_200 - 120), Some(120));
+        assert_eq!(secs_until("2026-11-22T06:00:00Z", 1_795_327_300), Some(0), "a past time means now");
+        assert_eq!(secs_until("2024-02-29T00:00:01Z", 1_709_164_800), Some(1), "leap day");
+        assert_eq!(secs_until("garbage", 0), None);
+    }
+
+    #[test]
+    fn config_defaults_and_validation() {
+        let c: TriggerConfig = toml::from_str("price = false\ncooldown_ms = 5\n").unwrap();
+        assert!(!c.price);
+        assert_eq!(c.cooldown_ms, 5);
+        assert_eq!(c.policy(), HopPolicy::default());
+        c.validate().unwrap();
+        let bad = TriggerConfig { margin: f64::NAN, ..TriggerConfig::default() };
+        assert!(bad.validate().is_err());
+        assert!(toml::from_str::<TriggerConfig>("prcie = true").is_err());
+    }
+}
