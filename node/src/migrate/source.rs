@@ -53,10 +53,10 @@ pub struct Parts<'a, C, L, R> {
 }
 
 impl<C, L, R> Parts<'_, C, L, R> {
-    fn report(&self, event: Progress) {
+    pub(crate) fn report(&self, event: Progress) {
         let _ = self.progress.try_send(event);
     }
-    fn phase(&self, phase: SourcePhase) {
+    pub(crate) fn phase(&self, phase: SourcePhase) {
         self.report(Progress::Phase { phase: format!("{phase:?}") });
     }
 }
@@ -85,6 +85,10 @@ async fn run_inner<C: Checkpointer, L: TargetLink, R: ResourceMover>(plan: &Sour
     p.journal.put(&rec)?;
     p.phase(SourcePhase::Reserved);
     let mut summary = Summary {
+        mode: match plan.mode {
+            MigrationMode::PreCopy => "pre_copy".into(),
+            MigrationMode::PostCopy => "post_copy".into(),
+        },
         migration: plan.migration.to_string(),
         workload: name.to_string(),
         target: plan.target_name.clone(),
@@ -92,17 +96,13 @@ async fn run_inner<C: Checkpointer, L: TargetLink, R: ResourceMover>(plan: &Sour
     };
 
     // --- Before the freeze: any failure leaves the workload running here. ---------------
-    let running_here = |phase: &'static str, cause: BoxError| async move {
-        warn!(phase, error = %cause, "migration failed before the freeze; workload still runs here");
-        let _ = p.link.abort(plan.migration, &cause.to_string()).await;
-        let _ = p.link.release(plan.reservation).await;
-        p.journal.advance_source(&plan.migration, SourcePhase::RolledBack, now_ms())?;
-        p.report(Progress::RolledBack { reason: cause.to_string() });
-        Err::<Summary, _>(MigrateError::RolledBack { workload: name.to_string(), phase, cause })
-    };
+    let running_here = |phase: &'static str, cause: BoxError| roll_back_running(plan, p, phase, cause);
 
     if let Err(e) = p.link.offer(plan.migration, plan.reservation, &plan.workload, plan.mode).await {
         return running_here("offer", e).await;
+    }
+    if plan.mode == MigrationMode::PostCopy {
+        return super::post_copy::run(plan, p, rec, summary, started).await;
     }
     let mut prev_new: Option<u64> = None;
     let mut round = 0;
@@ -155,6 +155,7 @@ async fn run_inner<C: Checkpointer, L: TargetLink, R: ResourceMover>(plan: &Sour
         Err(e) => return running_here("final dump", e).await,
     };
     summary.image_bytes = dump.image_bytes;
+    super::fault::point("final-dump");
     let (transfer_id, ship) = match p.link.ship(plan.migration, &final_dir).await {
         Ok(x) => x,
         Err(e) => return roll_back_stopped(plan, p, &final_dir, false, "final transfer", e).await,
@@ -172,6 +173,7 @@ async fn run_inner<C: Checkpointer, L: TargetLink, R: ResourceMover>(plan: &Sour
     if let Err(e) = moved {
         return roll_back_stopped(plan, p, &final_dir, true, "resource move", e).await;
     }
+    super::fault::point("resources-moved");
 
     p.journal.advance_source(&plan.migration, SourcePhase::RestoreRequested, now_ms())?;
     p.phase(SourcePhase::RestoreRequested);
@@ -201,8 +203,19 @@ async fn run_inner<C: Checkpointer, L: TargetLink, R: ResourceMover>(plan: &Sour
     Ok(summary)
 }
 
+/// Gives up before the freeze (or after a dump that left the workload running): tell the
+/// target, give the reservation back, journal the rollback.
+pub(crate) async fn roll_back_running<C: Checkpointer, L: TargetLink, R>(plan: &SourcePlan, p: &Parts<'_, C, L, R>, phase: &'static str, cause: BoxError) -> Result<Summary, MigrateError> {
+    warn!(phase, error = %cause, "migration failed before the freeze; workload still runs here");
+    let _ = p.link.abort(plan.migration, &cause.to_string()).await;
+    let _ = p.link.release(plan.reservation).await;
+    p.journal.advance_source(&plan.migration, SourcePhase::RolledBack, now_ms())?;
+    p.report(Progress::RolledBack { reason: cause.to_string() });
+    Err(MigrateError::RolledBack { workload: plan.workload.name.clone(), phase, cause })
+}
+
 /// Image bytes that did not have to cross the wire: every round's image minus what was sent.
-fn summary_saved(s: &Summary) -> u64 {
+pub(crate) fn summary_saved(s: &Summary) -> u64 {
     (s.image_bytes * (s.precopy_rounds as u64 + 1)).saturating_sub(s.wire_bytes)
 }
 
@@ -254,7 +267,7 @@ pub(crate) async fn roll_back_stopped<C: Checkpointer, L: TargetLink, R: Resourc
     }
 }
 
-fn fresh_dir(dir: &Path) -> Result<(), BoxError> {
+pub(crate) fn fresh_dir(dir: &Path) -> Result<(), BoxError> {
     if dir.exists() {
         std::fs::remove_dir_all(dir)?;
     }
