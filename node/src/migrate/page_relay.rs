@@ -168,7 +168,8 @@ impl Drop for PageRelay {
 
 async fn serve(listener: TcpListener, peer: Option<IpAddr>, upstream: Upstream, mut gate: watch::Receiver<Gate>, served: Arc<AtomicU64>) -> io::Result<RelayReport> {
     let client = loop {
-        tokio::select! {
+        // `Some(stream)`: the target connected; `None`: abort before anyone did.
+        let next = tokio::select! {
             accepted = listener.accept() => {
                 let (stream, from) = accepted?;
                 if peer.is_some_and(|p| p != from.ip()) {
@@ -176,10 +177,18 @@ async fn serve(listener: TcpListener, peer: Option<IpAddr>, upstream: Upstream, 
                     continue;
                 }
                 debug!(%from, "page relay: target connected");
-                break stream;
+                Some(stream)
             }
             changed = gate.wait_for(|g| *g == Gate::Abort) => {
-                changed.map(|_| ()).map_err(|_| io::Error::other("gate dropped"))?;
+                if changed.is_err() {
+                    return Err(io::Error::other("gate dropped"));
+                }
+                None
+            }
+        };
+        match next {
+            Some(stream) => break stream,
+            None => {
                 // Nobody connected: tell CRIU ourselves.
                 let up = upstream.clone();
                 tokio::task::spawn_blocking(move || up.abort_blocking()).await.map_err(io::Error::other)??;

@@ -27,13 +27,13 @@
 
 use std::time::Instant;
 
-use hotspot_protocol::handoff::{SourcePhase, TargetPhase, TargetReport};
+use hotspot_protocol::handoff::SourcePhase;
 use tracing::{info, warn};
 
 use super::local_lazy::PAGE_STREAM_TIMEOUT;
-use super::source::{finish, fresh_dir, now_ms, roll_back_running, summary_saved, Parts, SourcePlan};
-use super::{BoxError, Checkpointer, MigrateError, Progress, ResourceMover, Summary, TargetLink};
-use crate::journal::{JournalError, MigrationRecord, Role};
+use super::source::{finish, fresh_dir, journal_final_dump, now_ms, restore_failed, roll_back_running, roll_back_stopped, summary_saved, Parts, SourcePlan};
+use super::{Checkpointer, MigrateError, Progress, ResourceMover, Summary, TargetLink};
+use crate::journal::{JournalError, MigrationRecord};
 
 pub(crate) async fn run<C: Checkpointer, L: TargetLink, R: ResourceMover>(
     plan: &SourcePlan,
@@ -44,12 +44,7 @@ pub(crate) async fn run<C: Checkpointer, L: TargetLink, R: ResourceMover>(
 ) -> Result<Summary, MigrateError> {
     let name = plan.workload.name.as_str();
     let dir = plan.images_root.join(plan.migration.to_string());
-    let final_dir = dir.join("final");
-    rec.image_dir = Some(final_dir.clone());
-    rec.role = Role::Source(SourcePhase::FinalDump);
-    rec.history.push((rec.role, now_ms()));
-    p.journal.put(&rec)?;
-    p.phase(SourcePhase::FinalDump);
+    let final_dir = journal_final_dump(p, &mut rec, &dir)?;
 
     let frozen_at = Instant::now();
     if let Err(e) = fresh_dir(&final_dir) {
@@ -64,7 +59,7 @@ pub(crate) async fn run<C: Checkpointer, L: TargetLink, R: ResourceMover>(
     super::fault::point("final-dump");
     let (transfer_id, ship) = match p.link.ship(plan.migration, &final_dir).await {
         Ok(x) => x,
-        Err(e) => return resume_here(plan, p, &final_dir, false, "final transfer", e).await,
+        Err(e) => return roll_back_stopped(plan, p, &final_dir, false, "final transfer", e).await,
     };
     summary.wire_bytes += ship.wire_bytes;
     p.report(Progress::Round { round: 0, image_bytes: ship.image_bytes, new_bytes: ship.new_bytes, wire_bytes: ship.wire_bytes });
@@ -75,23 +70,15 @@ pub(crate) async fn run<C: Checkpointer, L: TargetLink, R: ResourceMover>(
     let moved = p.mover.move_to_target_shared(&plan.workload, &plan.target, &mut state).await;
     save_state(p, plan, state)?;
     if let Err(e) = moved {
-        return resume_here(plan, p, &final_dir, true, "resource move", e).await;
+        return roll_back_stopped(plan, p, &final_dir, true, "resource move", e).await;
     }
     super::fault::point("resources-moved");
 
     p.journal.advance_source(&plan.migration, SourcePhase::RestoreRequested, now_ms())?;
     p.phase(SourcePhase::RestoreRequested);
     if let Err(e) = p.link.restore_lazy(plan.migration, transfer_id, page_server).await {
-        match p.link.status(plan.migration).await {
-            Ok(TargetReport::Phase(TargetPhase::Running)) => info!("restore reply lost but the target runs the workload"),
-            Ok(_) => return resume_here(plan, p, &final_dir, true, "restore on target", e).await,
-            Err(status_err) => {
-                return Err(MigrateError::InDoubt {
-                    migration: plan.migration,
-                    workload: name.to_string(),
-                    cause: format!("{e}; status query: {status_err}").into(),
-                })
-            }
+        if let Some(e) = restore_failed(plan, p, e).await? {
+            return roll_back_stopped(plan, p, &final_dir, true, "restore on target", e).await;
         }
     }
     summary.freeze_ms = frozen_at.elapsed().as_millis() as u64;
@@ -126,37 +113,4 @@ fn save_state<C, L, R>(p: &Parts<'_, C, L, R>, plan: &SourcePlan, state: Vec<u8>
     let mut rec = p.journal.get(&plan.migration)?.ok_or(JournalError::Missing(plan.migration))?;
     rec.provider_state = state;
     p.journal.put(&rec)
-}
-
-/// Before the target's restore succeeded: resources back (if they moved), frozen tree resumed.
-async fn resume_here<C: Checkpointer, L: TargetLink, R: ResourceMover>(
-    plan: &SourcePlan,
-    p: &Parts<'_, C, L, R>,
-    final_dir: &std::path::Path,
-    resources_moved: bool,
-    phase: &'static str,
-    cause: BoxError,
-) -> Result<Summary, MigrateError> {
-    warn!(phase, error = %cause, resources_moved, "post-copy failed before the restore; resuming the workload here");
-    let _ = p.link.abort(plan.migration, &cause.to_string()).await;
-    let name = plan.workload.name.clone();
-    let result = async {
-        if resources_moved {
-            let mut rec = p.journal.get(&plan.migration)?.ok_or(JournalError::Missing(plan.migration))?;
-            let back = p.mover.move_back_shared(&plan.workload, &mut rec.provider_state).await;
-            p.journal.put(&rec)?;
-            back?;
-        }
-        p.checkpointer.abort_lazy(&name, final_dir).await
-    }
-    .await;
-    match result {
-        Ok(()) => {
-            let _ = p.link.release(plan.reservation).await;
-            p.journal.advance_source(&plan.migration, SourcePhase::RolledBack, now_ms())?;
-            p.report(Progress::RolledBack { reason: cause.to_string() });
-            Err(MigrateError::RolledBack { workload: name, phase, cause })
-        }
-        Err(rollback) => Err(MigrateError::RollbackFailed { workload: name, phase, cause, rollback }),
-    }
 }
