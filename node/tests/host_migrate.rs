@@ -234,6 +234,8 @@ fn host_migrate_post_copy_failed_restore_resumes_the_source() {
     let client = c.client();
     let err = c.migrate_with(0, "node2", &["--post-copy"]).expect_err("restore on node2 must fail");
     assert!(err.contains("rolled back"), "{err}");
+    let log = std::fs::read_to_string(&c.nodes[0].log).unwrap_or_default();
+    eprintln!("node1 log (post-copy lines):\n{}", log.lines().filter(|l| ["lazy", "relay", "post-copy", "rolled", "netlock", "resum"].iter().any(|k| l.contains(k))).collect::<Vec<_>>().join("\n"));
     assert!(c.runs_on(0) && !c.runs_on(1), "the frozen redis runs on node1 again, nowhere else");
     assert!(client.wait_batches(50, Duration::from_secs(10)), "still served by node1, on the same connection");
     check_client(client, c.filled_keys);

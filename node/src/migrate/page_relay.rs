@@ -66,6 +66,7 @@ impl Upstream {
     pub fn abort_blocking(&self) -> io::Result<()> {
         use std::io::Write;
         let mut s = self.connect_blocking()?;
+        s.set_read_timeout(Some(CONNECT_TIMEOUT))?;
         s.write_all(&abort_frame())?;
         let _ = std::io::Read::read(&mut s, &mut [0u8; 64]);
         Ok(())
@@ -208,6 +209,7 @@ async fn serve(listener: TcpListener, peer: Option<IpAddr>, upstream: Upstream, 
 async fn pump(client: TcpStream, up: TcpStream, mut gate: watch::Receiver<Gate>, served: Arc<AtomicU64>) -> io::Result<RelayReport> {
     let (mut cr, mut cw) = client.into_split();
     let (mut ur, mut uw) = up.into_split();
+    let counted = served.clone();
     let down = tokio::spawn(async move {
         let mut buf = vec![0u8; 256 << 10];
         loop {
@@ -251,6 +253,7 @@ async fn pump(client: TcpStream, up: TcpStream, mut gate: watch::Receiver<Gate>,
                 if !report.aborted {
                     let _ = tokio::time::timeout(Duration::from_secs(30), down).await;
                 }
+                report.served_bytes = counted.load(Ordering::Relaxed);
                 return Ok(report);
             }
         }

@@ -190,7 +190,9 @@ impl<R: Restorer, B: Reservations> TargetService<R, B> {
                     self.reservations.release(&r);
                 }
                 self.journal.set_target_phase(&id, TargetPhase::Abandoned, now_ms())?;
-                Ok(MigrationMessage::RestoreFailed { migration: id, error: WireError { code: ErrorCode::RestoreFailed, message: e.to_string() } })
+                // CRIU's errors span lines; the wire allows no control characters.
+                let message = e.to_string().replace(|c: char| c.is_control(), " ");
+                Ok(MigrationMessage::RestoreFailed { migration: id, error: WireError { code: ErrorCode::RestoreFailed, message } })
             }
         }
     }
