@@ -187,11 +187,30 @@ fn resume_tree(wls: &Workloads, name: &str, dir: &Path) -> Result<(), BoxError> 
     rec.pid = Some(marker.tree_pid);
     crate::workload::record::store(wls.state_dir(), &rec)?;
     let w = wls.get(name)?;
-    let sockets = unrepair_tcp(&w.cgroup().pids());
+    let mut pids = w.cgroup().pids();
+    pids.extend(descendants(marker.tree_pid));
+    pids.sort_unstable();
+    pids.dedup();
+    let sockets = unrepair_tcp(&pids);
     let rules = netlock::load(dir).unwrap_or_default();
     let removed = netlock::remove(&w.netns_path(), &rules)?;
     info!(workload = name, pid = marker.tree_pid, sockets, removed, "post-copy rolled back: the frozen workload runs here again");
     Ok(())
+}
+
+/// `pid` and every process below it (from /proc/PID/task/*/children).
+fn descendants(pid: i32) -> Vec<i32> {
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i];
+        for task in std::fs::read_dir(format!("/proc/{p}/task")).into_iter().flatten().flatten() {
+            let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            out.extend(children.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
+        }
+        i += 1;
+    }
+    out
 }
 
 /// Turns TCP repair mode off on every socket of `pids` (CRIU's failure path of a lazy dump
@@ -212,6 +231,7 @@ fn unrepair_tcp(pids: &[i32]) -> usize {
             }
             let local = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0) } as i32;
             if local < 0 {
+                warn!(pid, fd, error = %std::io::Error::last_os_error(), "pidfd_getfd");
                 continue;
             }
             let off: libc::c_int = 0;
