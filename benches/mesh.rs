@@ -11,77 +11,51 @@
 //! Last line: `mesh idle_rss_mb=<n> idle_cpu_pct=<n> advert_spread_ms=<n>`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hotspot_node::daemon::control::{self, Reply, Request};
+use hotspot_node::lab;
 
 const PEERS: usize = 5;
 const IDLE_SECS: u64 = 60;
 const BASELINE_SECS: u64 = 15;
 const PRICE_CHANGES: usize = 9;
 
-struct Daemon {
-    name: String,
-    socket: PathBuf,
-    child: Child,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// A `hotspot-node run` process from [`lab::Daemon`] (killed on drop), plus what this bench reads.
+struct Daemon(lab::Daemon);
 
 impl Daemon {
     fn start(bin: &Path, root: &Path, name: &str, bootstrap: Option<&str>) -> Daemon {
-        let dir = root.join(name);
-        let socket = dir.join("control.sock");
-        let mut cmd = Command::new(bin);
-        cmd.arg("run")
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .arg("--socket")
-            .arg(&socket)
-            .args(["--name", name, "--mdns", "false", "--listen", "/ip4/127.0.0.1/tcp/0"])
-            .env("RUST_LOG", std::env::var("HOTSPOT_BENCH_LOG").unwrap_or_else(|_| "info".into()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(root.join(format!("{name}.log"))).unwrap());
+        let mut extra = vec!["--mdns", "false", "--listen", "/ip4/127.0.0.1/tcp/0"];
         if let Some(b) = bootstrap {
-            cmd.args(["--bootstrap", b]);
+            extra.extend(["--bootstrap", b]);
         }
-        let d = Daemon { name: name.into(), socket, child: cmd.spawn().expect("start hotspot-node") };
-        let start = Instant::now();
-        while d.call(&Request::Status).is_none() {
-            assert!(start.elapsed() < Duration::from_secs(30), "{name} did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        d
+        let log = std::env::var("HOTSPOT_BENCH_LOG").unwrap_or_else(|_| "info".into());
+        Daemon(lab::Daemon::start_with_env(bin, root, name, None, &extra, &[("RUST_LOG", &log)]).unwrap_or_else(|e| panic!("{name}: {e}")))
     }
 
     fn call(&self, r: &Request) -> Option<Reply> {
-        control::call(&self.socket, r, Duration::from_secs(10)).ok()
+        self.0.call(r).ok()
     }
 
     fn listen_addr(&self) -> String {
         match self.call(&Request::Status) {
             Some(Reply::Status(s)) => s.mesh["listen_addrs"][0].as_str().unwrap().to_string(),
-            other => panic!("{}: {other:?}", self.name),
+            other => panic!("{}: {other:?}", self.0.name),
         }
     }
 
     fn peers(&self) -> Vec<control::PeerRow> {
         match self.call(&Request::Peers) {
             Some(Reply::Peers { peers }) => peers,
-            other => panic!("{}: {other:?}", self.name),
+            other => panic!("{}: {other:?}", self.0.name),
         }
     }
 
     /// (resident set in bytes, CPU time in seconds) from /proc.
     fn usage(&self) -> (u64, f64) {
-        let pid = self.child.id();
+        let pid = self.0.pid().expect("running");
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         let rss_kib: u64 = status
             .lines()

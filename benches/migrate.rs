@@ -3,8 +3,10 @@
 //! baseline in the same run: `criu dump` to a dir -> `tar | zstd -1 | socat` -> unpack ->
 //! `criu restore`. Datasets of random bytes (incompressible), a pipelining client measuring the
 //! gap it sees. Per size: hop A->B (cold), B->A (cold: A never received), A->B again (B has
-//! the chunks: the "second hop" figure), then naive moves. Medians; last line
-//! `migrate gap_ms_1g=<n> total_ratio_vs_naive=<n> second_hop_wire_pct=<n>`.
+//! the chunks: the "second hop" figure), then two post-copy hops (B->A, A->B: restore first,
+//! memory paged in from the source after), then naive moves. Medians; last line
+//! `migrate gap_ms_1g=<n> total_ratio_vs_naive=<n> second_hop_wire_pct=<n> gap_ms_1g_postcopy=<n>`
+//! (the `_1g` figures are those of the last size run).
 //! `MIGRATE_BENCH_SIZES_MIB` (default "64,1024") and `MIGRATE_BENCH_NAIVE_RUNS` (default 2) tune it.
 
 use std::net::SocketAddr;
@@ -14,65 +16,38 @@ use std::time::{Duration, Instant};
 
 use hotspot_node::criu::Criu;
 use hotspot_node::daemon::control::{self, Reply, Request};
+use hotspot_node::lab;
 use hotspot_node::migrate::local::target_netns;
 use hotspot_node::migrate::Summary;
 use hotspot_node::testbed::{self, Cleanup, PipeliningClient};
+use hotspot_protocol::migration::MigrationMode;
 use hotspot_node::workload::{netns, Checkpoint, CheckpointOptions, RestoreSpec, ServiceNet, StartOptions, Workloads};
 
-struct Daemon {
-    socket: PathBuf,
-    child: Child,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// A `hotspot-node run` process on loopback from [`lab::Daemon`] (killed on drop).
+struct Daemon(lab::Daemon);
 
 impl Daemon {
     fn start(bin: &Path, root: &Path, name: &str, bootstrap: Option<&str>) -> Daemon {
-        let dir = root.join(name);
-        let socket = dir.join("control.sock");
-        let mut cmd = Command::new(bin);
-        cmd.arg("run").arg("--data-dir").arg(dir.join("data")).arg("--socket").arg(&socket);
-        cmd.arg("--workloads-dir").arg(root.join(format!("{name}-workloads")));
-        cmd.args(["--name", name, "--mdns", "false", "--listen", "/ip4/127.0.0.1/tcp/0", "--advert-interval-ms", "500"])
-            .args(["--transfer-listen", "127.0.0.1:0", "--cpu-millis", "8000", "--memory-bytes", "17179869184"])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(root.join(format!("{name}.log"))).unwrap());
+        let workloads = root.join(format!("{name}-workloads")).display().to_string();
+        let mut extra = vec!["--workloads-dir", workloads.as_str(), "--mdns", "false", "--listen", "/ip4/127.0.0.1/tcp/0", "--advert-interval-ms", "500"];
+        extra.extend(["--transfer-listen", "127.0.0.1:0", "--cpu-millis", "8000", "--memory-bytes", "17179869184"]);
         if let Some(b) = bootstrap {
-            cmd.args(["--bootstrap", b]);
+            extra.extend(["--bootstrap", b]);
         }
-        let d = Daemon { socket, child: cmd.spawn().expect("start hotspot-node") };
-        let start = Instant::now();
-        while d.status().is_none() {
-            assert!(start.elapsed() < Duration::from_secs(30), "{name} did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        d
+        Daemon(lab::Daemon::start_with_env(bin, root, name, None, &extra, &[("RUST_LOG", "info")]).unwrap_or_else(|e| panic!("{name}: {e}")))
     }
 
     fn status(&self) -> Option<control::StatusReport> {
-        match control::call(&self.socket, &Request::Status, Duration::from_secs(10)).ok()? {
-            Reply::Status(s) => Some(*s),
-            _ => None,
-        }
+        self.0.status().ok()
     }
 
     fn peers(&self) -> usize {
-        match control::call(&self.socket, &Request::Peers, Duration::from_secs(10)) {
-            Ok(Reply::Peers { peers }) => peers.len(),
-            _ => 0,
-        }
+        self.0.peers().map_or(0, |p| p.len())
     }
 
-    fn migrate(&self, workload: &str, to: &str) -> Summary {
-        let req = Request::Migrate { workload: workload.into(), to: Some(to.into()) };
-        match control::call_stream(&self.socket, &req, Duration::from_secs(600), |_| {}).expect("control socket") {
+    fn migrate(&self, workload: &str, to: &str, mode: MigrationMode) -> Summary {
+        let req = Request::Migrate { workload: workload.into(), to: Some(to.into()), mode: Some(mode) };
+        match control::call_stream(&self.0.socket, &req, Duration::from_secs(600), |_| {}).expect("control socket") {
             Reply::Migrated { summary } => summary,
             other => panic!("migration to {to} failed: {other:?}"),
         }
@@ -106,6 +81,8 @@ struct SizeResult {
     wire: Vec<u64>,
     naive_gaps_ms: Vec<f64>,
     naive_totals_ms: Vec<f64>,
+    post_gaps_ms: Vec<f64>,
+    post_freeze_ms: Vec<f64>,
 }
 
 /// One naive move on one host: dump, tar | zstd -1 | socat over loopback, unpack, restore into
@@ -176,24 +153,33 @@ fn bench_size(bin: &Path, criu: &Criu, mib: u64, naive_runs: usize, subnet: u32)
     let keys = testbed::fill_random(Some(&client_ns), server, mib << 20, 16 * 1024).expect("fill");
     eprintln!("[{mib} MiB] filled {keys} keys of random bytes in {:.1} s", t.elapsed().as_secs_f64());
 
-    let mut r = SizeResult { gaps_ms: vec![], totals_ms: vec![], freeze_ms: vec![], wire: vec![], naive_gaps_ms: vec![], naive_totals_ms: vec![] };
-    for (from, to, label) in [(&a, "b", "A->B cold"), (&b, "a", "B->A cold"), (&a, "b", "A->B again")] {
+    let mut r = SizeResult { gaps_ms: vec![], totals_ms: vec![], freeze_ms: vec![], wire: vec![], naive_gaps_ms: vec![], naive_totals_ms: vec![], post_gaps_ms: vec![], post_freeze_ms: vec![] };
+    let (pre, post) = (MigrationMode::PreCopy, MigrationMode::PostCopy);
+    let hops = [(&a, "b", "A->B cold", pre), (&b, "a", "B->A cold", pre), (&a, "b", "A->B again", pre), (&b, "a", "B->A post-copy", post), (&a, "b", "A->B post-copy", post)];
+    for (from, to, label, mode) in hops {
         let pc = PipeliningClient::start(Some(&client_ns), server, Duration::from_millis(2), label).unwrap();
         assert!(pc.wait_batches(20, Duration::from_secs(10)));
-        let s = from.migrate(&name, to);
+        let s = from.migrate(&name, to, mode);
         assert!(pc.wait_batches(50, Duration::from_secs(20)), "served after {label}");
         let report = pc.finish();
         assert_eq!(report.error, None, "{label}: the client kept its connection");
         report.incr_sequence_ok().unwrap();
         let gap = report.max_stall.as_secs_f64() * 1e3;
         eprintln!(
-            "[{mib} MiB] {label}: client gap {gap:.0} ms, frozen {} ms, total {} ms, wire {:.1} MiB of {:.1} MiB image, {} pre-copy round(s)",
+            "[{mib} MiB] {label}: client gap {gap:.0} ms, frozen {} ms, total {} ms, wire {:.1} MiB of {:.1} MiB image, {} pre-copy round(s), {:.1} MiB paged in after the restore in {} ms",
             s.freeze_ms,
             s.total_ms,
             s.wire_bytes as f64 / 1048576.0,
             s.image_bytes as f64 / 1048576.0,
-            s.precopy_rounds
+            s.precopy_rounds,
+            s.page_bytes as f64 / 1048576.0,
+            s.page_stream_ms
         );
+        if mode == post {
+            r.post_gaps_ms.push(gap);
+            r.post_freeze_ms.push(s.freeze_ms as f64);
+            continue;
+        }
         r.gaps_ms.push(gap);
         r.totals_ms.push(s.total_ms as f64);
         r.freeze_ms.push(s.freeze_ms as f64);
@@ -239,10 +225,16 @@ fn main() {
             r.gaps_ms.len(),
             r.naive_totals_ms.len()
         );
-        last = Some((median(r.gaps_ms), ratio, second_pct));
+        eprintln!(
+            "{mib:>5} MiB: post-copy client gap {:.0} ms (frozen until restored {:.0} ms; medians of {} hops)",
+            median(r.post_gaps_ms.clone()),
+            median(r.post_freeze_ms.clone()),
+            r.post_gaps_ms.len()
+        );
+        last = Some((median(r.gaps_ms), ratio, second_pct, median(r.post_gaps_ms)));
     }
-    let (gap, ratio, pct) = last.expect("at least one size");
-    println!("migrate gap_ms_1g={gap:.0} total_ratio_vs_naive={ratio:.2} second_hop_wire_pct={pct:.1}");
+    let (gap, ratio, pct, post_gap) = last.expect("at least one size");
+    println!("migrate gap_ms_1g={gap:.0} total_ratio_vs_naive={ratio:.2} second_hop_wire_pct={pct:.1} gap_ms_1g_postcopy={post_gap:.0}");
 }
 
 extern "C" {

@@ -101,7 +101,13 @@ impl Cluster {
 
     /// `hotspot-node migrate` on node `from` with `--json`: the summary, or the error text.
     fn migrate(&self, from: usize, to: &str) -> Result<Summary, String> {
-        let out = self.nodes[from].cli(&["migrate", &self.name, "--to", to, "--json"]);
+        self.migrate_with(from, to, &[])
+    }
+
+    fn migrate_with(&self, from: usize, to: &str, extra: &[&str]) -> Result<Summary, String> {
+        let mut args = vec!["migrate", self.name.as_str(), "--to", to, "--json"];
+        args.extend(extra);
+        let out = self.nodes[from].cli(&args);
         let stdout = String::from_utf8_lossy(&out.stdout);
         eprintln!("migrate {} -> {to}:\n{stdout}{}", self.nodes[from].name, String::from_utf8_lossy(&out.stderr));
         if !out.status.success() {
@@ -193,5 +199,44 @@ fn host_migrate_target_killed_mid_transfer() {
     assert!(!status.success(), "the migration failed");
     assert!(c.runs_on(0), "the workload keeps running on node1");
     assert!(client.wait_batches(50, Duration::from_secs(10)), "still served by node1");
+    check_client(client, c.filled_keys);
+}
+
+#[test]
+fn host_migrate_post_copy_keeps_the_client() {
+    if !testing::require_migration_host("host_migrate_post_copy_keeps_the_client") {
+        return;
+    }
+    let c = Cluster::new("pc", 64 << 20);
+    let client = c.client();
+    let s = c.migrate_with(0, "node2", &["--post-copy"]).expect("post-copy hop");
+    assert!(c.runs_on(1) && !c.runs_on(0), "runs on node2 only");
+    assert_eq!(s.mode, "post_copy");
+    assert_eq!(s.precopy_rounds, 0);
+    assert!(s.page_bytes > 48 << 20, "the dataset's memory streamed after the restore: {s:?}");
+    assert!(s.wire_bytes - s.page_bytes < 8 << 20, "only the small non-memory images went over QUIC before the restore: {s:?}");
+    assert!(client.wait_batches(50, Duration::from_secs(10)), "served from node2");
+    let back = c.migrate(1, "node1").expect("pre-copy hop back from a post-copied workload");
+    assert_eq!(back.mode, "pre_copy");
+    assert!(c.runs_on(0) && !c.runs_on(1));
+    eprintln!("post-copy: freeze {} ms, {} page bytes in {} ms; pre-copy back: freeze {} ms", s.freeze_ms, s.page_bytes, s.page_stream_ms, back.freeze_ms);
+    check_client(client, c.filled_keys);
+}
+
+#[test]
+fn host_migrate_post_copy_failed_restore_resumes_the_source() {
+    if !testing::require_migration_host("host_migrate_post_copy_failed_restore_resumes_the_source") {
+        return;
+    }
+    std::env::set_var("HOTSPOT_FAULT_CORRUPT_IMAGE", "1");
+    let c = Cluster::new("pcrb", 8 << 20);
+    std::env::remove_var("HOTSPOT_FAULT_CORRUPT_IMAGE");
+    let client = c.client();
+    let err = c.migrate_with(0, "node2", &["--post-copy"]).expect_err("restore on node2 must fail");
+    assert!(err.contains("rolled back"), "{err}");
+    let log = std::fs::read_to_string(&c.nodes[0].log).unwrap_or_default();
+    eprintln!("node1 log (post-copy lines):\n{}", log.lines().filter(|l| ["lazy", "relay", "post-copy", "rolled", "netlock", "resum"].iter().any(|k| l.contains(k))).collect::<Vec<_>>().join("\n"));
+    assert!(c.runs_on(0) && !c.runs_on(1), "the frozen redis runs on node1 again, nowhere else");
+    assert!(client.wait_batches(50, Duration::from_secs(10)), "still served by node1, on the same connection");
     check_client(client, c.filled_keys);
 }

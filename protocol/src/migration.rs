@@ -45,6 +45,10 @@ pub enum MigrationMessage {
     /// Source -> target: the final image was transferred (transfer id) and resources moved; restore now.
     Restore { migration: MigrationId, transfer_id: [u8; 16] },
     Restored { migration: MigrationId, pid: u32 },
+    /// Source -> target, post-copy: restore now with the memory left behind; the target's
+    /// `criu lazy-pages` fetches it from `page_server` ("ip:port", CRIU's own TCP page protocol
+    /// on the LAN, outside the authenticated QUIC connection) while the workload runs.
+    RestoreLazy { migration: MigrationId, transfer_id: [u8; 16], page_server: String },
     RestoreFailed { migration: MigrationId, error: WireError },
     /// Source -> target: the source has cleaned up; the workload is the target's now.
     Commit { migration: MigrationId },
@@ -74,6 +78,10 @@ impl WireMessage for MigrationMessage {
                 check_str("error", &error.message, 64 * 1024)
             }
             MigrationMessage::Abort { reason, .. } => check_str("reason", reason, 64 * 1024),
+            MigrationMessage::RestoreLazy { page_server, .. } => {
+                check_str("page server", page_server, 64)?;
+                page_server.parse::<std::net::SocketAddr>().map(|_| ()).map_err(|e| format!("page server {page_server:?}: {e}"))
+            }
             _ => Ok(()),
         }
     }

@@ -7,13 +7,19 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use hotspot_node::daemon::control::{self, Reply, Request};
 use hotspot_node::migrate::{Progress, Summary};
+use hotspot_protocol::migration::MigrationMode;
 
 use super::peers::ControlArgs;
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = "The daemon reserves capacity on the target, ships a first image while the workload runs, \
 then freezes it, ships only the chunks that changed, moves its address and restores it there. On any failure \
-the workload keeps running (or is restored) on this node. Exit code 0 when moved, 1 otherwise.")]
+the workload keeps running (or is restored) on this node. Exit code 0 when moved, 1 otherwise.
+
+--post-copy restores on the target first and streams the memory after (CRIU lazy pages): the shortest \
+freeze, but until the last page arrived the workload depends on both nodes, and it is lost if this node \
+dies mid-stream. The page stream is CRIU's own TCP protocol between the two nodes' transfer addresses, \
+outside the authenticated QUIC connection. Pre-copy (the default) never depends on two nodes at once.")]
 pub struct MigrateArgs {
     /// Workload to move (see `hotspot-node workload list`).
     pub workload: String,
@@ -21,6 +27,9 @@ pub struct MigrateArgs {
     /// best by price and capacity (the next candidates are tried if it refuses).
     #[arg(long)]
     pub to: String,
+    /// Post-copy: restore first, memory follows (shortest freeze; see below for the risk).
+    #[arg(long)]
+    pub post_copy: bool,
     #[command(flatten)]
     pub control: ControlArgs,
 }
@@ -31,7 +40,7 @@ fn mib(bytes: u64) -> f64 {
 
 pub fn summary_text(s: &Summary) -> String {
     format!(
-        "moved {} to {} in {} ms: frozen {} ms, {:.1} MiB image, {:.1} MiB on the wire, {:.1} MiB saved by dedup, {} pre-copy round(s)",
+        "moved {} to {} in {} ms: frozen {} ms, {:.1} MiB image, {:.1} MiB on the wire, {:.1} MiB saved by dedup, {} pre-copy round(s){}",
         s.workload,
         s.target,
         s.total_ms,
@@ -39,13 +48,15 @@ pub fn summary_text(s: &Summary) -> String {
         mib(s.image_bytes),
         mib(s.wire_bytes),
         mib(s.dedup_saved_bytes),
-        s.precopy_rounds
+        s.precopy_rounds,
+        if s.mode == "post_copy" { format!(", post-copy: {:.1} MiB of memory streamed in {} ms after the restore", mib(s.page_bytes), s.page_stream_ms) } else { String::new() }
     )
 }
 
 pub fn run(args: &MigrateArgs) -> Result<i32> {
     let to = (args.to != "auto").then(|| args.to.clone());
-    let request = Request::Migrate { workload: args.workload.clone(), to };
+    let mode = args.post_copy.then_some(MigrationMode::PostCopy);
+    let request = Request::Migrate { workload: args.workload.clone(), to, mode };
     let started = Instant::now();
     let mut phase = String::from("Starting");
     let mut last_bytes = (Instant::now(), 0u64);

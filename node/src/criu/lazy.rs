@@ -156,6 +156,11 @@ impl LazyDump {
         self.opts.netns.as_deref()
     }
 
+    /// PID of the `criu dump` process serving the pages.
+    pub fn criu_pid(&self) -> Option<u32> {
+        self.running.child.as_ref().map(Child::id)
+    }
+
     /// Waits until every page was fetched and the source tree is gone.
     pub fn finish(self, timeout: Duration) -> Result<DumpStats, CriuError> {
         let LazyDump { running, opts, started, locked_connections } = self;

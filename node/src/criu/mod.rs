@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-pub use driver::{DumpStats, RestoreOutcome};
+pub use driver::{dir_bytes, DumpStats, RestoreOutcome};
 pub use image::{CriuDumpStats, CriuRestoreStats};
 pub use lazy::{LazyDump, LazyPagesDaemon};
 pub use options::{DumpOptions, PageServer, RestoreOptions};

@@ -41,7 +41,13 @@ pub enum Request {
     SetPrice { price_per_hour: Option<f64> },
     /// Migrates a workload to `to` (peer name or node id prefix; `None` elects one). Answered
     /// by a stream of `Progress` lines and a final `Migrated` or `Error`.
-    Migrate { workload: String, to: Option<String> },
+    /// `mode` defaults to pre-copy; absent in requests from older clients.
+    Migrate {
+        workload: String,
+        to: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<hotspot_protocol::migration::MigrationMode>,
+    },
     /// Stops taking workloads (advert `draining`, reservations denied) and moves every workload
     /// off, streaming `Evacuation` lines and a final `Evacuated`. `cancel` returns to healthy.
     Drain { cancel: bool },

@@ -117,6 +117,8 @@ pub fn start(
     // The local provider: volumes (loop devices) and service addresses (netns interfaces) move
     // between the nodes of one machine, which find each other through a shared directory.
     let cluster = ClusterDir::new(std::env::var_os("HOTSPOT_LOCAL_CLUSTER").map_or_else(|| DEFAULT_CLUSTER_DIR.into(), std::path::PathBuf::from));
+    // Post-copy's page relay listens on the address peers reach this node's transfers at.
+    let page_relay_ip = advertise.as_deref().and_then(|a| a.parse::<SocketAddr>().ok()).map_or(bound.ip(), |a| a.ip());
     let mover = LocalProvider::join(cluster, &service.node(), service.name(), &config.workloads_dir)?;
     let m = Arc::new(Migrations {
         service,
@@ -126,7 +128,7 @@ pub fn start(
         sender,
         journal,
         workloads: workloads.clone(),
-        checkpointer: WorkloadCheckpointer { workloads: workloads.clone(), criu },
+        checkpointer: WorkloadCheckpointer::new(workloads.clone(), criu, page_relay_ip),
         mover,
         images_root: images_root(&config.data_dir),
         busy: Mutex::new(HashSet::new()),
@@ -190,11 +192,16 @@ impl Migrations {
 
     /// Runs one `Migrate` request, streaming progress to `out`; the last line is the outcome.
     pub async fn migrate(&self, workload: String, to: Option<String>, out: mpsc::Sender<Reply>) {
+        self.migrate_mode(workload, to, MigrationMode::PreCopy, out).await
+    }
+
+    /// [`Migrations::migrate`] in the given mode (post-copy on request only).
+    pub async fn migrate_mode(&self, workload: String, to: Option<String>, mode: MigrationMode, out: mpsc::Sender<Reply>) {
         if !self.busy.lock().unwrap_or_else(|p| p.into_inner()).insert(workload.clone()) {
             let _ = out.send(Reply::Error { message: format!("{workload} is already being migrated") }).await;
             return;
         }
-        let reply = match self.migrate_inner(&workload, to, &out).await {
+        let reply = match self.migrate_inner(&workload, to, mode, &out).await {
             Ok(summary) => Reply::Migrated { summary },
             Err(e) => Reply::Error { message: e.to_string() },
         };
@@ -202,10 +209,15 @@ impl Migrations {
         let _ = out.send(reply).await;
     }
 
-    async fn migrate_inner(&self, name: &str, to: Option<String>, out: &mpsc::Sender<Reply>) -> Result<crate::migrate::Summary, BoxError> {
+    async fn migrate_inner(&self, name: &str, to: Option<String>, mode: MigrationMode, out: &mpsc::Sender<Reply>) -> Result<crate::migrate::Summary, BoxError> {
         let w = self.workloads.get(name)?;
         if !w.is_running() {
             return Err(format!("workload {name} is not running on this node").into());
+        }
+        if mode == MigrationMode::PostCopy {
+            if let Some(hint) = self.checkpointer.criu.capabilities().lazy_pages.hint() {
+                return Err(format!("post-copy is not available on this node: {hint}").into());
+            }
         }
         let needs = needs_of(&w);
         let progress_of = |phase: &str| Reply::Progress { progress: Progress::Phase { phase: phase.into() } };
@@ -255,7 +267,7 @@ impl Migrations {
             target,
             target_name,
             reservation,
-            mode: MigrationMode::PreCopy,
+            mode,
             images_root: self.images_root.clone(),
             // One leave-running round ships the bulk while the workload runs; the frozen final
             // dump then ships only what changed (content addressing is our dirty tracking).
@@ -326,10 +338,11 @@ impl Handler for DaemonHandler {
 
     async fn handle_stream(&self, request: Request, out: mpsc::Sender<Reply>) {
         match (request, &self.migrations) {
-            (Request::Migrate { workload, to }, Some(m)) => {
+            (Request::Migrate { workload, to, mode }, Some(m)) => {
                 // The migration runs to its end even if the CLI goes away.
                 let m = m.clone();
-                let _ = tokio::spawn(async move { m.migrate(workload, to, out).await }).await;
+                let mode = mode.unwrap_or(MigrationMode::PreCopy);
+                let _ = tokio::spawn(async move { m.migrate_mode(workload, to, mode, out).await }).await;
             }
             (request, _) => {
                 let _ = out.send(self.service.handle(request).await).await;

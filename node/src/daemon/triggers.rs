@@ -137,9 +137,9 @@ impl Handler for NodeHandler {
                 })
                 .await;
             }
-            Request::Migrate { workload, to } => {
+            Request::Migrate { workload, to, mode } => {
                 let (tx, mut rx) = mpsc::channel(64);
-                let inner = self.inner.handle_stream(Request::Migrate { workload: workload.clone(), to }, tx);
+                let inner = self.inner.handle_stream(Request::Migrate { workload: workload.clone(), to, mode }, tx);
                 let forward = async {
                     while let Some(reply) = rx.recv().await {
                         if matches!(reply, Reply::Migrated { .. }) {

@@ -178,12 +178,15 @@ impl LocalProvider {
         }
     }
 
-    /// Lets go of the volume on `from`, then attaches and mounts it on `to`.
-    fn hand_over_volume(image: &Path, name: &str, from: &NodeEntry, to: &NodeEntry) -> Result<(), LocalProviderError> {
+    /// Lets go of the volume on `from`, then attaches and mounts it on `to`. `shared` (post-copy):
+    /// the frozen workload on `from` still holds its mount until its memory was fetched, so the
+    /// same loop device is mounted on `to` as well instead of waiting for its release. One
+    /// device means one filesystem instance in the kernel, so the two mounts never disagree.
+    fn hand_over_volume(image: &Path, name: &str, from: &NodeEntry, to: &NodeEntry, shared: bool) -> Result<(), LocalProviderError> {
         loopdev::unmount(&from.workloads().volume_mount_dir(name))?;
         let target_dir = to.workloads().volume_mount_dir(name);
         // Already attached and mounted on the target (a repeated step): nothing to release.
-        if !crate::workload::is_mount_point(&target_dir) {
+        if !shared && !crate::workload::is_mount_point(&target_dir) {
             loopdev::detach(image, RELEASE_WAIT)?;
         }
         let device = loopdev::attach(image)?;
@@ -208,13 +211,17 @@ impl LocalProvider {
 
     /// The blocking body of [`ResourceMover::move_to_target`].
     pub fn move_to_target_blocking(&self, spec: &WorkloadSpec, target: &NodeId, state: &mut Vec<u8>) -> Result<(), LocalProviderError> {
+        self.move_to_target_with(spec, target, state, false)
+    }
+
+    fn move_to_target_with(&self, spec: &WorkloadSpec, target: &NodeId, state: &mut Vec<u8>, shared: bool) -> Result<(), LocalProviderError> {
         let mut st = MoveState::decode(state)?;
         let to = self.cluster.lookup(target)?;
         st.target = Some(to.name.clone());
         let span = tracing::info_span!("local_move", workload = %spec.name, target = %to.name);
         let _enter = span.enter();
         if let Some(image) = self.volume_image(spec) {
-            Self::hand_over_volume(&image, &spec.name, &self.me, &to)?;
+            Self::hand_over_volume(&image, &spec.name, &self.me, &to, shared)?;
             st.mark(Step::VolumeOnTarget);
             *state = st.encode();
             tracing::info!(image = %image.display(), "volume attached on target");
@@ -232,6 +239,10 @@ impl LocalProvider {
     /// Works from the world, not only from `state`: a source that crashed in the middle of
     /// [`Self::move_to_target_blocking`] may have journaled an empty state.
     pub fn move_back_blocking(&self, spec: &WorkloadSpec, state: &mut Vec<u8>) -> Result<(), LocalProviderError> {
+        self.move_back_with(spec, state, false)
+    }
+
+    fn move_back_with(&self, spec: &WorkloadSpec, state: &mut Vec<u8>, shared: bool) -> Result<(), LocalProviderError> {
         let mut st = MoveState::decode(state)?;
         // By name *and* by what it holds: the cluster directory may keep entries of earlier
         // nodes with the same name (a node that died without removing its entry).
@@ -260,7 +271,7 @@ impl LocalProvider {
             *state = st.encode();
         }
         if let Some(image) = self.volume_image(spec) {
-            Self::hand_over_volume(&image, &spec.name, &target, &self.me)?;
+            Self::hand_over_volume(&image, &spec.name, &target, &self.me, shared)?;
             st.unmark(Step::VolumeOnTarget);
             *state = st.encode();
         }
@@ -289,27 +300,37 @@ impl LocalProvider {
     }
 }
 
-impl ResourceMover for LocalProvider {
-    async fn move_to_target(&self, workload: &WorkloadSpec, target: &NodeId, state: &mut Vec<u8>) -> Result<(), BoxError> {
-        let (me, spec, target, mut st) = (self.clone(), workload.clone(), *target, std::mem::take(state));
+impl LocalProvider {
+    async fn move_async(&self, workload: &WorkloadSpec, target: Option<NodeId>, state: &mut Vec<u8>, shared: bool) -> Result<(), BoxError> {
+        let (me, spec, mut st) = (self.clone(), workload.clone(), std::mem::take(state));
         let (st, result) = tokio::task::spawn_blocking(move || {
-            let r = me.move_to_target_blocking(&spec, &target, &mut st);
+            let r = match target {
+                Some(t) => me.move_to_target_with(&spec, &t, &mut st, shared),
+                None => me.move_back_with(&spec, &mut st, shared),
+            };
             (st, r)
         })
         .await?;
         *state = st;
         Ok(result?)
     }
+}
+
+impl ResourceMover for LocalProvider {
+    async fn move_to_target(&self, workload: &WorkloadSpec, target: &NodeId, state: &mut Vec<u8>) -> Result<(), BoxError> {
+        self.move_async(workload, Some(*target), state, false).await
+    }
 
     async fn move_back(&self, workload: &WorkloadSpec, state: &mut Vec<u8>) -> Result<(), BoxError> {
-        let (me, spec, mut st) = (self.clone(), workload.clone(), std::mem::take(state));
-        let (st, result) = tokio::task::spawn_blocking(move || {
-            let r = me.move_back_blocking(&spec, &mut st);
-            (st, r)
-        })
-        .await?;
-        *state = st;
-        Ok(result?)
+        self.move_async(workload, None, state, false).await
+    }
+
+    async fn move_to_target_shared(&self, workload: &WorkloadSpec, target: &NodeId, state: &mut Vec<u8>) -> Result<(), BoxError> {
+        self.move_async(workload, Some(*target), state, true).await
+    }
+
+    async fn move_back_shared(&self, workload: &WorkloadSpec, state: &mut Vec<u8>) -> Result<(), BoxError> {
+        self.move_async(workload, None, state, true).await
     }
 }
 

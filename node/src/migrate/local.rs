@@ -2,6 +2,7 @@
 //! reservation ledger. Volumes and addresses move through a [`super::ResourceMover`]
 //! ([`crate::local_provider::LocalProvider`] on one machine).
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use hotspot_protocol::reservation::ReservationId;
 use hotspot_protocol::NodeId;
 use tracing::{info, warn};
 
+use super::local_lazy::{self, LazyDumps};
 use super::target::{Reservations, Restorer};
 use super::{BoxError, Checkpointer, DumpReport};
 use crate::criu::Criu;
@@ -31,6 +33,15 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, BoxError> + S
 pub struct WorkloadCheckpointer {
     pub workloads: Workloads,
     pub criu: Arc<Criu>,
+    /// Post-copy: the address the page relay listens on (the node's transfer address).
+    pub serve_ip: IpAddr,
+    pub lazy: LazyDumps,
+}
+
+impl WorkloadCheckpointer {
+    pub fn new(workloads: Workloads, criu: Arc<Criu>, serve_ip: IpAddr) -> Self {
+        WorkloadCheckpointer { workloads, criu, serve_ip, lazy: LazyDumps::default() }
+    }
 }
 
 impl Checkpointer for WorkloadCheckpointer {
@@ -63,6 +74,18 @@ impl Checkpointer for WorkloadCheckpointer {
         let (wls, name) = (self.workloads.clone(), workload.to_string());
         blocking(move || Ok(wls.retire(&name)?)).await
     }
+
+    async fn dump_lazy(&self, workload: &str, dir: &Path, peer: Option<IpAddr>) -> Result<(DumpReport, SocketAddr), BoxError> {
+        local_lazy::dump(&self.workloads, &self.criu, &self.lazy, workload, dir, self.serve_ip, peer).await
+    }
+
+    async fn finish_lazy(&self, workload: &str, timeout: Duration) -> Result<u64, BoxError> {
+        local_lazy::finish(&self.lazy, workload, timeout).await
+    }
+
+    async fn abort_lazy(&self, workload: &str, dir: &Path) -> Result<(), BoxError> {
+        local_lazy::abort(&self.workloads, &self.lazy, workload, dir).await
+    }
 }
 
 /// Restores incoming workloads into `hs-NAME-<node>` (see [`target_netns`]); the service
@@ -78,10 +101,12 @@ pub struct WorkloadRestorer {
     pub corrupt_images: bool,
 }
 
-fn corrupt(dir: &Path) -> Result<(), BoxError> {
+/// Post-copy images keep almost no pages here, so their page maps are cut instead.
+fn corrupt(dir: &Path, lazy: bool) -> Result<(), BoxError> {
+    let victim = if lazy { "pagemap-" } else { "pages-" };
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("pages-")) {
+        if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with(victim)) {
             let len = std::fs::metadata(&path)?.len();
             std::fs::OpenOptions::new().write(true).open(&path)?.set_len(len / 2)?;
         }
@@ -96,12 +121,25 @@ impl Restorer for WorkloadRestorer {
         blocking(move || {
             if fault {
                 warn!(dir = %dir.display(), "test hook: corrupting the received image before restore");
-                corrupt(&dir)?;
+                corrupt(&dir, false)?;
             }
             let cp = Checkpoint::open(&dir, &criu)?;
             let spec = RestoreSpec { name, netns: ns, service_net: ServiceNet::Present, timeout: Duration::from_secs(120) };
             let (w, _) = wls.restore(&criu, &cp, &spec)?;
             Ok(w.pid().unwrap_or(0) as u32)
+        })
+        .await
+    }
+
+    async fn restore_lazy(&self, spec: &WorkloadSpec, dir: &Path, page_server: SocketAddr) -> Result<u32, BoxError> {
+        let (wls, criu, spec, dir) = (self.workloads.clone(), self.criu.clone(), spec.clone(), dir.to_path_buf());
+        let (ns, fault) = (target_netns(&spec.name, &self.node), self.corrupt_images);
+        blocking(move || {
+            if fault {
+                warn!(dir = %dir.display(), "test hook: corrupting the received image before restore");
+                corrupt(&dir, true)?;
+            }
+            local_lazy::restore_blocking(&wls, &criu, &spec, ns, &dir, page_server)
         })
         .await
     }

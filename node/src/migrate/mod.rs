@@ -11,13 +11,19 @@
 //! runs [`recovery::recover`], which applies [`hotspot_protocol::handoff::recover_source`].
 
 pub mod local;
+pub mod local_lazy;
+pub mod fault;
+pub mod page_relay;
+mod post_copy;
 pub mod quic;
 pub mod recovery;
 pub mod source;
 pub mod target;
 
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::time::Duration;
 
 use hotspot_protocol::handoff::TargetReport;
 use hotspot_protocol::migration::{MigrationId, MigrationMode, WorkloadSpec};
@@ -55,7 +61,26 @@ pub trait Checkpointer: Send + Sync {
     fn restore_local(&self, workload: &str, dir: &Path) -> impl Future<Output = Result<(), BoxError>> + Send;
     /// Forgets the workload on this node after the target confirmed it runs there.
     fn retire(&self, workload: &str) -> impl Future<Output = Result<(), BoxError>> + Send;
+
+    /// Post-copy: freezes the workload and writes everything but its memory into `dir`; the
+    /// memory stays behind a page server that only `peer` may reach, at the returned address.
+    fn dump_lazy(&self, _workload: &str, _dir: &Path, _peer: Option<IpAddr>) -> impl Future<Output = Result<(DumpReport, SocketAddr), BoxError>> + Send {
+        async { Err(NO_POST_COPY.into()) }
+    }
+    /// Post-copy, the target runs the workload: lets the page stream end and waits (up to
+    /// `timeout`) until every page was fetched and the frozen source is gone. Returns bytes served.
+    fn finish_lazy(&self, _workload: &str, _timeout: Duration) -> impl Future<Output = Result<u64, BoxError>> + Send {
+        async { Err(NO_POST_COPY.into()) }
+    }
+    /// Post-copy, before the target's restore succeeded: resumes the frozen workload here.
+    /// `dir` is the lazy dump's image directory (it records how to reach an orphaned page
+    /// server after a crash of this node).
+    fn abort_lazy(&self, _workload: &str, _dir: &Path) -> impl Future<Output = Result<(), BoxError>> + Send {
+        async { Err(NO_POST_COPY.into()) }
+    }
 }
+
+const NO_POST_COPY: &str = "post-copy is not supported by this part";
 
 pub trait TargetLink: Send + Sync {
     fn offer(&self, migration: MigrationId, reservation: ReservationId, workload: &WorkloadSpec, mode: MigrationMode)
@@ -70,6 +95,14 @@ pub trait TargetLink: Send + Sync {
     fn abort(&self, migration: MigrationId, reason: &str) -> impl Future<Output = Result<(), BoxError>> + Send;
     /// Gives the reservation back (migration abandoned before the target took anything).
     fn release(&self, reservation: ReservationId) -> impl Future<Output = Result<(), BoxError>> + Send;
+    /// Post-copy: asks the target to restore with its memory fetched from `page_server`.
+    fn restore_lazy(&self, _migration: MigrationId, _transfer_id: [u8; 16], _page_server: SocketAddr) -> impl Future<Output = Result<u32, BoxError>> + Send {
+        async { Err(NO_POST_COPY.into()) }
+    }
+    /// The target's address as this node reaches it (post-copy admits only it to the page server).
+    fn peer_ip(&self) -> Option<IpAddr> {
+        None
+    }
 }
 
 /// Moves the workload's volume and service address. Every call is idempotent: repeating a
@@ -78,6 +111,16 @@ pub trait TargetLink: Send + Sync {
 pub trait ResourceMover: Send + Sync {
     fn move_to_target(&self, workload: &WorkloadSpec, target: &NodeId, state: &mut Vec<u8>) -> impl Future<Output = Result<(), BoxError>> + Send;
     fn move_back(&self, workload: &WorkloadSpec, state: &mut Vec<u8>) -> impl Future<Output = Result<(), BoxError>> + Send;
+    /// Post-copy variants: the source's workload is frozen, not gone, and holds its volume
+    /// until the target fetched every page, so the volume is shared for that time rather than
+    /// released first. Providers that cannot share (an EBS volume attaches to one instance)
+    /// keep the default, which refuses.
+    fn move_to_target_shared(&self, _workload: &WorkloadSpec, _target: &NodeId, _state: &mut Vec<u8>) -> impl Future<Output = Result<(), BoxError>> + Send {
+        async { Err("this provider cannot hand over a volume still held by a frozen workload (post-copy)".into()) }
+    }
+    fn move_back_shared(&self, _workload: &WorkloadSpec, _state: &mut Vec<u8>) -> impl Future<Output = Result<(), BoxError>> + Send {
+        async { Err("this provider cannot hand over a volume still held by a frozen workload (post-copy)".into()) }
+    }
 }
 
 /// Progress of a migration, for the CLI's progress bar and `--json` output.
@@ -100,7 +143,17 @@ pub struct Summary {
     pub target: String,
     pub precopy_rounds: u32,
     /// Time the workload was stopped: final dump + final ship + resource move + restore.
+    /// In post-copy mode the restore comes before the memory, which then faults in over
+    /// `page_stream_ms` while the workload runs.
     pub freeze_ms: u64,
+    /// `pre_copy` or `post_copy`.
+    #[serde(default)]
+    pub mode: String,
+    /// Post-copy: bytes of memory served to the target after the restore, and how long that took.
+    #[serde(default)]
+    pub page_bytes: u64,
+    #[serde(default)]
+    pub page_stream_ms: u64,
     pub image_bytes: u64,
     /// Bytes on the wire over all rounds.
     pub wire_bytes: u64,
@@ -119,6 +172,10 @@ pub enum MigrateError {
     /// The migration failed and so did the rollback: an operator must look.
     #[error("migration of {workload} failed during {phase} ({cause}); rollback failed too: {rollback}")]
     RollbackFailed { workload: String, phase: &'static str, cause: BoxError, rollback: BoxError },
+    /// Post-copy after the restore: the page stream broke, so the target's copy cannot get the
+    /// rest of its memory and the source's frozen copy is gone. The documented post-copy risk.
+    #[error("post-copy of {workload} failed after the restore on the target: the memory stream broke ({cause}); the workload is lost (use pre-copy where that is not acceptable)")]
+    PostCopyLost { workload: String, cause: BoxError },
     /// The target may run the workload but cannot be asked; nothing is done until it answers.
     #[error("migration {migration} is in doubt: the target may be running {workload} but does not answer ({cause}); retrying recovery later")]
     InDoubt { migration: MigrationId, workload: String, cause: BoxError },

@@ -204,6 +204,17 @@ impl TargetLink for QuicLink {
         }
     }
 
+    async fn restore_lazy(&self, migration: MigrationId, transfer_id: [u8; 16], page_server: SocketAddr) -> Result<u32, BoxError> {
+        match self.request(MigrationMessage::RestoreLazy { migration, transfer_id, page_server: page_server.to_string() }).await? {
+            MigrationMessage::Restored { pid, .. } => Ok(pid),
+            other => Err(LinkError::Unexpected(format!("{other:?}")).into()),
+        }
+    }
+
+    fn peer_ip(&self) -> Option<std::net::IpAddr> {
+        Some(self.addr.ip())
+    }
+
     async fn status(&self, migration: MigrationId) -> Result<TargetReport, BoxError> {
         match self.request(MigrationMessage::Status { migration }).await? {
             MigrationMessage::StatusReply { report, .. } => Ok(report),
@@ -258,7 +269,7 @@ pub async fn serve_control<R: Restorer + 'static, B: Reservations + 'static>(
                             return;
                         }
                     };
-                    if let MigrationMessage::Restore { migration, .. } = &msg {
+                    if let MigrationMessage::Restore { migration, .. } | MigrationMessage::RestoreLazy { migration, .. } = &msg {
                         wait_for_image(&service, migration).await;
                     }
                     debug!(peer = %peer.short(), ?msg, "migration request");

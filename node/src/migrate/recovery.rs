@@ -33,7 +33,13 @@ pub async fn recover<C: Checkpointer, L: TargetLink, R: ResourceMover>(
         SourcePhase::MovingResources | SourcePhase::RestoreRequested => p.link.status(rec.migration).await.ok(),
         _ => None,
     };
-    let action = recover_source(phase, report);
+    let mut action = recover_source(phase, report);
+    // A post-copy migration cut short by a crash cannot go forward: its page relay died with the
+    // old process. Before the target restored, it goes back (the frozen tree resumes).
+    let post_copy = rec.image_dir.as_deref().is_some_and(super::local_lazy::is_lazy_image);
+    if post_copy && action == SourceRecovery::ResumeForward {
+        action = SourceRecovery::RestoreLocally { resources_moved: true };
+    }
     info!(migration = %rec.migration, workload = %rec.workload, ?phase, ?report, ?action, "recovering migration");
     let id = rec.migration;
     let dir = images_root.join(id.to_string());
@@ -51,11 +57,16 @@ pub async fn recover<C: Checkpointer, L: TargetLink, R: ResourceMover>(
             let _ = p.link.abort(id, "source restarted and rolled back").await;
             if resources_moved {
                 let mut state = rec.provider_state.clone();
-                p.mover.move_back(spec, &mut state).await.map_err(fail)?;
+                let back = if post_copy { p.mover.move_back_shared(spec, &mut state).await } else { p.mover.move_back(spec, &mut state).await };
                 save_state(p, id, state)?;
+                back.map_err(fail)?;
             }
             let image_dir = rec.image_dir.clone().ok_or_else(|| fail("no image directory journaled".into()))?;
-            p.checkpointer.restore_local(&rec.workload, &image_dir).await.map_err(fail)?;
+            if post_copy {
+                p.checkpointer.abort_lazy(&rec.workload, &image_dir).await.map_err(fail)?;
+            } else {
+                p.checkpointer.restore_local(&rec.workload, &image_dir).await.map_err(fail)?;
+            }
             p.journal.advance_source(&id, SourcePhase::RolledBack, now_ms())?;
             Ok(Recovered::RolledBack)
         }

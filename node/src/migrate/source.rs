@@ -53,10 +53,10 @@ pub struct Parts<'a, C, L, R> {
 }
 
 impl<C, L, R> Parts<'_, C, L, R> {
-    fn report(&self, event: Progress) {
+    pub(crate) fn report(&self, event: Progress) {
         let _ = self.progress.try_send(event);
     }
-    fn phase(&self, phase: SourcePhase) {
+    pub(crate) fn phase(&self, phase: SourcePhase) {
         self.report(Progress::Phase { phase: format!("{phase:?}") });
     }
 }
@@ -85,6 +85,10 @@ async fn run_inner<C: Checkpointer, L: TargetLink, R: ResourceMover>(plan: &Sour
     p.journal.put(&rec)?;
     p.phase(SourcePhase::Reserved);
     let mut summary = Summary {
+        mode: match plan.mode {
+            MigrationMode::PreCopy => "pre_copy".into(),
+            MigrationMode::PostCopy => "post_copy".into(),
+        },
         migration: plan.migration.to_string(),
         workload: name.to_string(),
         target: plan.target_name.clone(),
@@ -92,17 +96,13 @@ async fn run_inner<C: Checkpointer, L: TargetLink, R: ResourceMover>(plan: &Sour
     };
 
     // --- Before the freeze: any failure leaves the workload running here. ---------------
-    let running_here = |phase: &'static str, cause: BoxError| async move {
-        warn!(phase, error = %cause, "migration failed before the freeze; workload still runs here");
-        let _ = p.link.abort(plan.migration, &cause.to_string()).await;
-        let _ = p.link.release(plan.reservation).await;
-        p.journal.advance_source(&plan.migration, SourcePhase::RolledBack, now_ms())?;
-        p.report(Progress::RolledBack { reason: cause.to_string() });
-        Err::<Summary, _>(MigrateError::RolledBack { workload: name.to_string(), phase, cause })
-    };
+    let running_here = |phase: &'static str, cause: BoxError| roll_back_running(plan, p, phase, cause);
 
     if let Err(e) = p.link.offer(plan.migration, plan.reservation, &plan.workload, plan.mode).await {
         return running_here("offer", e).await;
+    }
+    if plan.mode == MigrationMode::PostCopy {
+        return super::post_copy::run(plan, p, rec, summary, started).await;
     }
     let mut prev_new: Option<u64> = None;
     let mut round = 0;
@@ -139,12 +139,7 @@ async fn run_inner<C: Checkpointer, L: TargetLink, R: ResourceMover>(plan: &Sour
     summary.precopy_rounds = round;
 
     // --- Freeze. ----------------------------------------------------------------------
-    let final_dir = dir.join("final");
-    rec.image_dir = Some(final_dir.clone());
-    rec.role = Role::Source(SourcePhase::FinalDump);
-    rec.history.push((rec.role, now_ms()));
-    p.journal.put(&rec)?;
-    p.phase(SourcePhase::FinalDump);
+    let final_dir = journal_final_dump(p, &mut rec, &dir)?;
     let frozen_at = Instant::now();
     if let Err(e) = fresh_dir(&final_dir) {
         return running_here("final dump", e).await;
@@ -155,6 +150,7 @@ async fn run_inner<C: Checkpointer, L: TargetLink, R: ResourceMover>(plan: &Sour
         Err(e) => return running_here("final dump", e).await,
     };
     summary.image_bytes = dump.image_bytes;
+    super::fault::point("final-dump");
     let (transfer_id, ship) = match p.link.ship(plan.migration, &final_dir).await {
         Ok(x) => x,
         Err(e) => return roll_back_stopped(plan, p, &final_dir, false, "final transfer", e).await,
@@ -172,21 +168,13 @@ async fn run_inner<C: Checkpointer, L: TargetLink, R: ResourceMover>(plan: &Sour
     if let Err(e) = moved {
         return roll_back_stopped(plan, p, &final_dir, true, "resource move", e).await;
     }
+    super::fault::point("resources-moved");
 
     p.journal.advance_source(&plan.migration, SourcePhase::RestoreRequested, now_ms())?;
     p.phase(SourcePhase::RestoreRequested);
     if let Err(e) = p.link.restore(plan.migration, transfer_id).await {
-        // Did it come up anyway (reply lost)? Only a clear "no" allows a local restore.
-        match p.link.status(plan.migration).await {
-            Ok(TargetReport::Phase(TargetPhase::Running)) => info!("restore reply lost but the target runs the workload"),
-            Ok(_) => return roll_back_stopped(plan, p, &final_dir, true, "restore on target", e).await,
-            Err(status_err) => {
-                return Err(MigrateError::InDoubt {
-                    migration: plan.migration,
-                    workload: name.to_string(),
-                    cause: format!("{e}; status query: {status_err}").into(),
-                })
-            }
+        if let Some(e) = restore_failed(plan, p, e).await? {
+            return roll_back_stopped(plan, p, &final_dir, true, "restore on target", e).await;
         }
     }
     summary.freeze_ms = frozen_at.elapsed().as_millis() as u64;
@@ -201,8 +189,48 @@ async fn run_inner<C: Checkpointer, L: TargetLink, R: ResourceMover>(plan: &Sour
     Ok(summary)
 }
 
+/// Journals `FinalDump` with the final image's directory before the freeze; returns it.
+pub(crate) fn journal_final_dump<C, L, R>(p: &Parts<'_, C, L, R>, rec: &mut MigrationRecord, dir: &Path) -> Result<PathBuf, MigrateError> {
+    let final_dir = dir.join("final");
+    rec.image_dir = Some(final_dir.clone());
+    rec.role = Role::Source(SourcePhase::FinalDump);
+    rec.history.push((rec.role, now_ms()));
+    p.journal.put(rec)?;
+    p.phase(SourcePhase::FinalDump);
+    Ok(final_dir)
+}
+
+/// After a failed restore request: did the workload come up anyway (reply lost)? Only a clear
+/// "no" from the target allows bringing it back here: `Ok(Some(cause))` then, `Ok(None)` if it
+/// runs there, [`MigrateError::InDoubt`] if the target cannot say.
+pub(crate) async fn restore_failed<C, L: TargetLink, R>(plan: &SourcePlan, p: &Parts<'_, C, L, R>, e: BoxError) -> Result<Option<BoxError>, MigrateError> {
+    match p.link.status(plan.migration).await {
+        Ok(TargetReport::Phase(TargetPhase::Running)) => {
+            info!("restore reply lost but the target runs the workload");
+            Ok(None)
+        }
+        Ok(_) => Ok(Some(e)),
+        Err(status_err) => Err(MigrateError::InDoubt {
+            migration: plan.migration,
+            workload: plan.workload.name.clone(),
+            cause: format!("{e}; status query: {status_err}").into(),
+        }),
+    }
+}
+
+/// Gives up before the freeze (or after a dump that left the workload running): tell the
+/// target, give the reservation back, journal the rollback.
+pub(crate) async fn roll_back_running<C: Checkpointer, L: TargetLink, R>(plan: &SourcePlan, p: &Parts<'_, C, L, R>, phase: &'static str, cause: BoxError) -> Result<Summary, MigrateError> {
+    warn!(phase, error = %cause, "migration failed before the freeze; workload still runs here");
+    let _ = p.link.abort(plan.migration, &cause.to_string()).await;
+    let _ = p.link.release(plan.reservation).await;
+    p.journal.advance_source(&plan.migration, SourcePhase::RolledBack, now_ms())?;
+    p.report(Progress::RolledBack { reason: cause.to_string() });
+    Err(MigrateError::RolledBack { workload: plan.workload.name.clone(), phase, cause })
+}
+
 /// Image bytes that did not have to cross the wire: every round's image minus what was sent.
-fn summary_saved(s: &Summary) -> u64 {
+pub(crate) fn summary_saved(s: &Summary) -> u64 {
     (s.image_bytes * (s.precopy_rounds as u64 + 1)).saturating_sub(s.wire_bytes)
 }
 
@@ -221,6 +249,8 @@ pub(crate) async fn finish<C: Checkpointer, L: TargetLink, R>(migration: Migrati
 }
 
 /// The workload is stopped here: bring resources back if they moved and restore it locally.
+/// Post-copy: the workload is frozen, not gone, so the volume comes back shared and the frozen
+/// tree resumes instead of a restore.
 pub(crate) async fn roll_back_stopped<C: Checkpointer, L: TargetLink, R: ResourceMover>(
     plan: &SourcePlan,
     p: &Parts<'_, C, L, R>,
@@ -229,18 +259,24 @@ pub(crate) async fn roll_back_stopped<C: Checkpointer, L: TargetLink, R: Resourc
     phase: &'static str,
     cause: BoxError,
 ) -> Result<Summary, MigrateError> {
-    warn!(phase, error = %cause, resources_moved, "migration failed after the freeze; restoring on this node");
+    let post_copy = plan.mode == MigrationMode::PostCopy;
+    warn!(phase, error = %cause, resources_moved, post_copy, "migration failed after the freeze; bringing the workload back on this node");
     let _ = p.link.abort(plan.migration, &cause.to_string()).await;
     let name = plan.workload.name.clone();
     let result = async {
         if resources_moved {
             let mut rec = p.journal.get(&plan.migration)?.ok_or(crate::journal::JournalError::Missing(plan.migration))?;
-            let back = p.mover.move_back(&plan.workload, &mut rec.provider_state).await;
+            let back = match post_copy {
+                true => p.mover.move_back_shared(&plan.workload, &mut rec.provider_state).await,
+                false => p.mover.move_back(&plan.workload, &mut rec.provider_state).await,
+            };
             p.journal.put(&rec)?;
             back?;
         }
-        p.checkpointer.restore_local(&name, final_dir).await?;
-        Ok::<(), BoxError>(())
+        match post_copy {
+            true => p.checkpointer.abort_lazy(&name, final_dir).await,
+            false => p.checkpointer.restore_local(&name, final_dir).await,
+        }
     }
     .await;
     match result {
@@ -254,7 +290,7 @@ pub(crate) async fn roll_back_stopped<C: Checkpointer, L: TargetLink, R: Resourc
     }
 }
 
-fn fresh_dir(dir: &Path) -> Result<(), BoxError> {
+pub(crate) fn fresh_dir(dir: &Path) -> Result<(), BoxError> {
     if dir.exists() {
         std::fs::remove_dir_all(dir)?;
     }

@@ -6,6 +6,7 @@
 //! `RestoreRequested`; that ordering is what keeps the workload running exactly once.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use hotspot_protocol::error::{ErrorCode, WireError};
@@ -25,6 +26,11 @@ pub trait Restorer: Send + Sync {
     fn restore(&self, spec: &WorkloadSpec, dir: &Path) -> impl Future<Output = Result<u32, BoxError>> + Send;
     /// Removes whatever a failed restore left behind (namespaces, cgroups), keeping the image.
     fn discard(&self, workload: &str) -> impl Future<Output = ()> + Send;
+    /// Post-copy: restores from `dir` (everything but the memory) with a lazy-pages daemon
+    /// fetching the memory from `page_server` while the workload runs; returns its PID.
+    fn restore_lazy(&self, _spec: &WorkloadSpec, _dir: &Path, _page_server: SocketAddr) -> impl Future<Output = Result<u32, BoxError>> + Send {
+        async { Err("post-copy restore is not supported on this node".into()) }
+    }
 }
 
 /// The target's reservation ledger, as the migration sees it.
@@ -73,6 +79,7 @@ impl<R: Restorer, B: Reservations> TargetService<R, B> {
         let id = match &msg {
             M::Offer { migration, .. }
             | M::Restore { migration, .. }
+            | M::RestoreLazy { migration, .. }
             | M::Commit { migration }
             | M::Abort { migration, .. }
             | M::Status { migration } => *migration,
@@ -93,6 +100,10 @@ impl<R: Restorer, B: Reservations> TargetService<R, B> {
             Role::Target(p) => Some(p),
             Role::Source(_) => None,
         });
+        let page_server = match &msg {
+            M::RestoreLazy { page_server, .. } => Some(page_server.clone()),
+            _ => None,
+        };
         Ok(match msg {
             M::Offer { reservation, workload, .. } => match phase {
                 Some(TargetPhase::Abandoned) => refuse(id, ErrorCode::BadRequest, "migration was abandoned; start a new one"),
@@ -116,9 +127,16 @@ impl<R: Restorer, B: Reservations> TargetService<R, B> {
                     M::Accept { migration: id }
                 }
             },
-            M::Restore { .. } => match (phase, existing) {
+            M::Restore { .. } | M::RestoreLazy { .. } => match (phase, existing) {
                 (Some(TargetPhase::Running), Some(_)) => M::Restored { migration: id, pid: 0 },
-                (Some(TargetPhase::Receiving), Some(rec)) => self.restore(rec).await.map_err(j)?,
+                (Some(TargetPhase::Receiving), Some(rec)) => {
+                    let lazy = match page_server.as_deref().map(str::parse::<SocketAddr>) {
+                        None => None,
+                        Some(Ok(a)) => Some(a),
+                        Some(Err(e)) => return Ok(refuse(id, ErrorCode::BadRequest, format!("page server: {e}"))),
+                    };
+                    self.restore(rec, lazy).await.map_err(j)?
+                }
                 (Some(TargetPhase::Restoring), _) => refuse(id, ErrorCode::Busy, "restore already under way"),
                 _ => refuse(id, ErrorCode::BadRequest, "no migration to restore (offer first, or it was abandoned)"),
             },
@@ -146,13 +164,17 @@ impl<R: Restorer, B: Reservations> TargetService<R, B> {
         })
     }
 
-    async fn restore(&self, rec: MigrationRecord) -> Result<MigrationMessage, JournalError> {
+    async fn restore(&self, rec: MigrationRecord, page_server: Option<SocketAddr>) -> Result<MigrationMessage, JournalError> {
         let id = rec.migration;
         let (Some(dir), Some(spec)) = (rec.image_dir.clone(), spec_of(&rec)) else {
             return Ok(refuse(id, ErrorCode::BadRequest, "the image has not been received completely"));
         };
         self.journal.set_target_phase(&id, TargetPhase::Restoring, now_ms())?;
-        match self.restorer.restore(&spec, &dir).await {
+        let restored = match page_server {
+            None => self.restorer.restore(&spec, &dir).await,
+            Some(addr) => self.restorer.restore_lazy(&spec, &dir, addr).await,
+        };
+        match restored {
             Ok(pid) => {
                 if let Some(r) = rec.reservation {
                     self.reservations.commit(&r);
@@ -168,7 +190,9 @@ impl<R: Restorer, B: Reservations> TargetService<R, B> {
                     self.reservations.release(&r);
                 }
                 self.journal.set_target_phase(&id, TargetPhase::Abandoned, now_ms())?;
-                Ok(MigrationMessage::RestoreFailed { migration: id, error: WireError { code: ErrorCode::RestoreFailed, message: e.to_string() } })
+                // CRIU's errors span lines; the wire allows no control characters.
+                let message = e.to_string().replace(|c: char| c.is_control(), " ");
+                Ok(MigrationMessage::RestoreFailed { migration: id, error: WireError { code: ErrorCode::RestoreFailed, message } })
             }
         }
     }

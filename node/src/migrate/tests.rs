@@ -22,6 +22,8 @@ struct Script {
     fail_restore: bool,
     status: Option<TargetReport>,
     fail_move: bool,
+    /// Post-copy: the page stream breaks after the restore.
+    fail_stream: bool,
     calls: Mutex<Vec<String>>,
     ships: Mutex<usize>,
 }
@@ -48,6 +50,24 @@ impl Checkpointer for Script {
     }
     async fn retire(&self, _: &str) -> Result<(), BoxError> {
         self.log("retire");
+        Ok(())
+    }
+    async fn dump_lazy(&self, _: &str, dir: &Path, peer: Option<std::net::IpAddr>) -> Result<(DumpReport, std::net::SocketAddr), BoxError> {
+        std::fs::write(dir.join("core-1.img"), b"x")?;
+        self.log(format!("dump_lazy peer={peer:?}"));
+        Ok((DumpReport { image_bytes: 10, frozen_ms: 1 }, "10.0.0.1:4000".parse().unwrap()))
+    }
+    async fn finish_lazy(&self, _: &str, _: std::time::Duration) -> Result<u64, BoxError> {
+        if self.fail_stream {
+            self.log("stream broke");
+            return Err("lazy-pages daemon went away".into());
+        }
+        self.log("finish_lazy");
+        Ok(90)
+    }
+    async fn abort_lazy(&self, _: &str, dir: &Path) -> Result<(), BoxError> {
+        assert!(dir.join("core-1.img").exists(), "abort gets the lazy dump's directory");
+        self.log("abort_lazy");
         Ok(())
     }
 }
@@ -96,6 +116,18 @@ impl TargetLink for Script {
         self.log("release");
         Ok(())
     }
+    async fn restore_lazy(&self, _: MigrationId, _: [u8; 16], page_server: std::net::SocketAddr) -> Result<u32, BoxError> {
+        assert_eq!(page_server.to_string(), "10.0.0.1:4000", "the target is sent the relay's address");
+        if self.fail_restore {
+            self.log("restore_lazy failed");
+            return Err("criu restore failed".into());
+        }
+        self.log("restore_lazy");
+        Ok(42)
+    }
+    fn peer_ip(&self) -> Option<std::net::IpAddr> {
+        Some([10, 0, 0, 2].into())
+    }
 }
 
 impl ResourceMover for Script {
@@ -111,6 +143,16 @@ impl ResourceMover for Script {
     async fn move_back(&self, _: &WorkloadSpec, state: &mut Vec<u8>) -> Result<(), BoxError> {
         state.push(2);
         self.log("move_back");
+        Ok(())
+    }
+    async fn move_to_target_shared(&self, _: &WorkloadSpec, _: &NodeId, state: &mut Vec<u8>) -> Result<(), BoxError> {
+        state.push(3);
+        self.log("move_shared");
+        Ok(())
+    }
+    async fn move_back_shared(&self, _: &WorkloadSpec, state: &mut Vec<u8>) -> Result<(), BoxError> {
+        state.push(4);
+        self.log("move_back_shared");
         Ok(())
     }
 }
@@ -247,4 +289,65 @@ async fn recovery_after_crash_in_final_dump_restores_locally() {
     assert_eq!(out, recovery::Recovered::RolledBack);
     assert_eq!(s.calls(), ["abort", "restore_local"]);
     assert_eq!(phase(&f), Role::Source(SourcePhase::RolledBack));
+}
+
+fn post_copy_fixture() -> Fixture {
+    let mut f = fixture();
+    f.plan.mode = MigrationMode::PostCopy;
+    f
+}
+
+#[tokio::test]
+async fn post_copy_restores_first_then_streams_pages() {
+    let f = post_copy_fixture();
+    let s = Script::default();
+    let summary = go(&f, &s).await.unwrap();
+    assert_eq!(
+        s.calls(),
+        ["offer", "dump_lazy peer=Some(10.0.0.2)", "ship", "move_shared", "restore_lazy", "finish_lazy", "retire", "commit"],
+        "no pre-copy round, the volume shared, pages after the restore, clean-up last"
+    );
+    assert_eq!((summary.mode.as_str(), summary.precopy_rounds, summary.page_bytes), ("post_copy", 0, 90));
+    assert_eq!(phase(&f), Role::Source(SourcePhase::CleanedUp));
+}
+
+#[tokio::test]
+async fn post_copy_failed_restore_resumes_the_frozen_workload_here() {
+    let f = post_copy_fixture();
+    let s = Script { fail_restore: true, status: Some(TargetReport::Phase(TargetPhase::Abandoned)), ..Script::default() };
+    let err = go(&f, &s).await.unwrap_err();
+    assert!(matches!(err, MigrateError::RolledBack { phase: "restore on target", .. }), "{err}");
+    let calls = s.calls();
+    assert_eq!(&calls[calls.len() - 5..], ["status", "abort", "move_back_shared", "abort_lazy", "release"]);
+    assert!(!calls.contains(&"restore_local".to_string()), "nothing is restored: the frozen tree resumes");
+    assert_eq!(phase(&f), Role::Source(SourcePhase::RolledBack));
+}
+
+#[tokio::test]
+async fn post_copy_failed_transfer_resumes_without_moving_anything() {
+    let f = post_copy_fixture();
+    let s = Script { fail_ship_call: Some(1), ..Script::default() };
+    let err = go(&f, &s).await.unwrap_err();
+    assert!(matches!(err, MigrateError::RolledBack { phase: "final transfer", .. }), "{err}");
+    assert_eq!(s.calls(), ["offer", "dump_lazy peer=Some(10.0.0.2)", "ship failed", "abort", "abort_lazy", "release"]);
+}
+
+#[tokio::test]
+async fn post_copy_stream_broken_after_restore_is_reported_lost_not_rolled_back() {
+    let f = post_copy_fixture();
+    let s = Script { fail_stream: true, ..Script::default() };
+    let err = go(&f, &s).await.unwrap_err();
+    assert!(matches!(err, MigrateError::PostCopyLost { .. }), "{err}");
+    assert!(!s.calls().iter().any(|c| c == "abort_lazy" || c == "move_back_shared"), "after the restore there is no going back: {:?}", s.calls());
+}
+
+#[test]
+fn migrate_request_mode_is_optional_on_the_wire() {
+    use crate::daemon::control::Request;
+    let old: Request = serde_json::from_str(r#"{"command":"migrate","workload":"redis","to":"node2"}"#).unwrap();
+    assert_eq!(old, Request::Migrate { workload: "redis".into(), to: Some("node2".into()), mode: None });
+    let new = Request::Migrate { workload: "redis".into(), to: None, mode: Some(MigrationMode::PostCopy) };
+    let json = serde_json::to_string(&new).unwrap();
+    assert!(json.contains(r#""mode":"post_copy""#), "{json}");
+    assert_eq!(serde_json::from_str::<Request>(&json).unwrap(), new);
 }
