@@ -8,3 +8,4 @@ pub mod run;
 pub mod status;
 pub mod transfer;
 pub mod ec2;
+pub mod ec2_run;

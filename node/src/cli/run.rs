@@ -65,6 +65,8 @@ pub struct RunArgs {
     /// Disk offered, bytes [default: measured free space of the data dir].
     #[arg(long, env = "HOTSPOT_CAPACITY_DISK_BYTES")]
     pub disk_bytes: Option<u64>,
+    #[command(flatten)]
+    pub ec2: super::ec2_run::Ec2RunArgs,
 }
 
 impl RunArgs {
@@ -106,6 +108,7 @@ impl RunArgs {
         c.capacity.cpu_millis = self.cpu_millis.or(c.capacity.cpu_millis);
         c.capacity.memory_bytes = self.memory_bytes.or(c.capacity.memory_bytes);
         c.capacity.disk_bytes = self.disk_bytes.or(c.capacity.disk_bytes);
+        self.ec2.apply(&mut c);
         c.validate()?;
         Ok(c)
     }

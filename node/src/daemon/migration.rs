@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::config::Config;
+use super::ec2::NodeMover;
 use super::control::{Handler, Reply, Request, ReserveParams};
 use super::service::NodeService;
 use crate::criu::Criu;
@@ -49,7 +50,7 @@ pub struct Migrations {
     journal: Journal,
     workloads: Workloads,
     checkpointer: WorkloadCheckpointer,
-    mover: LocalProvider,
+    mover: NodeMover,
     images_root: PathBuf,
     busy: Mutex<HashSet<String>>,
     cancel: CancellationToken,
@@ -62,6 +63,7 @@ pub fn start(
     key: &NodeKey,
     service: Arc<NodeService>,
     mesh: MeshClient,
+    ec2: Option<&super::ec2::Ec2Node>,
     tasks: &mut JoinSet<()>,
     cancel: CancellationToken,
 ) -> Result<Option<Arc<Migrations>>, BoxError> {
@@ -117,7 +119,7 @@ pub fn start(
     // The local provider: volumes (loop devices) and service addresses (netns interfaces) move
     // between the nodes of one machine, which find each other through a shared directory.
     let cluster = ClusterDir::new(std::env::var_os("HOTSPOT_LOCAL_CLUSTER").map_or_else(|| DEFAULT_CLUSTER_DIR.into(), std::path::PathBuf::from));
-    let mover = LocalProvider::join(cluster, &service.node(), service.name(), &config.workloads_dir)?;
+    let mover = NodeMover::new(LocalProvider::join(cluster, &service.node(), service.name(), &config.workloads_dir)?, ec2);
     let m = Arc::new(Migrations {
         service,
         mesh,
@@ -184,7 +186,7 @@ impl Migrations {
         QuicLink::new(self.sender.clone(), &self.key, self.trust.clone(), node, addr, self.mesh.clone(), progress)
     }
 
-    fn parts<'a>(&'a self, link: &'a QuicLink, progress: &'a mpsc::Sender<Progress>, cancel: &'a CancellationToken) -> Parts<'a, WorkloadCheckpointer, QuicLink, LocalProvider> {
+    fn parts<'a>(&'a self, link: &'a QuicLink, progress: &'a mpsc::Sender<Progress>, cancel: &'a CancellationToken) -> Parts<'a, WorkloadCheckpointer, QuicLink, NodeMover> {
         Parts { journal: &self.journal, checkpointer: &self.checkpointer, link, mover: &self.mover, progress, cancel }
     }
 
