@@ -254,3 +254,29 @@ pub async fn start_if_configured(config: &mut Config, node: &NodeId) -> Result<O
     ec2.apply_to(config);
     Ok(Some(Arc::new(ec2)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ec2_section_parses_and_typos_are_refused() {
+        assert_eq!(Config::from_toml("").unwrap().ec2, None, "no section: not on EC2");
+        let c = Config::from_toml("[ec2]\ncluster = \"prod\"\npeer_port = 4001\n[ec2.api]\nendpoint_url = \"http://127.0.0.1:5000\"\n").unwrap();
+        let s = c.ec2.unwrap();
+        assert_eq!((s.cluster.as_str(), s.peer_port, s.api.endpoint_url.as_deref()), ("prod", 4001, Some("http://127.0.0.1:5000")));
+        assert_eq!(Config::from_toml("[ec2]\n").unwrap().ec2, Some(Ec2NodeSettings::default()));
+        assert!(Config::from_toml("[ec2]\nclustr = \"x\"\n").unwrap_err().contains("clustr"));
+    }
+
+    #[test]
+    fn move_state_round_trips_and_refuses_other_versions() {
+        let empty = NodeMoveState::decode(&[]).unwrap();
+        assert_eq!((empty.version, empty.cloud.resolved), (MOVE_STATE_VERSION, false));
+        let st = NodeMoveState { version: MOVE_STATE_VERSION, cloud: CloudMoveState { resolved: true, ..Default::default() }, local: vec![1, 2] };
+        assert_eq!(NodeMoveState::decode(&st.encode()).unwrap(), st);
+        let newer = NodeMoveState { version: 9, ..st };
+        assert!(NodeMoveState::decode(&newer.encode()).unwrap_err().to_string().contains("version 9"));
+        assert!(NodeMoveState::decode(b"\xff").is_err());
+    }
+}
