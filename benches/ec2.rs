@@ -2,17 +2,21 @@
 //! resource moves (its state checks' logic, journaling of step states, classification, polling
 //! overhead), not the emulator's own latency.
 //!
-//! Each round moves a volume and an ENI between two instances in moto through the provider
-//! (every step state encoded as the journal would persist it). The provider times every SDK call
+//! Each round is what a migration's resource step does on an EC2 node ([`CloudMoves`], the
+//! cloud half of the daemon's mover): find the target's instance by its node tag, find the
+//! workload's volume and ENI by their tags, validate both, detach both, attach both, with every
+//! step state encoded as the journal would persist it. The provider times every SDK call
 //! it makes; overhead = round wall time - sum of those call latencies, measured in the same run.
 //! As a baseline the same round is also done with the bare minimum of raw SDK calls (detach,
 //! attach, one describe each to confirm) - what a trusting script would do.
 
 use std::time::{Duration, Instant};
 
-use hotspot_node::provider::ec2::emulator::{interface, run_instance, subnet_in, volume, MotoServer};
+use hotspot_node::provider::ec2::cloud_moves::{CloudMoves, NODE_TAG, WORKLOAD_TAG};
+use hotspot_node::provider::ec2::discovery::DEFAULT_CLUSTER_TAG;
+use hotspot_node::provider::ec2::emulator::{interface, run_instance, subnet_in, tag, volume, MotoServer};
 use hotspot_node::provider::ec2::{build_client, Ec2ClientSettings, Ec2Provider, Ec2ProviderOptions};
-use hotspot_node::provider::{drive_or_roll_back, AddressPlan, MoveStep, PersistedStep, Resource, VolumePlan};
+use hotspot_node::provider::MoveStep;
 
 const ROUNDS: usize = 15;
 const ZONE: &str = "us-east-1a";
@@ -63,39 +67,38 @@ async fn main() {
     let mut overheads = Vec::new();
     let mut baselines = Vec::new();
     let mut calls = 0;
-    let (mut from, mut to) = (a.clone(), b.clone());
+    for (id, node) in [(&vol, "bench-workload"), (&eni, "bench-workload")] {
+        tag(&client, id, WORKLOAD_TAG, node).await;
+        tag(&client, id, DEFAULT_CLUSTER_TAG, "bench").await;
+    }
+    let node = |instance: &str| CloudMoves {
+        provider: provider.clone(),
+        instance_id: instance.into(),
+        cluster_tag: DEFAULT_CLUSTER_TAG.into(),
+        cluster: "bench".into(),
+    };
+    let (node_a, node_b) = (node(&a), node(&b));
+    node_a.tag_self("node-a").await.unwrap();
+    node_b.tag_self("node-b").await.unwrap();
+    let (mut from, mut to) = ((&a, &node_a), (&b, &node_b));
     for round in 0..=ROUNDS {
-        let vplan = VolumePlan {
-            volume: vol.clone(),
-            source_host: from.clone(),
-            target_host: to.clone(),
-            device: "/dev/sdf".into(),
-        };
-        let aplan = AddressPlan::Interface {
-            interface: eni.clone(),
-            source_host: from.clone(),
-            target_host: to.clone(),
-            device_index: 1,
-        };
         let mut journal: Vec<Vec<u8>> = Vec::new();
         let (calls0, sdk0) = (provider.call_stats().calls(), provider.call_stats().total());
         let started = Instant::now();
-        drive_or_roll_back(&provider, Resource::Volume(&vplan), MoveStep::Planned, |s| {
-            journal.push(PersistedStep::encode(s))
-        })
-        .await
-        .expect("volume move");
-        drive_or_roll_back(&provider, Resource::Address(&aplan), MoveStep::Planned, |s| {
-            journal.push(PersistedStep::encode(s))
-        })
-        .await
-        .expect("interface move");
+        let source = from.1;
+        let target = source.instance_of(if to.0 == &a { "node-a" } else { "node-b" }).await.expect("target instance");
+        let mut st = source.plan("bench-workload", Some(&target)).await.expect("plan");
+        for until in [MoveStep::Detached, MoveStep::Attached] {
+            let persist = |s: &hotspot_node::provider::ec2::cloud_moves::CloudMoveState| journal.push(s.encode());
+            source.advance(&mut st, until, persist).await.expect("move");
+        }
         let total = started.elapsed();
         let in_sdk = provider.call_stats().total() - sdk0;
-        assert_eq!(journal.len(), 6);
+        assert_eq!(journal.len(), 6, "three steps for each of the two resources");
+        assert_eq!(&target, to.0);
 
         let raw_started = Instant::now();
-        raw_round(&client, &raw_vol, &raw_eni, &from, &to).await;
+        raw_round(&client, &raw_vol, &raw_eni, from.0, to.0).await;
         let raw = raw_started.elapsed();
 
         if round > 0 {
@@ -111,7 +114,7 @@ async fn main() {
     println!("rounds: {ROUNDS} (volume + ENI move per round, moto at {})", moto.endpoint());
     println!("provider round median: {:.2} ms ({calls} API calls)", ms(median(totals)));
     println!("  of which SDK calls:  {:.2} ms", ms(median(sdk)));
-    println!("raw-call baseline:     {:.2} ms (6 API calls, no checks, no journal)", ms(median(baselines)));
+    println!("raw-call baseline:     {:.2} ms (6 API calls, no lookups, no checks, no journal)", ms(median(baselines)));
     println!("ec2 overhead_ms={:.3}", ms(median(overheads)));
 }
 

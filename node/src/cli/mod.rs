@@ -9,3 +9,4 @@ pub mod status;
 pub mod transfer;
 pub mod ec2;
 pub mod triggers;
+pub mod ec2_run;

@@ -86,6 +86,8 @@ pub struct RunArgs {
     /// Metadata service base URL [default: http://169.254.169.254].
     #[arg(long, env = "HOTSPOT_IMDS_ENDPOINT")]
     pub imds_endpoint: Option<String>,
+    #[command(flatten)]
+    pub ec2: super::ec2_run::Ec2RunArgs,
 }
 
 impl RunArgs {
@@ -139,6 +141,7 @@ impl RunArgs {
         if self.imds_endpoint.is_some() {
             t.imds_endpoint = self.imds_endpoint.clone();
         }
+        self.ec2.apply(&mut c);
         c.validate()?;
         Ok(c)
     }

@@ -39,6 +39,17 @@
 //! cpu_millis = 4000
 //! memory_bytes = 8589934592
 //! disk_bytes = 107374182400
+//!
+//! # Present only on EC2 (or against an emulator): identity from IMDSv2, spot price in the advert,
+//! # bootstrap peers by cluster tag, EBS/ENI moves. Every field: provider::ec2::Ec2NodeSettings.
+//! [ec2]
+//! cluster = "default"             # default; peers are running instances tagged hotspot-mesh:cluster=<cluster>
+//! on_demand_usd_per_hour = 0.0416 # default none; advertised until the first spot price arrives
+//! price_refresh_secs = 300        # default
+//! [ec2.api]
+//! endpoint_url = "http://127.0.0.1:5000"   # default: the real EC2 endpoint of the region
+//! [ec2.imds]
+//! endpoint = "http://169.254.169.254"      # default
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -72,6 +83,8 @@ pub struct Config {
     pub price: PriceConfig,
     pub capacity: CapacityConfig,
     pub triggers: super::triggers::TriggerConfig,
+    /// `[ec2]`: run as an EC2 instance (see [`super::ec2`]). Absent: not on EC2.
+    pub ec2: Option<crate::provider::ec2::Ec2NodeSettings>,
 }
 
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/hotspot-mesh/control.sock";
@@ -90,6 +103,7 @@ impl Default for Config {
             price: PriceConfig::default(),
             capacity: CapacityConfig::default(),
             triggers: Default::default(),
+            ec2: None,
         }
     }
 }

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::config::Config;
+use super::ec2::NodeMover;
 use super::control::{Handler, Reply, Request, ReserveParams};
 use super::service::NodeService;
 use crate::criu::Criu;
@@ -49,7 +50,7 @@ pub struct Migrations {
     journal: Journal,
     workloads: Workloads,
     checkpointer: WorkloadCheckpointer,
-    mover: LocalProvider,
+    mover: NodeMover,
     images_root: PathBuf,
     busy: Mutex<HashSet<String>>,
     cancel: CancellationToken,
@@ -62,6 +63,7 @@ pub fn start(
     key: &NodeKey,
     service: Arc<NodeService>,
     mesh: MeshClient,
+    ec2: Option<&super::ec2::Ec2Node>,
     tasks: &mut JoinSet<()>,
     cancel: CancellationToken,
 ) -> Result<Option<Arc<Migrations>>, BoxError> {
@@ -119,7 +121,7 @@ pub fn start(
     let cluster = ClusterDir::new(std::env::var_os("HOTSPOT_LOCAL_CLUSTER").map_or_else(|| DEFAULT_CLUSTER_DIR.into(), std::path::PathBuf::from));
     // Post-copy's page relay listens on the address peers reach this node's transfers at.
     let page_relay_ip = advertise.as_deref().and_then(|a| a.parse::<SocketAddr>().ok()).map_or(bound.ip(), |a| a.ip());
-    let mover = LocalProvider::join(cluster, &service.node(), service.name(), &config.workloads_dir)?;
+    let mover = NodeMover::new(LocalProvider::join(cluster, &service.node(), service.name(), &config.workloads_dir)?, ec2);
     let m = Arc::new(Migrations {
         service,
         mesh,
@@ -186,7 +188,7 @@ impl Migrations {
         QuicLink::new(self.sender.clone(), &self.key, self.trust.clone(), node, addr, self.mesh.clone(), progress)
     }
 
-    fn parts<'a>(&'a self, link: &'a QuicLink, progress: &'a mpsc::Sender<Progress>, cancel: &'a CancellationToken) -> Parts<'a, WorkloadCheckpointer, QuicLink, LocalProvider> {
+    fn parts<'a>(&'a self, link: &'a QuicLink, progress: &'a mpsc::Sender<Progress>, cancel: &'a CancellationToken) -> Parts<'a, WorkloadCheckpointer, QuicLink, NodeMover> {
         Parts { journal: &self.journal, checkpointer: &self.checkpointer, link, mover: &self.mover, progress, cancel }
     }
 

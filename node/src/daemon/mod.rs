@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod control;
+pub mod ec2;
 pub mod evacuate;
 pub mod hop;
 pub mod host;
@@ -50,6 +51,8 @@ pub enum DaemonError {
     Control(#[from] control::ControlError),
     #[error("migration endpoint: {0}")]
     Migration(crate::migrate::BoxError),
+    #[error(transparent)]
+    Ec2(#[from] ec2::Ec2NodeError),
     #[error("invalid multiaddr {addr:?} in {field}: {reason}")]
     Multiaddr { field: &'static str, addr: String, reason: String },
 }
@@ -96,22 +99,29 @@ fn create_private_dir(path: &std::path::Path) -> Result<(), DaemonError> {
 
 /// Runs the daemon until `shutdown` fires, then announces `leaving` and stops everything it
 /// started. Returns once all its tasks have ended.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), DaemonError> {
+pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<(), DaemonError> {
     config.validate()?;
     create_private_dir(&config.data_dir)?;
     let key = NodeKey::load_or_create(&config.data_dir.join("node.key"))?;
+    let ec2 = ec2::start_if_configured(&mut config, &key.node_id()).await?;
     let store = ledger::SledLedgerStore::open(&config.data_dir.join("ledger"))?;
     let opts = mesh_options(&config, key.seed())?;
     let listener = control::bind(&config.control_socket)?;
     // The mesh gets its own token: it must outlive `shutdown` long enough to say `leaving`.
     let mesh_cancel = CancellationToken::new();
     let mesh = mesh::spawn(opts, mesh_cancel.clone())?;
-    let service = Arc::new(service::NodeService::new(&config, mesh.node_id, mesh.client.clone(), Box::new(store), price_source(&config)?)?);
+    let service = Arc::new(service::NodeService::new(&config, mesh.node_id, mesh.client.clone(), Box::new(store), match &ec2 {
+        Some(e) => e.price_source(config.price.fixed_per_hour),
+        None => price_source(&config)?,
+    })?);
     info!(node = %mesh.node_id, name = %service.name(), socket = %config.control_socket.display(), "hotspot-node running");
 
     let tasks_cancel = shutdown.child_token();
     let mut tasks = tokio::task::JoinSet::new();
-    let migrations = migration::start(&config, &key, service.clone(), mesh.client.clone(), &mut tasks, tasks_cancel.clone()).map_err(DaemonError::Migration)?;
+    let migrations = migration::start(&config, &key, service.clone(), mesh.client.clone(), ec2.as_deref(), &mut tasks, tasks_cancel.clone()).map_err(DaemonError::Migration)?;
+    if let Some(e) = &ec2 {
+        e.spawn(&mut tasks, tasks_cancel.clone());
+    }
     reboot::account(&config, mesh.node_id).await;
     let triggers = evacuate::Triggers::new(config.triggers.clone(), service.clone(), migrations.clone());
     let handler = Arc::new(triggers::NodeHandler { inner: migration::DaemonHandler { service: service.clone(), migrations }, triggers: triggers.clone() });

@@ -149,3 +149,108 @@ pub async fn interface(c: &aws_sdk_ec2::Client, subnet: &str, attached_to: Optio
     }
     id
 }
+
+/// Binds a TCP listener inside network namespace `netns` (a name under /run/netns). The socket
+/// stays in that namespace; only the short-lived binding thread ever enters it.
+pub fn bind_in_netns(netns: &str, addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let path = crate::workload::netns::path(netns);
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&path)?;
+        // SAFETY: setns(2) on a valid namespace fd; it changes only this (throwaway) thread.
+        if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        std::net::TcpListener::bind(addr)
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("binding thread panicked"))?
+}
+
+/// Makes a host-loopback port (the emulator's) reachable as `127.0.0.1:port` inside a lab
+/// network namespace, the way an instance reaches its regional endpoint: a plain TCP relay
+/// whose listening socket lives in the namespace. Stops on drop.
+#[derive(Debug)]
+pub struct NetnsRelay {
+    pub port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl NetnsRelay {
+    pub fn start(netns: &str, to_port: u16) -> std::io::Result<NetnsRelay> {
+        use std::sync::atomic::Ordering;
+        let listener = bind_in_netns(netns, ([127, 0, 0, 1], 0).into())?;
+        listener.set_nonblocking(true)?;
+        let port = listener.local_addr()?.port();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((inside, _)) => {
+                        let _ = inside.set_nonblocking(false);
+                        // This thread is in the host's namespace: the connect reaches the emulator.
+                        if let Ok(outside) = TcpStream::connect(("127.0.0.1", to_port)) {
+                            pipe_both_ways(inside, outside);
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(5)),
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        });
+        Ok(NetnsRelay { port, stop })
+    }
+}
+
+impl Drop for NetnsRelay {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn pipe_both_ways(a: TcpStream, b: TcpStream) {
+    let (Ok(a2), Ok(b2)) = (a.try_clone(), b.try_clone()) else { return };
+    let copy = |mut from: TcpStream, mut to: TcpStream| {
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut from, &mut to);
+            let _ = to.shutdown(std::net::Shutdown::Write);
+        })
+    };
+    copy(a, b2);
+    copy(b, a2);
+}
+
+/// A VPC and one subnet `cidr` in `zone` (for instances at chosen private addresses).
+pub async fn subnet_with_cidr(c: &aws_sdk_ec2::Client, cidr: &str, zone: &str) -> String {
+    let vpc = c.create_vpc().cidr_block(cidr).send().await.expect("CreateVpc");
+    let vpc = vpc.vpc().and_then(|v| v.vpc_id()).expect("vpc id").to_string();
+    let out = c.create_subnet().vpc_id(vpc).cidr_block(cidr).availability_zone(zone).send().await.expect("CreateSubnet");
+    out.subnet().and_then(|s| s.subnet_id()).expect("subnet id").to_string()
+}
+
+/// Runs one instance in `subnet` at `private_ip`, tagged `cluster` (the lab's "host" `private_ip`).
+pub async fn run_instance_at(c: &aws_sdk_ec2::Client, subnet: &str, private_ip: &str, cluster: &str) -> String {
+    let out = c
+        .run_instances()
+        .image_id(image_id(c).await)
+        .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
+        .min_count(1)
+        .max_count(1)
+        .subnet_id(subnet)
+        .private_ip_address(private_ip)
+        .tag_specifications(
+            TagSpecification::builder()
+                .resource_type(ResourceType::Instance)
+                .tags(Tag::builder().key(DEFAULT_CLUSTER_TAG).value(cluster).build())
+                .build(),
+        )
+        .send()
+        .await
+        .expect("RunInstances");
+    out.instances()[0].instance_id().unwrap().to_string()
+}
+
+/// Tags resource `id` with `key=value`.
+pub async fn tag(c: &aws_sdk_ec2::Client, id: &str, key: &str, value: &str) {
+    c.create_tags().resources(id).tags(Tag::builder().key(key).value(value).build()).send().await.expect("CreateTags");
+}

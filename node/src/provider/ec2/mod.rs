@@ -7,6 +7,7 @@
 
 mod address;
 mod call;
+pub mod cloud_moves;
 mod describe;
 pub mod discovery;
 pub mod emulator;

@@ -29,6 +29,14 @@ pub struct Ec2NodeSettings {
     pub on_demand_usd_per_hour: Option<f64>,
     /// Milliseconds between interruption-notice polls (default 5000, as AWS recommends).
     pub notice_poll_ms: u64,
+    /// TCP port peers' meshes listen on (default 7946): bootstrap addresses are
+    /// `/ip4/<private ip>/tcp/<peer_port>`, so run every node with `--listen /ip4/0.0.0.0/tcp/7946`.
+    pub peer_port: u16,
+    /// Also move the workload's loop-device volume and netns interface between the nodes of this
+    /// machine (the local provider) around the cloud calls: for a lab where EC2 is emulated and
+    /// every "instance" shares one host. Default false (on EC2 the block device and the ENI
+    /// follow the cloud attach).
+    pub local_data_path: bool,
 }
 
 impl Default for Ec2NodeSettings {
@@ -42,6 +50,8 @@ impl Default for Ec2NodeSettings {
             price_refresh_secs: 300,
             on_demand_usd_per_hour: None,
             notice_poll_ms: 5_000,
+            peer_port: 7946,
+            local_data_path: false,
         }
     }
 }
