@@ -12,7 +12,7 @@
 
 use std::time::{Duration, Instant};
 
-use hotspot_node::provider::ec2::cloud_moves::{CloudMoves, NODE_TAG, WORKLOAD_TAG};
+use hotspot_node::provider::ec2::cloud_moves::{CloudMoves, WORKLOAD_TAG};
 use hotspot_node::provider::ec2::discovery::DEFAULT_CLUSTER_TAG;
 use hotspot_node::provider::ec2::emulator::{interface, run_instance, subnet_in, tag, volume, MotoServer};
 use hotspot_node::provider::ec2::{build_client, Ec2ClientSettings, Ec2Provider, Ec2ProviderOptions};
