@@ -244,6 +244,24 @@ impl ResourceMover for NodeMover {
         *state = st.encode();
         Ok(())
     }
+
+    // Post-copy shares the volume while pages stream: only the local provider can (an EBS volume
+    // attaches to one instance), so on EC2 this keeps the refusing default.
+    async fn move_to_target_shared(&self, workload: &WorkloadSpec, target: &NodeId, state: &mut Vec<u8>) -> Result<(), BoxError> {
+        match (&self.cloud, &self.local) {
+            (None, Some(local)) => local.move_to_target_shared(workload, target, state).await,
+            (None, None) => Ok(()),
+            (Some(_), _) => Err("post-copy cannot share an EBS volume between instances; use pre-copy on EC2".into()),
+        }
+    }
+
+    async fn move_back_shared(&self, workload: &WorkloadSpec, state: &mut Vec<u8>) -> Result<(), BoxError> {
+        match (&self.cloud, &self.local) {
+            (None, Some(local)) => local.move_back_shared(workload, state).await,
+            (None, None) => Ok(()),
+            (Some(_), _) => Err("post-copy cannot share an EBS volume between instances; use pre-copy on EC2".into()),
+        }
+    }
 }
 
 /// Starts the EC2 side when the config has an `[ec2]` section, and folds what it learned into

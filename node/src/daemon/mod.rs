@@ -104,6 +104,11 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<(), 
     create_private_dir(&config.data_dir)?;
     let key = NodeKey::load_or_create(&config.data_dir.join("node.key"))?;
     let ec2 = ec2::start_if_configured(&mut config, &key.node_id()).await?;
+    if let Some(e) = &config.ec2 {
+        // On EC2, spot notices come from the metadata service the [ec2] section names.
+        config.triggers.imds = true;
+        config.triggers.imds_endpoint.get_or_insert_with(|| e.imds.endpoint.clone());
+    }
     let store = ledger::SledLedgerStore::open(&config.data_dir.join("ledger"))?;
     let opts = mesh_options(&config, key.seed())?;
     let listener = control::bind(&config.control_socket)?;

@@ -19,7 +19,7 @@
 //! notice_deadline_secs = 120      # default; deadline of `hotspot-node notice` without --deadline-secs
 //! notice_file = "/run/hotspot-mesh/notice"   # default: none; its appearance is a notice
 //!                                 # (content: optional deadline in seconds)
-//! imds = false                    # default; poll EC2's metadata service for spot notices
+//! imds = false                    # default (true when [ec2] is set); poll the metadata service for spot notices
 //! imds_endpoint = "http://169.254.169.254"   # default
 //! ```
 

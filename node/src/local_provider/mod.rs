@@ -158,6 +158,8 @@ impl LocalProvider {
     /// What a daemon calls at start: registers this node in `cluster` (so sources can hand it
     /// volumes and addresses) and returns its provider.
     pub fn join(cluster: ClusterDir, node_id: &NodeId, name: &str, state_dir: &Path) -> Result<Self, LocalProviderError> {
+        // The state dir must exist before the entry does: registrations prune entries without one.
+        std::fs::create_dir_all(state_dir).map_err(|source| LocalProviderError::Io { path: state_dir.to_path_buf(), source })?;
         let me = NodeEntry::new(node_id, name, state_dir);
         cluster.register(&me)?;
         Ok(LocalProvider { cluster, me })
