@@ -29,7 +29,7 @@ use super::service::NodeService;
 use crate::criu::Criu;
 use crate::journal::{Journal, MigrationRecord, Role};
 use crate::mesh::MeshClient;
-use crate::local_provider::{ClusterDir, LocalProvider, DEFAULT_CLUSTER_DIR};
+use crate::lan_provider::{self, Mover};
 use crate::migrate::local::{images_root, needs_of, BookReservations, WorkloadCheckpointer, WorkloadRestorer};
 use crate::migrate::quic::{self, unhex16, QuicLink};
 use crate::migrate::source::{self, Parts, SourcePlan};
@@ -49,7 +49,7 @@ pub struct Migrations {
     journal: Journal,
     workloads: Workloads,
     checkpointer: WorkloadCheckpointer,
-    mover: LocalProvider,
+    mover: Mover,
     images_root: PathBuf,
     busy: Mutex<HashSet<String>>,
     cancel: CancellationToken,
@@ -103,6 +103,8 @@ pub fn start(
         node: service.node(),
         corrupt_images: std::env::var("HOTSPOT_FAULT_CORRUPT_IMAGE").is_ok_and(|v| v == "1"),
     };
+    // The resource provider (`provider` in the config): local cluster directory or LAN.
+    let (mover, restorer) = lan_provider::select(config, &service, &workloads, restorer, tasks, cancel.clone())?;
     let target = Arc::new(TargetService { journal: journal.clone(), restorer, reservations: BookReservations(service.clone()) });
     recover_targets(&target.journal, &workloads, &service);
 
@@ -114,10 +116,6 @@ pub fn start(
     tasks.spawn(sync_trust(mesh.clone(), trust.clone(), cancel.clone()));
     info!(transfer = %bound, advertised = ?advertise, workloads = %config.workloads_dir.display(), "migration endpoint up");
 
-    // The local provider: volumes (loop devices) and service addresses (netns interfaces) move
-    // between the nodes of one machine, which find each other through a shared directory.
-    let cluster = ClusterDir::new(std::env::var_os("HOTSPOT_LOCAL_CLUSTER").map_or_else(|| DEFAULT_CLUSTER_DIR.into(), std::path::PathBuf::from));
-    let mover = LocalProvider::join(cluster, &service.node(), service.name(), &config.workloads_dir)?;
     let m = Arc::new(Migrations {
         service,
         mesh,
@@ -184,7 +182,7 @@ impl Migrations {
         QuicLink::new(self.sender.clone(), &self.key, self.trust.clone(), node, addr, self.mesh.clone(), progress)
     }
 
-    fn parts<'a>(&'a self, link: &'a QuicLink, progress: &'a mpsc::Sender<Progress>, cancel: &'a CancellationToken) -> Parts<'a, WorkloadCheckpointer, QuicLink, LocalProvider> {
+    fn parts<'a>(&'a self, link: &'a QuicLink, progress: &'a mpsc::Sender<Progress>, cancel: &'a CancellationToken) -> Parts<'a, WorkloadCheckpointer, QuicLink, Mover> {
         Parts { journal: &self.journal, checkpointer: &self.checkpointer, link, mover: &self.mover, progress, cancel }
     }
 
