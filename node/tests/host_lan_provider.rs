@@ -39,6 +39,11 @@ impl Node {
     fn publishes(&self, ip: &str) -> bool {
         netns::ip(&["-n", &self.ns, "neigh", "show", "proxy", ip, "dev", "eth0"]).is_ok_and(|o| !o.trim().is_empty())
     }
+    /// The MAC of this node's LAN interface.
+    fn mac(&self) -> String {
+        let out = netns::ip(&["-n", &self.ns, "-o", "link", "show", "dev", "eth0"]).unwrap();
+        out.split_whitespace().skip_while(|w| *w != "link/ether").nth(1).unwrap().to_string()
+    }
     fn migrate_to(&self, to: &str) -> String {
         let out = self.daemon.cli(&["migrate", WORKLOAD, "--to", to]).unwrap();
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -127,6 +132,9 @@ fn host_lan_provider_moves_redis_and_its_address_between_nodes_and_back() {
         assert!(!nodes[from].runs_redis(), "redis still runs on node{}", from + 1);
         assert!(nodes[to].publishes(&ip), "node{} does not answer ARP for {ip}", to + 1);
         assert!(!nodes[from].publishes(&ip), "node{} still answers ARP for {ip}", from + 1);
+        // The gratuitous ARP moved the client's cache entry to the target's MAC.
+        let neigh = netns::ip(&["-n", &client_ns, "neigh", "show", &ip]).unwrap();
+        assert!(neigh.contains(&nodes[to].mac()), "the client's ARP entry for {ip} is not node{}'s MAC {}: {neigh}", to + 1, nodes[to].mac());
         let before = client.batches();
         assert!(client.wait_batches(before + 100, Duration::from_secs(20)), "the client stalled after the move to node{}", to + 1);
         eprintln!("node{} -> node{}: client-visible gap {:?}\n{out}", from + 1, to + 1, client.take_max_stall());

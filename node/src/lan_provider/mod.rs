@@ -26,6 +26,7 @@
 pub mod garp;
 mod select;
 
+use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -72,8 +73,8 @@ pub struct LanProvider {
     pub interface: String,
     workloads: Workloads,
     /// Held while publishing or withdrawing, so the background check never re-publishes an
-    /// address a migration has just withdrawn.
-    publishing: Arc<Mutex<()>>,
+    /// address a migration has just withdrawn. Holds the addresses this daemon published.
+    publishing: Arc<Mutex<HashSet<Ipv4Addr>>>,
 }
 
 /// The IPv4 service address of a workload, if it has one.
@@ -102,10 +103,10 @@ pub fn interface_with(ip: std::net::IpAddr) -> Result<String, LanError> {
 
 impl LanProvider {
     pub fn new(interface: impl Into<String>, workloads: Workloads) -> Self {
-        LanProvider { interface: interface.into(), workloads, publishing: Arc::new(Mutex::new(())) }
+        LanProvider { interface: interface.into(), workloads, publishing: Arc::new(Mutex::new(HashSet::new())) }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<Ipv4Addr>> {
         self.publishing.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -116,7 +117,7 @@ impl LanProvider {
 
     /// Makes the workload of `rec` reachable from the LAN through this node (idempotent):
     /// forwarding on, route to its uplink, ARP answered on both sides, gratuitous ARP sent.
-    fn publish_locked(&self, rec: &WorkloadRecord) -> Result<(), LanError> {
+    fn publish_locked(&self, published: &mut HashSet<Ipv4Addr>, rec: &WorkloadRecord) -> Result<(), LanError> {
         let Some(ip) = ipv4_of(&rec.name, rec.address.map(|a| a.to_string()).as_deref())? else { return Ok(()) };
         let uplink = rec.uplink.as_ref().filter(|u| u.netns.is_none()).ok_or_else(|| LanError::NoUplink(rec.name.clone()))?;
         write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
@@ -124,6 +125,7 @@ impl LanProvider {
         let (host, ip_text) = (format!("{ip}/32"), ip.to_string());
         netns::ip(&["route", "replace", &host, "dev", &uplink.interface])?;
         netns::ip(&["neigh", "replace", "proxy", &ip_text, "dev", &self.interface])?;
+        published.insert(ip);
         garp::announce(&self.interface, ip)?;
         tracing::info!(workload = %rec.name, address = %ip, interface = %self.interface, uplink = %uplink.interface, "service address published on the LAN");
         // Repeat the announcement: a frame can be lost, and a host may ignore an update that
@@ -140,32 +142,47 @@ impl LanProvider {
 
     /// [`Self::publish_locked`] for workload `name`'s record on this node.
     pub fn publish(&self, name: &str) -> Result<(), LanError> {
-        let _guard = self.lock();
-        self.publish_locked(&self.workloads.get(name)?.record)
+        let mut published = self.lock();
+        self.publish_locked(&mut published, &self.workloads.get(name)?.record)
     }
 
     /// Stops answering for `ip` on the LAN (idempotent).
     pub fn withdraw(&self, ip: Ipv4Addr) -> Result<(), LanError> {
-        let _guard = self.lock();
-        if self.is_published(ip) {
-            netns::ip(&["neigh", "del", "proxy", &ip.to_string(), "dev", &self.interface])?;
-            tracing::info!(address = %ip, interface = %self.interface, "service address withdrawn from the LAN");
+        Self::withdraw_locked(&self.interface, &mut self.lock(), ip)
+    }
+
+    fn withdraw_locked(interface: &str, published: &mut HashSet<Ipv4Addr>, ip: Ipv4Addr) -> Result<(), LanError> {
+        published.remove(&ip);
+        let shown = netns::ip(&["neigh", "show", "proxy", &ip.to_string(), "dev", interface]).is_ok_and(|o| !o.trim().is_empty());
+        if shown {
+            netns::ip(&["neigh", "del", "proxy", &ip.to_string(), "dev", interface])?;
+            tracing::info!(address = %ip, interface, "service address withdrawn from the LAN");
         }
         Ok(())
     }
 
-    /// One pass of [`Self::keep_published`]: publishes every running workload not yet published.
+    /// One pass of [`Self::keep_published`]: publishes every running workload not yet
+    /// published, and withdraws addresses it published whose workload has no record here any
+    /// more (stopped, or retired after migrating away).
     pub fn publish_running(&self) {
-        for w in self.workloads.list().into_iter().flatten().filter(|w| w.address().is_some()) {
-            let _guard = self.lock();
+        let records: Vec<WorkloadRecord> = self.workloads.list().into_iter().flatten().map(|w| w.record).collect();
+        for rec in records.iter().filter(|r| r.address.is_some()) {
+            let mut published = self.lock();
             // Checked under the lock: a workload being migrated stops running (final dump)
             // before its address is withdrawn.
-            let running = self.workloads.get(w.name()).is_ok_and(|w| w.is_running());
-            let Some(std::net::IpAddr::V4(ip)) = w.address().map(|a| a.ip) else { continue };
+            let running = self.workloads.get(&rec.name).is_ok_and(|w| w.is_running());
+            let Some(std::net::IpAddr::V4(ip)) = rec.address.map(|a| a.ip) else { continue };
             if running && !self.is_published(ip) {
-                if let Err(e) = self.publish_locked(&w.record) {
-                    tracing::warn!(workload = %w.name(), error = %e, "cannot publish the service address on the LAN");
+                if let Err(e) = self.publish_locked(&mut published, rec) {
+                    tracing::warn!(workload = %rec.name, error = %e, "cannot publish the service address on the LAN");
                 }
+            }
+        }
+        let mut published = self.lock();
+        let orphans: Vec<Ipv4Addr> = published.iter().copied().filter(|ip| !records.iter().any(|r| r.address.is_some_and(|a| a.ip == *ip))).collect();
+        for ip in orphans {
+            if let Err(e) = Self::withdraw_locked(&self.interface, &mut published, ip) {
+                tracing::warn!(address = %ip, error = %e, "cannot withdraw the address of a workload gone from this node");
             }
         }
     }

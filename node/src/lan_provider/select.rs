@@ -132,3 +132,21 @@ impl Restorer for SelectedRestorer {
         self.plain.discard(workload).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_and_interface_come_from_the_config() {
+        let c = Config::from_toml("provider = \"lan\"\nlan_interface = \"eth1\"\n").unwrap();
+        assert_eq!(c.provider, ProviderKind::Lan);
+        assert_eq!(lan_interface(&c).unwrap(), "eth1");
+        assert_eq!(Config::from_toml("").unwrap().provider, ProviderKind::Local);
+        let err = Config::from_toml("provider = \"vlan\"\n").unwrap_err();
+        assert!(err.contains("lan"), "{err}");
+        // Listening on every address names no interface: a clear error, not a guess.
+        let c = Config::from_toml("provider = \"lan\"\ntransfer_listen = \"0.0.0.0:7947\"\n").unwrap();
+        assert!(lan_interface(&c).unwrap_err().to_string().contains("transfer_advertise"));
+    }
+}
