@@ -35,7 +35,7 @@ use hotspot_protocol::migration::WorkloadSpec;
 use hotspot_protocol::NodeId;
 use tokio_util::sync::CancellationToken;
 
-use crate::local_provider::state::{MoveState, Step};
+use crate::local_provider::state::{run_blocking_step, MoveState, Step};
 use crate::migrate::{BoxError, ResourceMover};
 use crate::workload::{netns, IfAddr, NetError, WorkloadRecord, Workloads};
 pub use garp::GarpError;
@@ -260,25 +260,13 @@ impl LanProvider {
 
 impl ResourceMover for LanProvider {
     async fn move_to_target(&self, workload: &WorkloadSpec, target: &NodeId, state: &mut Vec<u8>) -> Result<(), BoxError> {
-        let (me, spec, target, mut st) = (self.clone(), workload.clone(), *target, std::mem::take(state));
-        let (st, result) = tokio::task::spawn_blocking(move || {
-            let r = me.move_to_target_blocking(&spec, &target, &mut st);
-            (st, r)
-        })
-        .await?;
-        *state = st;
-        Ok(result?)
+        let (spec, target) = (workload.clone(), *target);
+        run_blocking_step(self, state, move |me, st| me.move_to_target_blocking(&spec, &target, st)).await
     }
 
     async fn move_back(&self, workload: &WorkloadSpec, state: &mut Vec<u8>) -> Result<(), BoxError> {
-        let (me, spec, mut st) = (self.clone(), workload.clone(), std::mem::take(state));
-        let (st, result) = tokio::task::spawn_blocking(move || {
-            let r = me.move_back_blocking(&spec, &mut st);
-            (st, r)
-        })
-        .await?;
-        *state = st;
-        Ok(result?)
+        let spec = workload.clone();
+        run_blocking_step(self, state, move |me, st| me.move_back_blocking(&spec, st)).await
     }
 }
 

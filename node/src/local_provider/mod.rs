@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::migrate::{BoxError, ResourceMover};
 use crate::workload::{netns, NetError, Workloads};
 pub use loopdev::LoopError;
-use state::{MoveState, Step};
+use state::{run_blocking_step, MoveState, Step};
 
 /// Format of a node's record in the cluster directory.
 pub const NODE_ENTRY_FORMAT: u32 = 1;
@@ -291,25 +291,13 @@ impl LocalProvider {
 
 impl ResourceMover for LocalProvider {
     async fn move_to_target(&self, workload: &WorkloadSpec, target: &NodeId, state: &mut Vec<u8>) -> Result<(), BoxError> {
-        let (me, spec, target, mut st) = (self.clone(), workload.clone(), *target, std::mem::take(state));
-        let (st, result) = tokio::task::spawn_blocking(move || {
-            let r = me.move_to_target_blocking(&spec, &target, &mut st);
-            (st, r)
-        })
-        .await?;
-        *state = st;
-        Ok(result?)
+        let (spec, target) = (workload.clone(), *target);
+        run_blocking_step(self, state, move |me, st| me.move_to_target_blocking(&spec, &target, st)).await
     }
 
     async fn move_back(&self, workload: &WorkloadSpec, state: &mut Vec<u8>) -> Result<(), BoxError> {
-        let (me, spec, mut st) = (self.clone(), workload.clone(), std::mem::take(state));
-        let (st, result) = tokio::task::spawn_blocking(move || {
-            let r = me.move_back_blocking(&spec, &mut st);
-            (st, r)
-        })
-        .await?;
-        *state = st;
-        Ok(result?)
+        let spec = workload.clone();
+        run_blocking_step(self, state, move |me, st| me.move_back_blocking(&spec, st)).await
     }
 }
 
