@@ -20,6 +20,8 @@ use hotspot_node::workload::{netns, StartOptions, Workloads};
 const BIN: &str = env!("CARGO_BIN_EXE_hotspot-node");
 const TEST: &str = "host_lan_provider_moves_redis_and_its_address_between_nodes_and_back";
 const WORKLOAD: &str = "redis";
+/// A second workload, with a host-directory volume: the LAN provider must refuse to move it.
+const WITH_VOLUME: &str = "redisvol";
 
 struct Node {
     daemon: Daemon,
@@ -45,7 +47,14 @@ impl Node {
         out.split_whitespace().skip_while(|w| *w != "link/ether").nth(1).unwrap().to_string()
     }
     fn migrate_to(&self, to: &str) -> String {
-        let out = self.daemon.cli(&["migrate", WORKLOAD, "--to", to]).unwrap();
+        self.migrate_named(WORKLOAD, to, true)
+    }
+    fn migrate_named(&self, workload: &str, to: &str, must_succeed: bool) -> String {
+        let out = self.daemon.cli(&["migrate", workload, "--to", to]).unwrap();
+        if !must_succeed {
+            assert!(!out.status.success(), "migrate {workload} should have failed");
+            return format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        }
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         let log = std::fs::read_to_string(&self.daemon.log).unwrap_or_default();
         assert!(out.status.success(), "migrate {WORKLOAD} --to {to} failed:\n{text}\n--- {} log:\n{log}", self.daemon.name);
@@ -93,8 +102,8 @@ fn host_lan_provider_moves_redis_and_its_address_between_nodes_and_back() {
         .iter()
         .map(|n| {
             let mut c = Cleanup::new(n.workloads());
-            c.names.push(WORKLOAD.into());
-            c.netns.push(workload_netns(WORKLOAD, &n.id8));
+            c.names.extend([WORKLOAD.into(), WITH_VOLUME.into()]);
+            c.netns.extend([workload_netns(WORKLOAD, &n.id8), workload_netns(WITH_VOLUME, &n.id8)]);
             c
         })
         .collect();
@@ -145,4 +154,44 @@ fn host_lan_provider_moves_redis_and_its_address_between_nodes_and_back() {
     report.incr_sequence_ok().unwrap();
     assert!(report.incrs.len() > 200, "too few INCRs: {}", report.incrs.len());
     assert_eq!(report.dbsize, Some(filled as i64 + report.sets_acked as i64 + 1), "DBSIZE: filled keys + acknowledged SETs + the counter");
+}
+
+/// A workload with a volume is refused (VMs share no disk): the migration rolls back, the
+/// workload keeps running on node1 and node1 answers ARP for its address again.
+#[test]
+fn host_lan_provider_refuses_a_workload_with_a_volume_and_rolls_back() {
+    if !testing::require_migration_host("host_lan_provider_refuses_a_workload_with_a_volume_and_rolls_back") {
+        return;
+    }
+    lab::Lan::sweep_stale();
+    let root = tempfile::tempdir().unwrap();
+    let mut lan = Lan::new(2).unwrap();
+    let client_ns = lan.add_client().unwrap();
+    let nodes: Vec<Node> = (0..2).map(|i| start_node(&lan, root.path(), i)).collect();
+    let _parents = CgroupParents(nodes.iter().map(|n| format!("hotspot-{}", n.id8)).collect());
+    let mut cleanup = Cleanup::new(nodes[0].workloads());
+    cleanup.names.push(WITH_VOLUME.into());
+    cleanup.netns.push(workload_netns(WITH_VOLUME, &nodes[0].id8));
+    lab::wait_until("both nodes to see each other by mDNS", Duration::from_secs(60), || nodes.iter().all(|n| n.daemon.peers().is_ok_and(|p| !p.is_empty())))
+        .unwrap();
+    let address = lan.service_address(2);
+    let (ip, server) = (address.ip.to_string(), SocketAddr::new(address.ip, 6379));
+    let data = root.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let opts = StartOptions {
+        name: WITH_VOLUME.into(),
+        command: testbed::redis_command(&[]),
+        address: Some(address),
+        volume: Some(data),
+        netns: Some(workload_netns(WITH_VOLUME, &nodes[0].id8)),
+        ..Default::default()
+    };
+    let wls = nodes[0].workloads();
+    netns::run_in(&nodes[0].ns, move || wls.start(&opts)).unwrap().unwrap();
+    assert!(testbed::wait_listening(Some(&client_ns), server, Duration::from_secs(20)), "not reachable at {server}");
+    let out = nodes[0].migrate_named(WITH_VOLUME, "node2", false);
+    assert!(out.contains("moves no disks") && out.contains("rolled back"), "{out}");
+    assert!(nodes[0].workloads().get(WITH_VOLUME).is_ok_and(|w| w.is_running()), "not running on node1 after the rollback");
+    assert!(nodes[0].publishes(&ip) && !nodes[1].publishes(&ip), "node1 must answer ARP for {ip} again, node2 not");
+    assert!(testbed::wait_listening(Some(&client_ns), server, Duration::from_secs(20)), "not reachable after the rollback");
 }

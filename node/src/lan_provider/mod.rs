@@ -211,6 +211,10 @@ impl LanProvider {
     /// The blocking body of [`ResourceMover::move_to_target`]: the source's half.
     pub fn move_to_target_blocking(&self, spec: &WorkloadSpec, target: &NodeId, state: &mut Vec<u8>) -> Result<(), LanError> {
         Self::refuse_volume(spec)?;
+        // A host-directory volume (`--volume DIR` without an image) is not in the spec either.
+        if self.workloads.get(&spec.name).is_ok_and(|w| w.volume().is_some()) {
+            return Err(LanError::VolumeRefused(spec.name.clone()));
+        }
         let Some(ip) = ipv4_of(&spec.name, spec.address.as_deref())? else { return Ok(()) };
         let mut st = MoveState::decode(state).map_err(|e| LanError::State(e.to_string()))?;
         st.target = Some(target.to_string());
