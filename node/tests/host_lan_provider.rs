@@ -87,11 +87,18 @@ fn start_node(lan: &Lan, root: &Path, i: usize) -> Node {
     Node { daemon, ns: lan.nodes[i].clone(), id8: id[..8].to_string(), state }
 }
 
-#[test]
-fn host_lan_provider_moves_redis_and_its_address_between_nodes_and_back() {
-    if !testing::require_migration_host(TEST) {
-        return;
-    }
+/// Two LAN-provider nodes meshed, a client namespace; everything removed on drop (fields drop
+/// in order: workloads, cgroup parents, daemons, namespaces, files).
+struct Lab {
+    _cleanups: Vec<Cleanup>,
+    _parents: CgroupParents,
+    nodes: Vec<Node>,
+    client_ns: String,
+    lan: Lan,
+    root: tempfile::TempDir,
+}
+
+fn lab_with_two_nodes() -> Lab {
     lab::Lan::sweep_stale();
     let root = tempfile::tempdir().unwrap();
     let mut lan = Lan::new(2).unwrap();
@@ -109,6 +116,15 @@ fn host_lan_provider_moves_redis_and_its_address_between_nodes_and_back() {
         .collect();
     lab::wait_until("both nodes to see each other by mDNS", Duration::from_secs(60), || nodes.iter().all(|n| n.daemon.peers().is_ok_and(|p| !p.is_empty())))
         .unwrap();
+    Lab { _cleanups, _parents, nodes, client_ns, lan, root }
+}
+
+#[test]
+fn host_lan_provider_moves_redis_and_its_address_between_nodes_and_back() {
+    if !testing::require_migration_host(TEST) {
+        return;
+    }
+    let Lab { nodes, client_ns, lan, .. } = &lab_with_two_nodes();
 
     // redis on node1, started inside node1's namespace as `hotspot-node workload start` would
     // be: its uplink veth end and /32 route are on node1; the daemon publishes the address.
@@ -163,17 +179,7 @@ fn host_lan_provider_refuses_a_workload_with_a_volume_and_rolls_back() {
     if !testing::require_migration_host("host_lan_provider_refuses_a_workload_with_a_volume_and_rolls_back") {
         return;
     }
-    lab::Lan::sweep_stale();
-    let root = tempfile::tempdir().unwrap();
-    let mut lan = Lan::new(2).unwrap();
-    let client_ns = lan.add_client().unwrap();
-    let nodes: Vec<Node> = (0..2).map(|i| start_node(&lan, root.path(), i)).collect();
-    let _parents = CgroupParents(nodes.iter().map(|n| format!("hotspot-{}", n.id8)).collect());
-    let mut cleanup = Cleanup::new(nodes[0].workloads());
-    cleanup.names.push(WITH_VOLUME.into());
-    cleanup.netns.push(workload_netns(WITH_VOLUME, &nodes[0].id8));
-    lab::wait_until("both nodes to see each other by mDNS", Duration::from_secs(60), || nodes.iter().all(|n| n.daemon.peers().is_ok_and(|p| !p.is_empty())))
-        .unwrap();
+    let Lab { nodes, client_ns, lan, root, .. } = &lab_with_two_nodes();
     let address = lan.service_address(2);
     let (ip, server) = (address.ip.to_string(), SocketAddr::new(address.ip, 6379));
     let data = root.path().join("data");
