@@ -141,13 +141,13 @@ fn host_lan_provider_moves_redis_and_its_address_between_nodes_and_back() {
     let wls = nodes[0].workloads();
     netns::run_in(&nodes[0].ns, move || wls.start(&opts)).unwrap().unwrap();
     assert!(
-        testbed::wait_listening(Some(&client_ns), server, Duration::from_secs(20)),
+        testbed::wait_listening(Some(client_ns), server, Duration::from_secs(20)),
         "redis on node1 is not reachable from the LAN at {server} (log: {})",
         nodes[0].daemon.log.display()
     );
     assert!(nodes[0].publishes(&ip) && !nodes[1].publishes(&ip));
-    let filled = testbed::fill_random(Some(&client_ns), server, 8 << 20, 4096).unwrap();
-    let client = PipeliningClient::start(Some(&client_ns), server, Duration::from_millis(2), "lan").unwrap();
+    let filled = testbed::fill_random(Some(client_ns), server, 8 << 20, 4096).unwrap();
+    let client = PipeliningClient::start(Some(client_ns), server, Duration::from_millis(2), "lan").unwrap();
     assert!(client.wait_batches(50, Duration::from_secs(10)), "the client got no answers");
 
     for (from, to) in [(0, 1), (1, 0)] {
@@ -158,7 +158,7 @@ fn host_lan_provider_moves_redis_and_its_address_between_nodes_and_back() {
         assert!(nodes[to].publishes(&ip), "node{} does not answer ARP for {ip}", to + 1);
         assert!(!nodes[from].publishes(&ip), "node{} still answers ARP for {ip}", from + 1);
         // The gratuitous ARP moved the client's cache entry to the target's MAC.
-        let neigh = netns::ip(&["-n", &client_ns, "neigh", "show", &ip]).unwrap();
+        let neigh = netns::ip(&["-n", client_ns, "neigh", "show", &ip]).unwrap();
         assert!(neigh.contains(&nodes[to].mac()), "the client's ARP entry for {ip} is not node{}'s MAC {}: {neigh}", to + 1, nodes[to].mac());
         let before = client.batches();
         assert!(client.wait_batches(before + 100, Duration::from_secs(20)), "the client stalled after the move to node{}", to + 1);
@@ -194,10 +194,10 @@ fn host_lan_provider_refuses_a_workload_with_a_volume_and_rolls_back() {
     };
     let wls = nodes[0].workloads();
     netns::run_in(&nodes[0].ns, move || wls.start(&opts)).unwrap().unwrap();
-    assert!(testbed::wait_listening(Some(&client_ns), server, Duration::from_secs(20)), "not reachable at {server}");
+    assert!(testbed::wait_listening(Some(client_ns), server, Duration::from_secs(20)), "not reachable at {server}");
     let out = nodes[0].migrate_named(WITH_VOLUME, "node2", false);
     assert!(out.contains("moves no disks") && out.contains("rolled back"), "{out}");
     assert!(nodes[0].workloads().get(WITH_VOLUME).is_ok_and(|w| w.is_running()), "not running on node1 after the rollback");
     assert!(nodes[0].publishes(&ip) && !nodes[1].publishes(&ip), "node1 must answer ARP for {ip} again, node2 not");
-    assert!(testbed::wait_listening(Some(&client_ns), server, Duration::from_secs(20)), "not reachable after the rollback");
+    assert!(testbed::wait_listening(Some(client_ns), server, Duration::from_secs(20)), "not reachable after the rollback");
 }
