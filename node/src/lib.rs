@@ -20,6 +20,7 @@ pub mod hostcheck;
 pub mod imds;
 pub mod journal;
 pub mod lab;
+pub mod lan_provider;
 pub mod local_provider;
 pub mod mesh;
 pub mod migrate;

@@ -15,6 +15,10 @@
 //! # (needed when listening on 0.0.0.0; without it the node cannot receive workloads).
 //! transfer_listen = "0.0.0.0:7947"            # default
 //! transfer_advertise = "10.0.0.5:7947"        # default: transfer_listen unless unspecified
+//! # How a workload's service address (and volume) move: "local" (nodes of one machine) or
+//! # "lan" (machines on one Ethernet segment: proxy ARP + gratuitous ARP; no volumes).
+//! provider = "local"                          # default
+//! lan_interface = "eth1"                      # default: the interface holding transfer_advertise
 //!
 //! [mesh]
 //! listen = ["/ip4/0.0.0.0/udp/0/quic-v1", "/ip4/0.0.0.0/tcp/0"]   # default
@@ -79,6 +83,8 @@ pub struct Config {
     pub workloads_dir: PathBuf,
     pub transfer_listen: String,
     pub transfer_advertise: Option<String>,
+    pub provider: crate::lan_provider::ProviderKind,
+    pub lan_interface: Option<String>,
     pub mesh: MeshConfig,
     pub price: PriceConfig,
     pub capacity: CapacityConfig,
@@ -99,6 +105,8 @@ impl Default for Config {
             workloads_dir: PathBuf::from(crate::workload::DEFAULT_STATE_DIR),
             transfer_listen: "0.0.0.0:7947".into(),
             transfer_advertise: None,
+            provider: Default::default(),
+            lan_interface: None,
             mesh: MeshConfig::default(),
             price: PriceConfig::default(),
             capacity: CapacityConfig::default(),

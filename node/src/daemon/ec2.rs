@@ -20,7 +20,7 @@ use tracing::{error, info, warn};
 use super::config::Config;
 use super::price::PriceSource;
 use crate::imds::{Imds, ImdsError, InstanceIdentity};
-use crate::local_provider::LocalProvider;
+use crate::lan_provider::Mover;
 use crate::migrate::{BoxError, ResourceMover};
 use crate::provider::ec2::cloud_moves::{CloudMoveState, CloudMoves};
 use crate::provider::ec2::discovery::discover_peers;
@@ -178,13 +178,13 @@ impl NodeMoveState {
 /// "instances" share one machine), attach both to the target's instance.
 #[derive(Debug, Clone)]
 pub struct NodeMover {
-    local: Option<LocalProvider>,
+    local: Option<Mover>,
     cloud: Option<CloudMoves>,
     crash_after_detach: bool,
 }
 
 impl NodeMover {
-    pub fn new(local: LocalProvider, ec2: Option<&Ec2Node>) -> NodeMover {
+    pub fn new(local: Mover, ec2: Option<&Ec2Node>) -> NodeMover {
         let keep_local = ec2.map_or(true, |e| e.settings.local_data_path);
         NodeMover {
             local: keep_local.then_some(local),

@@ -30,7 +30,7 @@ use super::service::NodeService;
 use crate::criu::Criu;
 use crate::journal::{Journal, MigrationRecord, Role};
 use crate::mesh::MeshClient;
-use crate::local_provider::{ClusterDir, LocalProvider, DEFAULT_CLUSTER_DIR};
+use crate::lan_provider;
 use crate::migrate::local::{images_root, needs_of, BookReservations, WorkloadCheckpointer, WorkloadRestorer};
 use crate::migrate::quic::{self, unhex16, QuicLink};
 use crate::migrate::source::{self, Parts, SourcePlan};
@@ -105,6 +105,8 @@ pub fn start(
         node: service.node(),
         corrupt_images: std::env::var("HOTSPOT_FAULT_CORRUPT_IMAGE").is_ok_and(|v| v == "1"),
     };
+    // The resource provider (`provider` in the config): local cluster directory or LAN.
+    let (mover, restorer) = lan_provider::select(config, &service, &workloads, restorer, tasks, cancel.clone())?;
     let target = Arc::new(TargetService { journal: journal.clone(), restorer, reservations: BookReservations(service.clone()) });
     recover_targets(&target.journal, &workloads, &service);
 
@@ -116,12 +118,9 @@ pub fn start(
     tasks.spawn(sync_trust(mesh.clone(), trust.clone(), cancel.clone()));
     info!(transfer = %bound, advertised = ?advertise, workloads = %config.workloads_dir.display(), "migration endpoint up");
 
-    // The local provider: volumes (loop devices) and service addresses (netns interfaces) move
-    // between the nodes of one machine, which find each other through a shared directory.
-    let cluster = ClusterDir::new(std::env::var_os("HOTSPOT_LOCAL_CLUSTER").map_or_else(|| DEFAULT_CLUSTER_DIR.into(), std::path::PathBuf::from));
     // Post-copy's page relay listens on the address peers reach this node's transfers at.
     let page_relay_ip = advertise.as_deref().and_then(|a| a.parse::<SocketAddr>().ok()).map_or(bound.ip(), |a| a.ip());
-    let mover = NodeMover::new(LocalProvider::join(cluster, &service.node(), service.name(), &config.workloads_dir)?, ec2);
+    let mover = NodeMover::new(mover, ec2);
     let m = Arc::new(Migrations {
         service,
         mesh,

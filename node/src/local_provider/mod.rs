@@ -19,7 +19,7 @@
 //! nothing; the steps done are also kept in the caller's journaled `state` (versioned CBOR).
 
 pub mod loopdev;
-mod state;
+pub(crate) mod state;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -52,6 +52,27 @@ impl MoveState {
     }
 }
 
+/// Runs one blocking provider step on the blocking pool with the journaled `state` handed in
+/// and back (kept even when the step fails: it records what was done before the failure).
+pub(crate) async fn run_blocking_step<P, E>(
+    provider: &P,
+    state: &mut Vec<u8>,
+    step: impl FnOnce(&P, &mut Vec<u8>) -> Result<(), E> + Send + 'static,
+) -> Result<(), crate::migrate::BoxError>
+where
+    P: Clone + Send + 'static,
+    E: Into<crate::migrate::BoxError> + Send + 'static,
+{
+    let (me, mut st) = (provider.clone(), std::mem::take(state));
+    let (st, result) = tokio::task::spawn_blocking(move || {
+        let r = step(&me, &mut st);
+        (st, r)
+    })
+    .await?;
+    *state = st;
+    result.map_err(Into::into)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

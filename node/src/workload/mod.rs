@@ -176,7 +176,7 @@ fn now_ms() -> u64 {
 }
 
 /// Host end of the service veth: short (IFNAMSIZ) and stable per workload name.
-fn uplink_if_name(name: &str) -> String {
+pub(crate) fn uplink_if_name(name: &str) -> String {
     let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
     format!("hsu{:08x}", h as u32)
 }
