@@ -78,7 +78,7 @@ pub fn start(
     let workloads = Workloads::new(&config.workloads_dir).with_cgroup_parent(format!("hotspot-{}", &service.node().to_string()[..8]));
     let db = sled::open(config.data_dir.join("journal"))?;
     let journal = Journal::open(&db)?;
-    let trust = TrustSet::default();
+    let trust = service.trust();
     let listen: SocketAddr = config.transfer_listen.parse().map_err(|e| format!("transfer_listen {:?}: {e}", config.transfer_listen))?;
     let receiver = hotspot_transfer::endpoint::receiver(key, trust.clone(), listen).map_err(|e| -> BoxError {
         format!("transfer endpoint on {listen}: {e} (another node on this host? choose a port with --transfer-listen)").into()

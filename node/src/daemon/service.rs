@@ -46,6 +46,9 @@ pub struct NodeService {
     state: Mutex<NodeState>,
     /// Moves this node made by itself, newest last (bounded by [`MAX_MOVES`]).
     moves: Mutex<std::collections::VecDeque<super::evacuate::MoveRecord>>,
+    /// Node keys the transfer endpoint accepts: mesh peers, and at once every source we grant
+    /// a reservation to (its offer may arrive before its advert has reached us).
+    trust: hotspot_transfer::TrustSet,
 }
 
 /// Moves kept for `status`.
@@ -93,6 +96,7 @@ impl NodeService {
             pinned_price: Mutex::new(None),
             obtained: Mutex::new(Vec::new()),
             changed: Notify::new(),
+            trust: hotspot_transfer::TrustSet::default(),
             migration_info: Mutex::new((None, None)),
             state: Mutex::new(NodeState::Healthy),
             moves: Mutex::new(Default::default()),
@@ -107,6 +111,11 @@ impl NodeService {
 
     pub fn node(&self) -> NodeId {
         self.node
+    }
+
+    /// The set of peers the transfer endpoint trusts (shared, so updates take effect at once).
+    pub fn trust(&self) -> hotspot_transfer::TrustSet {
+        self.trust.clone()
     }
 
     pub fn zone(&self) -> &str {
@@ -303,6 +312,7 @@ impl NodeService {
                 let answer = self.book.request(&req, refuse, now);
                 match &answer {
                     Ok(ReservationMessage::Granted { id, .. }) => {
+                        self.trust.insert(from);
                         info!(source = %from.short(), workload = %req.workload, reservation = %id, "reservation granted")
                     }
                     Ok(ReservationMessage::Denied { reason, .. }) => {

@@ -48,23 +48,36 @@ pub enum LinkError {
     Timeout(Duration),
 }
 
+/// A stream error with its causes: quinn says only "connection lost" and keeps the reason
+/// (timed out, closed by the peer with a code, handshake refused) in the source chain.
+fn stream_error(e: &(dyn std::error::Error + 'static)) -> LinkError {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    LinkError::Stream(text)
+}
+
 pub async fn write_msg<W: AsyncWrite + Unpin>(w: &mut W, msg: &MigrationMessage) -> Result<(), LinkError> {
     let body = encode(msg).map_err(|e| LinkError::Frame(e.to_string()))?;
     let mut frame = Vec::with_capacity(4 + body.len());
     frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
     frame.extend_from_slice(&body);
-    w.write_all(&frame).await.map_err(|e| LinkError::Stream(e.to_string()))
+    w.write_all(&frame).await.map_err(|e| stream_error(&e))
 }
 
 pub async fn read_msg<R: AsyncRead + Unpin>(r: &mut R) -> Result<MigrationMessage, LinkError> {
     let mut len = [0u8; 4];
-    r.read_exact(&mut len).await.map_err(|e| LinkError::Stream(e.to_string()))?;
+    r.read_exact(&mut len).await.map_err(|e| stream_error(&e))?;
     let len = u32::from_be_bytes(len) as usize;
     if len > Limit::CONTROL.0 {
         return Err(LinkError::Frame(format!("{len}-byte control frame exceeds the limit")));
     }
     let mut body = vec![0u8; len];
-    r.read_exact(&mut body).await.map_err(|e| LinkError::Stream(e.to_string()))?;
+    r.read_exact(&mut body).await.map_err(|e| stream_error(&e))?;
     decode(&body).map_err(|e| LinkError::Frame(e.to_string()))
 }
 
@@ -149,7 +162,7 @@ impl QuicLink {
     pub async fn request(&self, msg: MigrationMessage) -> Result<MigrationMessage, LinkError> {
         let work = async {
             let conn = self.connection().await?;
-            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| LinkError::Stream(e.to_string()))?;
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| stream_error(&e))?;
             write_msg(&mut send, &msg).await?;
             let _ = send.finish();
             read_msg(&mut recv).await
