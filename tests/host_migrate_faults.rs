@@ -65,6 +65,18 @@ fn assert_exactly_once_on(c: &mut LocalCluster, node: usize) {
     assert_eq!(report.dbsize, Some(c.fill_keys as i64 + report.sets_acked as i64 + 1), "every key survived");
 }
 
+/// The last lines of every daemon's log, for a failure message.
+fn daemon_logs(c: &LocalCluster) -> String {
+    let mut out = String::new();
+    for d in &c.daemons {
+        let log = std::fs::read_to_string(&d.log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(60).collect();
+        out.push_str(&format!("--- {} ({}):\n", d.name, d.log.display()));
+        tail.iter().rev().for_each(|l| out.push_str(&format!("{l}\n")));
+    }
+    out
+}
+
 /// `hotspot-node migrate redis --to node<to+1> [extra] --json` on node `from`.
 fn migrate_cli(c: &LocalCluster, from: usize, to: usize, extra: &[&str]) -> (bool, String) {
     let out = std::process::Command::new(c.bin())
@@ -87,7 +99,8 @@ fn source_crash_recovers(test: &str, point: &str, expect_on: usize) {
     assert!(log.contains("HOTSPOT_FAULT"), "node1 died at the hook, not elsewhere:\n{log}");
     assert!(running_on(&c).is_empty(), "the final dump stopped the workload before the crash");
     restart(&mut c, 0);
-    let took = lab::wait_until("the restarted source to recover the migration", Duration::from_secs(90), || !running_on(&c).is_empty()).unwrap();
+    let took = lab::wait_until("the restarted source to recover the migration", Duration::from_secs(90), || !running_on(&c).is_empty())
+        .unwrap_or_else(|e| panic!("{e}\n{}", daemon_logs(&c)));
     eprintln!("recovered in {took:?}");
     std::thread::sleep(Duration::from_secs(2)); // nothing else may come up after that
     assert!(c.client_batches() > 0);
@@ -97,13 +110,11 @@ fn source_crash_recovers(test: &str, point: &str, expect_on: usize) {
 }
 
 #[test]
-#[ignore = "known failure (issue #6): the restarted source does not bring the workload back within 90 s; run with --run-ignored to reproduce"]
 fn host_migrate_faults_source_killed_after_final_dump_rolls_back_once() {
     source_crash_recovers("host_migrate_faults_source_killed_after_final_dump_rolls_back_once", "final-dump", 0);
 }
 
 #[test]
-#[ignore = "known failure (issue #6): fails at the offer with \"migration control stream: connection lost\" before reaching the fault hook; run with --run-ignored to reproduce"]
 fn host_migrate_faults_source_killed_after_moving_resources_resumes_forward() {
     source_crash_recovers("host_migrate_faults_source_killed_after_moving_resources_resumes_forward", "resources-moved", 1);
 }

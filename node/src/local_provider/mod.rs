@@ -260,7 +260,9 @@ impl LocalProvider {
             if st.target.is_some() {
                 return Err(LocalProviderError::UnknownNode(format!("{} (holding the resources of {})", st.target.unwrap_or_default(), spec.name)));
             }
-            return Ok(()); // nothing ever moved
+            // Nothing ever moved, but a stopped workload's volume was mounted only inside its
+            // own (now gone) mount namespace: stage it here so the local restore can bind it.
+            return self.stage_volume_here(spec);
         };
         let span = tracing::info_span!("local_move_back", workload = %spec.name, target = %target.name);
         let _enter = span.enter();
@@ -278,6 +280,20 @@ impl LocalProvider {
             *state = st.encode();
         }
         tracing::info!("resources back on the source");
+        Ok(())
+    }
+
+    /// Attaches and mounts the workload's device-backed volume at this node's staging
+    /// directory unless it is mounted there already (idempotent).
+    fn stage_volume_here(&self, spec: &WorkloadSpec) -> Result<(), LocalProviderError> {
+        let Some(image) = self.volume_image(spec) else { return Ok(()) };
+        let dir = self.me.workloads().volume_mount_dir(&spec.name);
+        if crate::workload::is_mount_point(&dir) {
+            return Ok(());
+        }
+        let device = loopdev::attach(&image)?;
+        loopdev::mount(&device, &dir)?;
+        tracing::info!(workload = %spec.name, image = %image.display(), device = %device.display(), "volume staged on this node for a local restore");
         Ok(())
     }
 

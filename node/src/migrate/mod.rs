@@ -110,6 +110,9 @@ pub trait TargetLink: Send + Sync {
 /// step it was in). `state` is the provider's own record, journaled between calls.
 pub trait ResourceMover: Send + Sync {
     fn move_to_target(&self, workload: &WorkloadSpec, target: &NodeId, state: &mut Vec<u8>) -> impl Future<Output = Result<(), BoxError>> + Send;
+    /// Brings the workload's resources back to this node, or, when nothing moved, makes them
+    /// usable for a local restore (a stopped workload's volume was mounted only in its own mount
+    /// namespace). Called before every pre-copy rollback restore; must be idempotent.
     fn move_back(&self, workload: &WorkloadSpec, state: &mut Vec<u8>) -> impl Future<Output = Result<(), BoxError>> + Send;
     /// Post-copy variants: the source's workload is frozen, not gone, and holds its volume
     /// until the target fetched every page, so the volume is shared for that time rather than

@@ -55,7 +55,9 @@ pub async fn recover<C: Checkpointer, L: TargetLink, R: ResourceMover>(
         }
         SourceRecovery::RestoreLocally { resources_moved } => {
             let _ = p.link.abort(id, "source restarted and rolled back").await;
-            if resources_moved {
+            // Pre-copy: also when nothing moved, so the mover can stage the volume the dead
+            // workload held in its own mount namespace (move_back is idempotent).
+            if resources_moved || !post_copy {
                 let mut state = rec.provider_state.clone();
                 let back = if post_copy { p.mover.move_back_shared(spec, &mut state).await } else { p.mover.move_back(spec, &mut state).await };
                 save_state(p, id, state)?;

@@ -264,7 +264,9 @@ pub(crate) async fn roll_back_stopped<C: Checkpointer, L: TargetLink, R: Resourc
     let _ = p.link.abort(plan.migration, &cause.to_string()).await;
     let name = plan.workload.name.clone();
     let result = async {
-        if resources_moved {
+        // Pre-copy asks the mover even when nothing moved: the dead workload's volume may need
+        // staging on this node before the local restore (the mover's move_back is idempotent).
+        if resources_moved || !post_copy {
             let mut rec = p.journal.get(&plan.migration)?.ok_or(crate::journal::JournalError::Missing(plan.migration))?;
             let back = match post_copy {
                 true => p.mover.move_back_shared(&plan.workload, &mut rec.provider_state).await,

@@ -228,8 +228,10 @@ async fn failure_after_freeze_restores_locally() {
     let err = go(&f, &s).await.unwrap_err();
     assert!(matches!(err, MigrateError::RolledBack { phase: "final transfer", .. }), "{err}");
     let calls = s.calls();
-    assert_eq!(&calls[calls.len() - 3..], ["abort", "restore_local", "release"]);
-    assert!(!calls.contains(&"move_back".to_string()), "resources never moved");
+    // Nothing moved, but the mover is asked to make the resources usable here (it stages the
+    // dead workload's volume) before the local restore.
+    assert_eq!(&calls[calls.len() - 4..], ["abort", "move_back", "restore_local", "release"]);
+    assert!(!calls.contains(&"move".to_string()), "resources never moved");
 }
 
 #[tokio::test]
@@ -287,7 +289,7 @@ async fn recovery_after_crash_in_final_dump_restores_locally() {
     let parts = Parts { journal: &f.journal, checkpointer: &s, link: &s, mover: &s, progress: &tx, cancel: &cancel };
     let out = recovery::recover(&rec, &f.plan.workload, f.plan.images_root.clone(), &parts).await.unwrap();
     assert_eq!(out, recovery::Recovered::RolledBack);
-    assert_eq!(s.calls(), ["abort", "restore_local"]);
+    assert_eq!(s.calls(), ["abort", "move_back", "restore_local"]);
     assert_eq!(phase(&f), Role::Source(SourcePhase::RolledBack));
 }
 
