@@ -224,7 +224,6 @@ fn host_migrate_post_copy_keeps_the_client() {
 }
 
 #[test]
-#[ignore = "known failure (issue #6): after a failed post-copy restore the source resumes but its TCP socket stays in repair mode, so the client stalls; run with --run-ignored to reproduce"]
 fn host_migrate_post_copy_failed_restore_resumes_the_source() {
     if !testing::require_migration_host("host_migrate_post_copy_failed_restore_resumes_the_source") {
         return;

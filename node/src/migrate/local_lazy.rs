@@ -133,6 +133,7 @@ pub async fn abort(wls: &Workloads, dumps: &LazyDumps, name: &str, dir: &Path) -
     let (wls, n, d) = (wls.clone(), name.to_string(), dir.to_path_buf());
     match dumps.take(name) {
         Some(InFlight { dump, relay }) => {
+            hold_tree(&wls, &n);
             relay.set(Gate::Abort);
             let relayed = relay.finish(ABORT_TIMEOUT).await;
             if let Err(e) = &relayed {
@@ -156,6 +157,7 @@ pub async fn abort(wls: &Workloads, dumps: &LazyDumps, name: &str, dir: &Path) -
 /// A lazy dump whose relay never came up, or one left by a crashed daemon: tell CRIU to fail.
 fn resume_orphan(wls: &Workloads, name: &str, dir: &Path, lazy: Option<LazyDump>) -> Result<(), BoxError> {
     let marker = Marker::read(dir).ok_or_else(|| format!("{}: no lazy-dump marker", dir.display()))?;
+    hold_tree(wls, name);
     if let Err(e) = marker.upstream().abort_blocking() {
         warn!(error = %e, "could not reach the page server (criu gone?)");
     }
@@ -191,11 +193,40 @@ fn resume_tree(wls: &Workloads, name: &str, dir: &Path) -> Result<(), BoxError> 
     pids.extend(descendants(marker.tree_pid));
     pids.sort_unstable();
     pids.dedup();
+    // A rollback after the address moved brought the interface back down and without its
+    // address (a namespace move flushes both); a restore would set it up, a resume must too.
+    if let Some(addr) = w.address() {
+        if let Err(e) = crate::workload::netns::bring_up_service(&w.record.netns, addr) {
+            signal_all(&pids, libc::SIGCONT);
+            return Err(e.into());
+        }
+    }
     let sockets = unrepair_tcp(&pids);
     let rules = netlock::load(dir).unwrap_or_default();
-    let removed = netlock::remove(&w.netns_path(), &rules)?;
+    let removed = netlock::remove(&w.netns_path(), &rules);
+    signal_all(&pids, libc::SIGCONT); // also when the rules could not be removed: never leave it stopped
+    let removed = removed?;
     info!(workload = name, pid = marker.tree_pid, sockets, removed, "post-copy rolled back: the frozen workload runs here again");
     Ok(())
+}
+
+/// Queues SIGSTOP for every process of the frozen workload before CRIU is told to fail.
+///
+/// CRIU's lazy dump fails after the point where it would have unlocked the network, so it
+/// resumes the tree with its TCP sockets still in repair mode; a process that reads one then
+/// gets EPERM and closes the connection (silently: a socket in repair mode sends no FIN), and
+/// the client stalls for good. With a stop pending, the tree stops again the moment CRIU lets it
+/// go, and [`resume_tree`] turns repair off before it sends SIGCONT.
+fn hold_tree(wls: &Workloads, name: &str) {
+    let pids = wls.get(name).map(|w| w.cgroup().pids()).unwrap_or_default();
+    signal_all(&pids, libc::SIGSTOP);
+}
+
+fn signal_all(pids: &[i32], signal: libc::c_int) {
+    for &pid in pids {
+        // SAFETY: kill(2) on the workload's own PIDs.
+        unsafe { libc::kill(pid, signal) };
+    }
 }
 
 /// `pid` and every process below it (from /proc/PID/task/*/children).
