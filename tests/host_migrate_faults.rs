@@ -93,8 +93,9 @@ fn migrate_cli(c: &LocalCluster, from: usize, to: usize, extra: &[&str]) -> (boo
 
 fn source_crash_recovers(test: &str, point: &str, expect_on: usize) {
     let Some(mut c) = cluster(test, Some(&format!("exit-after:{point}"))) else { return };
-    let (ok, _) = migrate_cli(&c, 0, 1, &[]);
+    let (ok, out) = migrate_cli(&c, 0, 1, &[]);
     assert!(!ok, "the source daemon died mid-migration");
+    assert!(out.contains("the daemon stopped answering during the migration"), "the CLI says what happened: {out}");
     let log = std::fs::read_to_string(&c.daemons[0].log).unwrap_or_default();
     assert!(log.contains("HOTSPOT_FAULT"), "node1 died at the hook, not elsewhere:\n{log}");
     assert!(running_on(&c).is_empty(), "the final dump stopped the workload before the crash");

@@ -116,6 +116,23 @@ pub fn run(args: &MigrateArgs) -> Result<i32> {
             Ok(0)
         }
         Reply::Error { message } => bail!("migration failed: {message}"),
+        // The stream ended on a progress line: the daemon stopped (crashed or was killed) mid-way.
+        Reply::Progress { progress } => bail!(
+            "the daemon stopped answering during the migration (last step: {}); its journal resumes or rolls the \
+             migration back when it starts again: see `hotspot-node status` and the daemon's log",
+            progress_step(&progress)
+        ),
         other => bail!("unexpected reply from the daemon: {other:?}"),
+    }
+}
+
+/// A short name of the last progress line, for the message when the daemon stops mid-way.
+fn progress_step(p: &Progress) -> String {
+    match p {
+        Progress::Phase { phase } => phase.clone(),
+        Progress::Bytes { .. } => "sending the image".into(),
+        Progress::Round { round, .. } => format!("image {round} shipped"),
+        Progress::RolledBack { .. } => "rolling back".into(),
+        Progress::Done(_) => "done".into(),
     }
 }
