@@ -166,8 +166,9 @@ fn bench_size(bin: &Path, criu: &Criu, mib: u64, naive_runs: usize, subnet: u32)
         report.incr_sequence_ok().unwrap();
         let gap = report.max_stall.as_secs_f64() * 1e3;
         eprintln!(
-            "[{mib} MiB] {label}: client gap {gap:.0} ms, frozen {} ms, total {} ms, wire {:.1} MiB of {:.1} MiB image, {} pre-copy round(s), {:.1} MiB paged in after the restore in {} ms",
+            "[{mib} MiB] {label}: client gap {gap:.0} ms, frozen {} ms {:?}, total {} ms, wire {:.1} MiB of {:.1} MiB image, {} pre-copy round(s), {:.1} MiB paged in after the restore in {} ms",
             s.freeze_ms,
+            s.freeze_steps_ms,
             s.total_ms,
             s.wire_bytes as f64 / 1048576.0,
             s.image_bytes as f64 / 1048576.0,

@@ -219,6 +219,7 @@ fn host_migrate_post_copy_keeps_the_client() {
     let back = c.migrate(1, "node1").expect("pre-copy hop back from a post-copied workload");
     assert_eq!(back.mode, "pre_copy");
     assert!(c.runs_on(0) && !c.runs_on(1));
+    eprintln!("post-copy freeze steps {:?}; pre-copy back {:?}", s.freeze_steps_ms, back.freeze_steps_ms);
     eprintln!("post-copy: freeze {} ms, {} page bytes in {} ms; pre-copy back: freeze {} ms", s.freeze_ms, s.page_bytes, s.page_stream_ms, back.freeze_ms);
     check_client(client, c.filled_keys);
 }

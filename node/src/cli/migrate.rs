@@ -40,17 +40,27 @@ fn mib(bytes: u64) -> f64 {
 
 pub fn summary_text(s: &Summary) -> String {
     format!(
-        "moved {} to {} in {} ms: frozen {} ms, {:.1} MiB image, {:.1} MiB on the wire, {:.1} MiB saved by dedup, {} pre-copy round(s){}",
+        "moved {} to {} in {} ms: frozen {} ms{}, {:.1} MiB image, {:.1} MiB on the wire, {:.1} MiB saved by dedup, {} pre-copy round(s){}",
         s.workload,
         s.target,
         s.total_ms,
         s.freeze_ms,
+        freeze_steps(s),
         mib(s.image_bytes),
         mib(s.wire_bytes),
         mib(s.dedup_saved_bytes),
         s.precopy_rounds,
         if s.mode == "post_copy" { format!(", post-copy: {:.1} MiB of memory streamed in {} ms after the restore", mib(s.page_bytes), s.page_stream_ms) } else { String::new() }
     )
+}
+
+/// ` (dump 210 ms, ship 80 ms, move 40 ms, restore 300 ms)`, or nothing for an old daemon.
+fn freeze_steps(s: &Summary) -> String {
+    if s.freeze_steps_ms.is_empty() {
+        return String::new();
+    }
+    let steps: Vec<String> = s.freeze_steps_ms.iter().map(|(n, ms)| format!("{n} {ms} ms")).collect();
+    format!(" ({})", steps.join(", "))
 }
 
 pub fn run(args: &MigrateArgs) -> Result<i32> {

@@ -149,6 +149,9 @@ pub struct Summary {
     /// In post-copy mode the restore comes before the memory, which then faults in over
     /// `page_stream_ms` while the workload runs.
     pub freeze_ms: u64,
+    /// Where the freeze went, step by step (`dump`, `ship`, `move`, `restore`), in ms.
+    #[serde(default)]
+    pub freeze_steps_ms: Vec<(String, u64)>,
     /// `pre_copy` or `post_copy`.
     #[serde(default)]
     pub mode: String,
@@ -163,6 +166,14 @@ pub struct Summary {
     /// Image bytes that did not travel because the target had them.
     pub dedup_saved_bytes: u64,
     pub total_ms: u64,
+}
+
+impl Summary {
+    /// Records the freeze step `name` as the time since `*since`, and restarts the clock.
+    pub(crate) fn lap(&mut self, name: &str, since: &mut std::time::Instant) {
+        self.freeze_steps_ms.push((name.to_string(), since.elapsed().as_millis() as u64));
+        *since = std::time::Instant::now();
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -50,17 +50,20 @@ pub(crate) async fn run<C: Checkpointer, L: TargetLink, R: ResourceMover>(
     if let Err(e) = fresh_dir(&final_dir) {
         return roll_back_running(plan, p, "lazy dump", e).await;
     }
+    let mut step = Instant::now();
     let (dump, page_server) = match p.checkpointer.dump_lazy(name, &final_dir, p.link.peer_ip()).await {
         Ok(x) => x,
         // A dump that failed before serving pages left the workload running (CRIU resumes it).
         Err(e) => return roll_back_running(plan, p, "lazy dump", e).await,
     };
     summary.image_bytes = dump.image_bytes;
+    summary.lap("dump", &mut step);
     super::fault::point("final-dump");
     let (transfer_id, ship) = match p.link.ship(plan.migration, &final_dir).await {
         Ok(x) => x,
         Err(e) => return roll_back_stopped(plan, p, &final_dir, false, "final transfer", e).await,
     };
+    summary.lap("ship", &mut step);
     summary.wire_bytes += ship.wire_bytes;
     p.report(Progress::Round { round: 0, image_bytes: ship.image_bytes, new_bytes: ship.new_bytes, wire_bytes: ship.wire_bytes });
 
@@ -72,6 +75,7 @@ pub(crate) async fn run<C: Checkpointer, L: TargetLink, R: ResourceMover>(
     if let Err(e) = moved {
         return roll_back_stopped(plan, p, &final_dir, true, "resource move", e).await;
     }
+    summary.lap("move", &mut step);
     super::fault::point("resources-moved");
 
     p.journal.advance_source(&plan.migration, SourcePhase::RestoreRequested, now_ms())?;
@@ -81,6 +85,7 @@ pub(crate) async fn run<C: Checkpointer, L: TargetLink, R: ResourceMover>(
             return roll_back_stopped(plan, p, &final_dir, true, "restore on target", e).await;
         }
     }
+    summary.lap("restore", &mut step);
     summary.freeze_ms = frozen_at.elapsed().as_millis() as u64;
     p.journal.advance_source(&plan.migration, SourcePhase::Confirmed, now_ms())?;
     p.phase(SourcePhase::Confirmed);
@@ -104,7 +109,7 @@ pub(crate) async fn run<C: Checkpointer, L: TargetLink, R: ResourceMover>(
     summary.image_bytes += summary.page_bytes;
     summary.dedup_saved_bytes = summary_saved(&summary);
     summary.total_ms = started.elapsed().as_millis() as u64;
-    info!(freeze_ms = summary.freeze_ms, page_bytes = summary.page_bytes, page_stream_ms = summary.page_stream_ms, total_ms = summary.total_ms, "post-copy migration done");
+    info!(freeze_ms = summary.freeze_ms, steps = ?summary.freeze_steps_ms, page_bytes = summary.page_bytes, page_stream_ms = summary.page_stream_ms, total_ms = summary.total_ms, "post-copy migration done");
     p.report(Progress::Done(summary.clone()));
     Ok(summary)
 }

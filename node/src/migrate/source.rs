@@ -144,17 +144,20 @@ async fn run_inner<C: Checkpointer, L: TargetLink, R: ResourceMover>(plan: &Sour
     if let Err(e) = fresh_dir(&final_dir) {
         return running_here("final dump", e).await;
     }
+    let mut step = Instant::now();
     let dump = match p.checkpointer.dump(name, &final_dir, false).await {
         Ok(d) => d,
         // A failed dump leaves the tree running (CRIU resumes it), so this is a pre-freeze failure.
         Err(e) => return running_here("final dump", e).await,
     };
     summary.image_bytes = dump.image_bytes;
+    summary.lap("dump", &mut step);
     super::fault::point("final-dump");
     let (transfer_id, ship) = match p.link.ship(plan.migration, &final_dir).await {
         Ok(x) => x,
         Err(e) => return roll_back_stopped(plan, p, &final_dir, false, "final transfer", e).await,
     };
+    summary.lap("ship", &mut step);
     summary.wire_bytes += ship.wire_bytes;
     p.report(Progress::Round { round, image_bytes: ship.image_bytes, new_bytes: ship.new_bytes, wire_bytes: ship.wire_bytes });
 
@@ -168,6 +171,7 @@ async fn run_inner<C: Checkpointer, L: TargetLink, R: ResourceMover>(plan: &Sour
     if let Err(e) = moved {
         return roll_back_stopped(plan, p, &final_dir, true, "resource move", e).await;
     }
+    summary.lap("move", &mut step);
     super::fault::point("resources-moved");
 
     p.journal.advance_source(&plan.migration, SourcePhase::RestoreRequested, now_ms())?;
@@ -177,6 +181,7 @@ async fn run_inner<C: Checkpointer, L: TargetLink, R: ResourceMover>(plan: &Sour
             return roll_back_stopped(plan, p, &final_dir, true, "restore on target", e).await;
         }
     }
+    summary.lap("restore", &mut step);
     summary.freeze_ms = frozen_at.elapsed().as_millis() as u64;
     p.journal.advance_source(&plan.migration, SourcePhase::Confirmed, now_ms())?;
     p.phase(SourcePhase::Confirmed);
@@ -184,7 +189,7 @@ async fn run_inner<C: Checkpointer, L: TargetLink, R: ResourceMover>(plan: &Sour
     finish(plan.migration, name, &dir, p).await?;
     summary.dedup_saved_bytes = summary_saved(&summary);
     summary.total_ms = started.elapsed().as_millis() as u64;
-    info!(freeze_ms = summary.freeze_ms, wire_bytes = summary.wire_bytes, total_ms = summary.total_ms, "migration done");
+    info!(freeze_ms = summary.freeze_ms, steps = ?summary.freeze_steps_ms, wire_bytes = summary.wire_bytes, total_ms = summary.total_ms, "migration done");
     p.report(Progress::Done(summary.clone()));
     Ok(summary)
 }
