@@ -184,3 +184,47 @@ fn host_rootfs_workload_with_volume_moves() {
     assert_eq!(after, (1..=after.len() as u64).collect::<Vec<_>>());
     wls.stop(&name).unwrap();
 }
+
+/// Another workload's volume mounted on the host (on this node, or another node sharing the
+/// host) when a workload starts must not end up in its mount namespace: CRIU cannot dump a
+/// mount it cannot recreate, so the new workload would be stuck where it is.
+#[test]
+fn host_foreign_volume_mounts_do_not_make_a_workload_undumpable() {
+    use hotspot_node::local_provider::loopdev;
+    if !testing::require_migration_host("host_foreign_volume_mounts_do_not_make_a_workload_undumpable") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let wls = Workloads::new(&state);
+    let name = format!("fvm-{}", std::process::id());
+    let mut guard = Cleanup::new(wls.clone());
+    guard.names.push(name.clone());
+    guard.netns.push(format!("hs-{name}"));
+    // Two foreign volumes: one staged for another workload of this node, one of another node.
+    let image = tmp.path().join("other.img");
+    loopdev::create_image(&image, 64).unwrap();
+    let device = loopdev::attach(&image).unwrap();
+    let staged = state.join("volumes").join("other-workload");
+    let elsewhere = tmp.path().join("node9-volume");
+    for dir in [&staged, &elsewhere] {
+        std::fs::create_dir_all(dir).unwrap();
+        loopdev::mount(&device, dir).unwrap();
+    }
+    struct Unmount(Vec<std::path::PathBuf>, std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            self.0.iter().for_each(|d| drop(loopdev::unmount(d)));
+            let _ = loopdev::detach(&self.1, Duration::from_secs(5));
+        }
+    }
+    let _unmount = Unmount(vec![staged.clone(), elsewhere.clone()], image.clone());
+
+    let w = wls.start(&StartOptions { name: name.clone(), command: vec!["sleep".into(), "600".into()], ..Default::default() }).unwrap();
+    let mounts = std::fs::read_to_string(format!("/proc/{}/mountinfo", w.pid().unwrap())).unwrap();
+    assert!(!mounts.contains("other-workload") && !mounts.contains("node9-volume"), "foreign volumes detached:\n{mounts}");
+    let criu = Criu::detect().unwrap();
+    let mut opts = CheckpointOptions::new(tmp.path().join("images"));
+    opts.leave_running = true;
+    wls.checkpoint(&criu, &name, &opts).expect("the workload is dumpable with foreign volumes on the host");
+}

@@ -345,7 +345,7 @@ pub fn is_mount_point(path: &Path) -> bool {
 }
 
 /// mountinfo escapes space, tab, newline and backslash as octal (`\040`).
-fn unescape_mountinfo(field: &str) -> String {
+pub(super) fn unescape_mountinfo(field: &str) -> String {
     let mut out = String::with_capacity(field.len());
     let mut chars = field.chars().peekable();
     while let Some(c) = chars.next() {

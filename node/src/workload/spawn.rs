@@ -35,6 +35,30 @@ pub struct SpawnSpec<'a> {
     /// Both are opened inside the new mount namespace: a descriptor opened in the host's
     /// would point at a mount CRIU cannot find in the workload's ("Can't lookup mount").
     pub console: &'a Path,
+    /// This node's volume staging directory: other workloads' volumes mounted below it are
+    /// detached from the new mount namespace (see [`foreign_volume_mounts`]).
+    pub volumes_dir: Option<&'a Path>,
+}
+
+/// Mounts the new workload must not inherit from the host: other workloads' volumes (mounted
+/// below `volumes_dir`) and any loop-device mount (volumes of other nodes sharing this host).
+/// CRIU cannot dump a mount it cannot trace back to something the restore recreates ("FS mnt
+/// ... unsupported"), so one inherited volume would make this workload unmovable.
+fn foreign_volume_mounts(volumes_dir: Option<&Path>) -> Vec<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut out: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|line| {
+            let mount_point = PathBuf::from(super::checkpoint::unescape_mountinfo(line.split(' ').nth(4)?));
+            let source = line.split(" - ").nth(1)?.split(' ').nth(1)?;
+            let foreign = source.starts_with("/dev/loop") || volumes_dir.is_some_and(|d| mount_point.starts_with(d) && mount_point != d);
+            foreign.then_some(mount_point)
+        })
+        .collect();
+    // Deepest first, so a parent never goes before a mount stacked below it.
+    out.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    out.dedup();
+    out
 }
 
 fn cstr(p: impl AsRef<std::ffi::OsStr>) -> io::Result<CString> {
@@ -79,6 +103,13 @@ pub fn spawn(spec: SpawnSpec<'_>) -> io::Result<i32> {
     };
     let (proc_src, proc_dir, root, dot, run_netns) = (cstr("proc")?, cstr("/proc")?, cstr("/")?, cstr(".")?, cstr("/run/netns")?);
     let (console, dev_null) = (cstr(spec.console)?, cstr("/dev/null")?);
+    // Never a mount the workload itself uses (its data directory or console may sit on one).
+    let own: Vec<&Path> = [spec.volume.map(|v| v.0), spec.cwd.filter(|_| spec.rootfs.is_none()), Some(spec.console), spec.rootfs].into_iter().flatten().collect();
+    let foreign: Vec<CString> = foreign_volume_mounts(spec.volumes_dir)
+        .iter()
+        .filter(|m| !own.iter().any(|p| p.starts_with(m)))
+        .map(cstr)
+        .collect::<io::Result<_>>()?;
     // A rootfs gets the host's /dev/null bind-mounted over a placeholder.
     let rootfs_dev_null = match spec.rootfs {
         Some(root) => {
@@ -127,6 +158,9 @@ pub fn spawn(spec: SpawnSpec<'_>) -> io::Result<i32> {
             check(libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()))?;
             // The host's /run/netns bind mounts (nsfs) would make the mount tree undumpable.
             libc::umount2(run_netns.as_ptr(), libc::MNT_DETACH);
+            for m in &foreign {
+                libc::umount2(m.as_ptr(), libc::MNT_DETACH);
+            }
             check(libc::sethostname(hostname.as_ptr().cast(), hostname.len()))?;
             if let Some((dev, target, fstype)) = &volume_device {
                 check(libc::mount(dev.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()))?;
