@@ -87,8 +87,8 @@ impl Triggers {
         Arc::new(Triggers { service, migrations, config, moving: tokio::sync::Mutex::new(()) })
     }
 
-    /// Moves one workload (`to`: a preference list of peers, or `None` to elect), records the
-    /// outcome for `status`, and frees its old reservation here when it left.
+    /// Moves one workload (`to`: a preference list of peers, or `None` to elect) and records the
+    /// outcome for `status` (`Migrations` frees its old reservation here when it left).
     pub(crate) async fn move_one(&self, workload: &str, to: Option<String>, trigger: &str, out: Option<&mpsc::Sender<Reply>>) -> Result<Summary, String> {
         let result = match &self.migrations {
             None => Err("this node cannot migrate workloads (CRIU unusable; see the daemon log)".to_string()),
@@ -111,9 +111,6 @@ impl Triggers {
                 }
             }
         };
-        if result.is_ok() {
-            self.service.release_departed(workload);
-        }
         self.service.record_move(MoveRecord {
             trigger: trigger.into(),
             workload: workload.into(),

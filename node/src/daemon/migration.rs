@@ -203,7 +203,11 @@ impl Migrations {
             return;
         }
         let reply = match self.migrate_inner(&workload, to, mode, &out).await {
-            Ok(summary) => Reply::Migrated { summary },
+            Ok(summary) => {
+                // The capacity this node promised the workload when it arrived is free again.
+                self.service.release_departed(&workload);
+                Reply::Migrated { summary }
+            }
             Err(e) => Reply::Error { message: e.to_string() },
         };
         self.busy.lock().unwrap_or_else(|p| p.into_inner()).remove(&workload);
@@ -309,6 +313,9 @@ impl Migrations {
                 };
                 match outcome {
                     Ok(done) => {
+                        if done == recovery::Recovered::Completed {
+                            self.service.release_departed(&rec.workload);
+                        }
                         info!(migration = %rec.migration, workload = %rec.workload, ?done, "recovered migration");
                         break;
                     }

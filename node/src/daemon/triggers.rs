@@ -137,19 +137,6 @@ impl Handler for NodeHandler {
                 })
                 .await;
             }
-            Request::Migrate { workload, to, mode } => {
-                let (tx, mut rx) = mpsc::channel(64);
-                let inner = self.inner.handle_stream(Request::Migrate { workload: workload.clone(), to, mode }, tx);
-                let forward = async {
-                    while let Some(reply) = rx.recv().await {
-                        if matches!(reply, Reply::Migrated { .. }) {
-                            triggers.service.release_departed(&workload);
-                        }
-                        let _ = out.send(reply).await;
-                    }
-                };
-                tokio::join!(inner, forward);
-            }
             other => self.inner.handle_stream(other, out).await,
         }
     }
