@@ -185,29 +185,34 @@ fn resume_tree(wls: &Workloads, name: &str, dir: &Path) -> Result<(), BoxError> 
     if !alive {
         return Err(format!("the frozen workload (pid {}) is gone; its memory cannot be recovered", marker.tree_pid).into());
     }
-    let mut rec = wls.get(name)?.record;
-    rec.pid = Some(marker.tree_pid);
-    crate::workload::record::store(wls.state_dir(), &rec)?;
-    let w = wls.get(name)?;
-    let mut pids = w.cgroup().pids();
+    let mut pids = wls.get(name).map(|w| w.cgroup().pids()).unwrap_or_default();
     pids.extend(descendants(marker.tree_pid));
     pids.sort_unstable();
     pids.dedup();
+    let resumed = unlock_held_tree(wls, name, dir, marker.tree_pid, &pids);
+    // Whatever failed above, a tree held by `hold_tree` must not stay stopped.
+    signal_all(&pids, libc::SIGCONT);
+    let (sockets, removed) = resumed?;
+    info!(workload = name, pid = marker.tree_pid, sockets, removed, "post-copy rolled back: the frozen workload runs here again");
+    Ok(())
+}
+
+/// The stopped tree's record, address, TCP repair mode and lock rules put back in order;
+/// returns (sockets taken out of repair, lock rules removed).
+fn unlock_held_tree(wls: &Workloads, name: &str, dir: &Path, tree_pid: i32, pids: &[i32]) -> Result<(usize, usize), BoxError> {
+    let mut rec = wls.get(name)?.record;
+    rec.pid = Some(tree_pid);
+    crate::workload::record::store(wls.state_dir(), &rec)?;
+    let w = wls.get(name)?;
     // A rollback after the address moved brought the interface back down and without its
     // address (a namespace move flushes both); a restore would set it up, a resume must too.
     if let Some(addr) = w.address() {
-        if let Err(e) = crate::workload::netns::bring_up_service(&w.record.netns, addr) {
-            signal_all(&pids, libc::SIGCONT);
-            return Err(e.into());
-        }
+        crate::workload::netns::bring_up_service(&w.record.netns, addr)?;
     }
-    let sockets = unrepair_tcp(&pids);
+    let sockets = unrepair_tcp(pids);
     let rules = netlock::load(dir).unwrap_or_default();
-    let removed = netlock::remove(&w.netns_path(), &rules);
-    signal_all(&pids, libc::SIGCONT); // also when the rules could not be removed: never leave it stopped
-    let removed = removed?;
-    info!(workload = name, pid = marker.tree_pid, sockets, removed, "post-copy rolled back: the frozen workload runs here again");
-    Ok(())
+    let removed = netlock::remove(&w.netns_path(), &rules)?;
+    Ok((sockets, removed))
 }
 
 /// Queues SIGSTOP for every process of the frozen workload before CRIU is told to fail.
