@@ -45,11 +45,12 @@ impl Daemon {
         self.0.peers().map_or(0, |p| p.len())
     }
 
-    fn migrate(&self, workload: &str, to: &str, mode: MigrationMode) -> Summary {
-        let req = Request::Migrate { workload: workload.into(), to: Some(to.into()), mode: Some(mode) };
+    /// Migrates `workload` to the node of daemon `to`; on failure, panics with both logs.
+    fn migrate(&self, workload: &str, to: &Daemon, mode: MigrationMode) -> Summary {
+        let req = Request::Migrate { workload: workload.into(), to: Some(to.0.name.clone()), mode: Some(mode) };
         match control::call_stream(&self.0.socket, &req, Duration::from_secs(600), |_| {}).expect("control socket") {
             Reply::Migrated { summary } => summary,
-            other => panic!("migration to {to} failed: {other:?}"),
+            other => panic!("migration to {} failed: {other:?}\n{}{}", to.0.name, self.0.log_tail(40), to.0.log_tail(40)),
         }
     }
 }
@@ -155,7 +156,7 @@ fn bench_size(bin: &Path, criu: &Criu, mib: u64, naive_runs: usize, subnet: u32)
 
     let mut r = SizeResult { gaps_ms: vec![], totals_ms: vec![], freeze_ms: vec![], wire: vec![], naive_gaps_ms: vec![], naive_totals_ms: vec![], post_gaps_ms: vec![], post_freeze_ms: vec![] };
     let (pre, post) = (MigrationMode::PreCopy, MigrationMode::PostCopy);
-    let hops = [(&a, "b", "A->B cold", pre), (&b, "a", "B->A cold", pre), (&a, "b", "A->B again", pre), (&b, "a", "B->A post-copy", post), (&a, "b", "A->B post-copy", post)];
+    let hops = [(&a, &b, "A->B cold", pre), (&b, &a, "B->A cold", pre), (&a, &b, "A->B again", pre), (&b, &a, "B->A post-copy", post), (&a, &b, "A->B post-copy", post)];
     for (from, to, label, mode) in hops {
         let pc = PipeliningClient::start(Some(&client_ns), server, Duration::from_millis(2), label).unwrap();
         assert!(pc.wait_batches(20, Duration::from_secs(10)));

@@ -67,14 +67,7 @@ fn assert_exactly_once_on(c: &mut LocalCluster, node: usize) {
 
 /// The last lines of every daemon's log, for a failure message.
 fn daemon_logs(c: &LocalCluster) -> String {
-    let mut out = String::new();
-    for d in &c.daemons {
-        let log = std::fs::read_to_string(&d.log).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(60).collect();
-        out.push_str(&format!("--- {} ({}):\n", d.name, d.log.display()));
-        tail.iter().rev().for_each(|l| out.push_str(&format!("{l}\n")));
-    }
-    out
+    c.daemons.iter().map(|d| d.log_tail(60)).collect()
 }
 
 /// `hotspot-node migrate redis --to node<to+1> [extra] --json` on node `from`.

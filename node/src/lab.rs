@@ -198,6 +198,19 @@ impl Daemon {
         self.child.as_ref().map(Child::id)
     }
 
+    /// The last `lines` lines of its log under a `--- NAME (PATH):` header, for failure messages
+    /// (the log lives in a temporary directory that is gone once the test or bench panicked).
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(lines).collect();
+        let mut out = format!("--- {} ({}):\n", self.name, self.log.display());
+        tail.iter().rev().for_each(|l| {
+            out.push_str(l);
+            out.push('\n');
+        });
+        out
+    }
+
     fn wait_ready(&self) -> Result<(), LabError> {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
