@@ -371,10 +371,10 @@ impl NodeService {
                     image_bytes: 0,
                 };
                 let adverts: Vec<NodeAdvert> = peers.iter().map(|p| p.advert.clone()).collect();
-                rank(&profile, &self.node, self.current_price(), &adverts, &HopPolicy::default())
-                    .into_iter()
-                    .map(|c| (c.node, c.name))
-                    .collect()
+                let ranked = rank(&profile, &self.node, self.current_price(), &adverts, &HopPolicy::default());
+                let order: Vec<String> = ranked.iter().map(|c| format!("{} ({:.5} USD/h)", c.name, c.cost_per_hour)).collect();
+                info!(workload = %params.workload, candidates = ?order, peers = adverts.len(), "elected targets, best first");
+                ranked.into_iter().map(|c| (c.node, c.name)).collect()
             }
         };
         let mut attempts = Vec::new();
