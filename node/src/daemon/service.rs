@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hotspot_protocol::election::{rank, HopPolicy, WorkloadProfile};
+use hotspot_protocol::election::{exclusions, rank, Exclusion, HopPolicy, WorkloadProfile};
 use hotspot_protocol::reservation::{DenyReason, ReservationId, ReservationMessage, ReserveRequest};
 use hotspot_protocol::{Capacity, NodeAdvert, NodeId, NodeState, Resources};
 use tokio::sync::{mpsc, Notify};
@@ -338,36 +338,58 @@ impl NodeService {
             Ok(p) => p,
             Err(e) => return Reply::Error { message: e.to_string() },
         };
+        let profile = WorkloadProfile {
+            needs: params.needs,
+            arch: self.arch.clone(),
+            cpu_features: self.cpu_features.clone(),
+            volume_zone: params.volume_zone.as_ref().map(|v| v.zone.clone()),
+            image_bytes: 0,
+        };
+        let mut attempts = Vec::new();
         let targets: Vec<(NodeId, String)> = match &params.peer {
             // A comma-separated list is an order of preference: the next is asked when one refuses.
             Some(wanted) => {
-                let found: Vec<(NodeId, String)> = wanted
-                    .split(',')
-                    .map(str::trim)
-                    .filter_map(|w| Self::find_peer(&peers, w))
-                    .map(|p| (p.advert.node, p.advert.name.clone()))
-                    .collect();
+                let found: Vec<&PeerSnapshot> = wanted.split(',').map(str::trim).filter_map(|w| Self::find_peer(&peers, w)).collect();
                 if found.is_empty() {
                     return Reply::Error { message: format!("no live peer named {wanted:?} (see `hotspot-node peers`)") };
                 }
-                found
+                // Asked by name, a peer in another zone than the volume is still impossible.
+                let (near, far): (Vec<&PeerSnapshot>, Vec<&PeerSnapshot>) =
+                    found.into_iter().partition(|p| profile.volume_zone.as_ref().map_or(true, |z| &p.advert.zone == z));
+                if near.is_empty() {
+                    let v = params.volume_zone.as_ref().expect("only a volume zone excludes a named peer");
+                    let names: Vec<String> = far.iter().map(|p| format!("{} is in zone {}", p.advert.name, p.advert.zone)).collect();
+                    return Reply::Error {
+                        message: format!(
+                            "cannot move {} there: {}, but its volume {} is in zone {} (an EBS volume attaches only to instances in its own zone; pick a peer in {})",
+                            params.workload,
+                            names.join(", "),
+                            v.volume,
+                            v.zone,
+                            v.zone
+                        ),
+                    };
+                }
+                for p in far {
+                    let need = profile.volume_zone.clone().unwrap_or_default();
+                    let why = Exclusion::WrongZone { have: p.advert.zone.clone(), need };
+                    attempts.push(Attempt { peer: p.advert.node.to_string(), name: p.advert.name.clone(), outcome: format!("not eligible: {why}") });
+                }
+                near.into_iter().map(|p| (p.advert.node, p.advert.name.clone())).collect()
             }
             None => {
-                let profile = WorkloadProfile {
-                    needs: params.needs,
-                    arch: self.arch.clone(),
-                    cpu_features: self.cpu_features.clone(),
-                    volume_zone: None,
-                    image_bytes: 0,
-                };
                 let adverts: Vec<NodeAdvert> = peers.iter().map(|p| p.advert.clone()).collect();
-                rank(&profile, &self.node, self.current_price(), &adverts, &HopPolicy::default())
-                    .into_iter()
-                    .map(|c| (c.node, c.name))
-                    .collect()
+                let ranked: Vec<(NodeId, String)> =
+                    rank(&profile, &self.node, self.current_price(), &adverts, &HopPolicy::default()).into_iter().map(|c| (c.node, c.name)).collect();
+                if ranked.is_empty() {
+                    // Nobody to ask: say why each peer was left out (zone, capacity, state...).
+                    for (a, why) in exclusions(&profile, &self.node, &adverts) {
+                        attempts.push(Attempt { peer: a.node.to_string(), name: a.name.clone(), outcome: format!("not eligible: {why}") });
+                    }
+                }
+                ranked
             }
         };
-        let mut attempts = Vec::new();
         for (node, name) in targets {
             let mut id = [0u8; 16];
             if getrandom::getrandom(&mut id).is_err() {
