@@ -80,9 +80,14 @@ impl Provider for Ec2Provider {
         let device = host::wait_for_block_device(&candidates, timeout).await.map_err(|e| ProviderError::Host {
             op: "wait for the EBS volume's block device",
             detail: format!(
-                "volume {} is attached to this instance as {}, but {e} (device_timeout_ms; on Nitro, udev makes the \
-                 by-id link from the NVMe serial: check `lsblk -o NAME,SERIAL`)",
-                plan.volume, plan.device
+                "volume {} is attached to this instance as {}, but {} (device_timeout_ms; on Nitro, udev makes \
+                 the by-id link from the NVMe serial: check `lsblk -o NAME,SERIAL`)",
+                plan.volume,
+                plan.device,
+                match e {
+                    ProviderError::Host { detail, .. } => detail,
+                    other => other.to_string(),
+                }
             ),
         })?;
         host::mount(&device, mount).await?;
