@@ -355,7 +355,7 @@ impl NodeService {
                 }
                 // Asked by name, a peer in another zone than the volume is still impossible.
                 let (near, far): (Vec<&PeerSnapshot>, Vec<&PeerSnapshot>) =
-                    found.into_iter().partition(|p| profile.volume_zone.as_ref().map_or(true, |z| &p.advert.zone == z));
+                    found.into_iter().partition(|p| profile.volume_zone.as_ref().is_none_or(|z| &p.advert.zone == z));
                 if near.is_empty() {
                     let v = params.volume_zone.as_ref().expect("only a volume zone excludes a named peer");
                     let names: Vec<String> = far.iter().map(|p| format!("{} is in zone {}", p.advert.name, p.advert.zone)).collect();
