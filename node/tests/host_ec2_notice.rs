@@ -53,7 +53,11 @@ fn host_ec2_notice_evacuates_before_the_deadline() {
     })
     .unwrap();
     // ...and redis is on node2 before the deadline, with its volume and ENI.
-    let took = lab::wait_until("redis to run on node2", Duration::from_secs(NOTICE_SECS), || lab.runs_on(1) && !lab.runs_on(0)).unwrap();
+    let moved = lab::wait_until("redis to run on node2", Duration::from_secs(NOTICE_SECS), || lab.runs_on(1) && !lab.runs_on(0));
+    let took = moved.unwrap_or_else(|e| {
+        lab.print_daemon_problems();
+        panic!("{e}")
+    });
     let since_notice = noticed.elapsed();
     eprintln!("evacuated {since_notice:?} after the notice (waited {took:?} after node1 left)");
     assert!(since_notice < Duration::from_secs(NOTICE_SECS), "moved before the interruption");

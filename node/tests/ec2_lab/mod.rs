@@ -281,6 +281,15 @@ impl Ec2Lab {
         assert!(table.contains(&format!("10.77.{}.0/24 dev eth0", self.lan.subnet)), "{table}");
     }
 
+    /// Prints the daemons' warnings and errors (for a failing test's output).
+    pub fn print_daemon_problems(&self) {
+        for d in &self.daemons {
+            let log = std::fs::read_to_string(&d.log).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("evacuat")).collect();
+            eprintln!("--- {} ({} lines of note) ---\n{}", d.name, lines.len(), lines[lines.len().saturating_sub(40)..].join("\n"));
+        }
+    }
+
     pub fn runs_on(&self, i: usize) -> bool {
         Workloads::new(&self.state_dirs[i]).get(&self.name).is_ok_and(|w| w.is_running())
     }
