@@ -1,6 +1,7 @@
 //! The daemon on EC2 (`[ec2]` in the config, or `hotspot-node run --ec2 ...`): who this node is
 //! (IMDSv2), its advertised price (the spot price of its own type and zone, refreshed on a
-//! schedule), its bootstrap peers (running instances with the cluster tag), and the
+//! schedule), its bootstrap peers (running instances with the cluster tag, looked for again on a
+//! schedule so instances that boot later are found), and the
 //! [`NodeMover`] that moves a workload's EBS volume and ENI in the migration's journaled
 //! sequence.
 //!
@@ -220,7 +221,7 @@ pub struct NodeMover {
 
 impl NodeMover {
     pub fn new(local: Mover, ec2: Option<&Ec2Node>, workloads: Workloads) -> NodeMover {
-        let keep_local = ec2.map_or(true, |e| e.settings.local_data_path);
+        let keep_local = ec2.is_none_or(|e| e.settings.local_data_path);
         // In an EC2 lab the local data path moves only the interface: the volume's device is
         // found and mounted by the target as on EC2 (see `ec2_target`).
         let local = match local {
