@@ -3,9 +3,11 @@
 //! overhead), not the emulator's own latency.
 //!
 //! Each round is what a migration's resource step does on an EC2 node ([`CloudMoves`], the
-//! cloud half of the daemon's mover): find the target's instance by its node tag, find the
-//! workload's volume and ENI by their tags, validate both, detach both, attach both, with every
-//! step state encoded as the journal would persist it. The provider times every SDK call
+//! cloud half of the daemon's mover): read the volume's zone (the election's input), find the
+//! target's instance by its node tag, find the workload's volume and ENI by their tags, validate
+//! both, detach both, attach both, with every step state encoded as the journal would persist
+//! it; then what the target reads before its restore (the volume and ENI attached to it, the
+//! ENI's subnet). The target's device wait, mount and routing are host work, not cloud calls. The provider times every SDK call
 //! it makes; overhead = round wall time - sum of those call latencies, measured in the same run.
 //! As a baseline the same round is also done with the bare minimum of raw SDK calls (detach,
 //! attach, one describe each to confirm) - what a trusting script would do.
@@ -86,12 +88,17 @@ async fn main() {
         let (calls0, sdk0) = (provider.call_stats().calls(), provider.call_stats().total());
         let started = Instant::now();
         let source = from.1;
+        let zone = source.volume_zone("bench-workload").await.expect("volume zone");
+        assert_eq!(zone.map(|(_, z)| z).as_deref(), Some(ZONE));
         let target = source.instance_of(if to.0 == &a { "node-a" } else { "node-b" }).await.expect("target instance");
         let mut st = source.plan("bench-workload", Some(&target)).await.expect("plan");
         for until in [MoveStep::Detached, MoveStep::Attached] {
             let persist = |s: &hotspot_node::provider::ec2::cloud_moves::CloudMoveState| journal.push(s.encode());
             source.advance(&mut st, until, persist).await.expect("move");
         }
+        let on_target = to.1.attached_volume("bench-workload").await.expect("target sees the volume");
+        let routed = to.1.attached_interface("bench-workload").await.expect("target sees the ENI");
+        assert!(on_target.is_some() && routed.is_some());
         let total = started.elapsed();
         let in_sdk = provider.call_stats().total() - sdk0;
         assert_eq!(journal.len(), 6, "three steps for each of the two resources");

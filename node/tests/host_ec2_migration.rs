@@ -1,305 +1,19 @@
-//! End-to-end migration on "EC2": real `hotspot-node run --ec2 ...` daemons in lab network
-//! namespaces, each one an instance in the moto emulator (instances at the namespaces' LAN
-//! addresses, tagged with the cluster) with its own IMDSv2 metadata server; discovery by tag (no
-//! mDNS), the spot price in the advert, and `hotspot-node migrate` moving redis with a live
-//! client while the EC2 mover detaches the workload's EBS volume and ENI in moto from the source
-//! instance and attaches them to the target's, around the local data path (the loop device
-//! standing in for the EBS block device, the bridged netns interface standing in for the ENI).
+//! End-to-end migration on "EC2" (see `ec2_lab`): `hotspot-node migrate` moves redis with a
+//! live client while the EC2 mover detaches the workload's EBS volume and ENI in moto from the
+//! source instance and attaches them to the target's, and the target waits for the volume's
+//! block device, mounts it and routes the ENI's address before the restore.
 
-#[path = "mesh_support/mod.rs"]
-mod mesh_support;
+#[path = "ec2_lab/mod.rs"]
+mod ec2_lab;
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hotspot_node::imds::fake_server::FakeImds;
-use hotspot_node::imds::InstanceIdentity;
-use hotspot_node::lab::{self, Daemon, Lan};
-use hotspot_node::local_provider::loopdev::{self, VolumeCleanup};
-use hotspot_node::local_provider::workload_netns;
-use hotspot_node::migrate::{Progress, Summary};
-use hotspot_node::provider::ec2::cloud_moves::WORKLOAD_TAG;
-use hotspot_node::provider::ec2::discovery::DEFAULT_CLUSTER_TAG;
-use hotspot_node::provider::ec2::emulator::{self, bind_in_netns, MotoServer, NetnsRelay};
-use hotspot_node::provider::ec2::{build_client, Ec2ClientSettings};
-use hotspot_node::testbed::{self, Cleanup, PipeliningClient};
-use hotspot_node::testing;
-use hotspot_node::workload::{StartOptions, Workloads};
-
-const ZONE: &str = "us-east-1a";
-
-/// Everything one test made. Field order is drop order: client, workloads, volume, daemons,
-/// metadata servers and relays, the LAN, the runtime, moto, files.
-struct Ec2Lab {
-    client: Option<PipeliningClient>,
-    _guards: Vec<Cleanup>,
-    _volume: Option<VolumeCleanup>,
-    daemons: Vec<Daemon>,
-    _imds: Vec<FakeImds>,
-    _relays: Vec<NetnsRelay>,
-    lan: Lan,
-    rt: tokio::runtime::Runtime,
-    ec2: aws_sdk_ec2::Client,
-    _moto: MotoServer,
-    name: String,
-    instances: Vec<String>,
-    volume_id: String,
-    eni_id: String,
-    client_ns: String,
-    server: SocketAddr,
-    filled_keys: u64,
-    flags: Vec<Vec<String>>,
-    env: Vec<Vec<(String, String)>>,
-    state_dirs: Vec<PathBuf>,
-    cgroup_parents: Vec<String>,
-    root: tempfile::TempDir,
-}
-
-impl Ec2Lab {
-    /// Two instances in moto, a daemon per instance in its own namespace, redis on node1 with its
-    /// volume and ENI attached to node1's instance, and a live client.
-    fn new(test: &str, fault_on_node1: Option<&str>) -> Option<Ec2Lab> {
-        if !testing::require_migration_host(test) {
-            return None;
-        }
-        let moto = MotoServer::for_test(test)?;
-        let moto_port: u16 = moto.endpoint().rsplit(':').next().unwrap().parse().unwrap();
-        let root = tempfile::tempdir().unwrap();
-        let mut lan = Lan::new(2).unwrap();
-        let client_ns = lan.add_client().unwrap();
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let settings = Ec2ClientSettings {
-            endpoint_url: Some(moto.endpoint().into()),
-            static_credentials: Some(("testing".into(), "testing".into())),
-            ..Ec2ClientSettings::default()
-        };
-        let ec2 = rt.block_on(build_client(&settings));
-        let pid = std::process::id();
-        let cluster = format!("ec2lab{pid}");
-        let name = format!("e2{}", pid % 100_000);
-        let s = lan.subnet;
-        let (instances, subnet) = rt.block_on(async {
-            let subnet = emulator::subnet_with_cidr(&ec2, &format!("10.77.{s}.0/24"), ZONE).await;
-            let mut ids = Vec::new();
-            for i in 0..2 {
-                ids.push(emulator::run_instance_at(&ec2, &subnet, &lan.node_ip(i).to_string(), &cluster).await);
-            }
-            (ids, subnet)
-        });
-
-        let mut relays = Vec::new();
-        let mut imds = Vec::new();
-        let mut flags = Vec::new();
-        let mut env = Vec::new();
-        let mut state_dirs = Vec::new();
-        let cluster_dir = root.path().join("cluster");
-        for i in 0..2 {
-            let relay = NetnsRelay::start(&lan.nodes[i], moto_port).unwrap();
-            let listener = bind_in_netns(&lan.nodes[i], ([127, 0, 0, 1], 0).into()).unwrap();
-            listener.set_nonblocking(true).unwrap();
-            let identity = InstanceIdentity { instance_id: instances[i].clone(), instance_type: "t3.micro".into(), zone: ZONE.into(), region: "us-east-1".into() };
-            let server = {
-                let _in_rt = rt.enter();
-                FakeImds::start(tokio::net::TcpListener::from_std(listener).unwrap(), identity).unwrap()
-            };
-            let state_dir = root.path().join(format!("node{}", i + 1)).join("state");
-            flags.push(
-                [
-                    "--mdns", "false", "--listen", "/ip4/0.0.0.0/tcp/7946", "--advert-interval-ms", "1000",
-                    "--cpu-millis", "4000", "--memory-bytes", "8589934592", "--ec2-cluster", cluster.as_str(),
-                    "--ec2-on-demand-price", "0.0104", "--ec2-price-refresh-secs", "5", "--ec2-local-data-path",
-                ]
-                .iter()
-                .map(|s| s.to_string())
-                .chain([
-                    "--transfer-listen".into(),
-                    format!("{}:7947", lan.node_ip(i)),
-                    "--ec2-endpoint-url".into(),
-                    format!("http://127.0.0.1:{}", relay.port),
-                    "--ec2-imds-endpoint".into(),
-                    server.endpoint(),
-                ])
-                .collect::<Vec<String>>(),
-            );
-            let mut e: Vec<(String, String)> = [
-                ("HOTSPOT_STATE_DIR", state_dir.display().to_string()),
-                ("HOTSPOT_LOCAL_CLUSTER", cluster_dir.display().to_string()),
-                ("AWS_ACCESS_KEY_ID", "testing".into()),
-                ("AWS_SECRET_ACCESS_KEY", "testing".into()),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
-            if i == 0 {
-                if let Some(fault) = fault_on_node1 {
-                    e.push((fault.into(), "1".into()));
-                }
-            }
-            env.push(e);
-            state_dirs.push(state_dir);
-            relays.push(relay);
-            imds.push(server);
-        }
-        let mut lab = Ec2Lab {
-            client: None,
-            _guards: Vec::new(),
-            _volume: None,
-            daemons: Vec::new(),
-            _imds: imds,
-            _relays: relays,
-            lan,
-            rt,
-            ec2,
-            _moto: moto,
-            name,
-            instances,
-            volume_id: String::new(),
-            eni_id: String::new(),
-            client_ns,
-            server: "0.0.0.0:0".parse().unwrap(),
-            filled_keys: 0,
-            flags,
-            env,
-            state_dirs,
-            cgroup_parents: Vec::new(),
-            root,
-        };
-        for i in 0..2 {
-            // One after the other: node2 finds node1 by its tag (DescribeInstances), no mDNS.
-            let d = lab.start_daemon(i);
-            let id = d.status().unwrap().node;
-            let mut guard = Cleanup::new(Workloads::new(&lab.state_dirs[i]));
-            guard.names.push(lab.name.clone());
-            guard.netns.push(workload_netns(&lab.name, &id));
-            lab._guards.push(guard);
-            lab.cgroup_parents.push(format!("hotspot-{}", &id[..8]));
-            lab.daemons.push(d);
-        }
-        lab::wait_until("the nodes to find each other by EC2 tag", Duration::from_secs(60), || {
-            lab.daemons.iter().all(|d| d.peers().is_ok_and(|p| p.len() == 1))
-        })
-        .unwrap();
-        lab.start_redis(&subnet, &cluster);
-        Some(lab)
-    }
-
-    fn start_daemon(&self, i: usize) -> Daemon {
-        let flags: Vec<&str> = self.flags[i].iter().map(String::as_str).collect();
-        let env: Vec<(&str, &str)> = self.env[i].iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let name = format!("node{}", i + 1);
-        Daemon::start_with_env(Path::new(mesh_support::BIN), self.root.path(), &name, Some(&self.lan.nodes[i]), &flags, &env)
-            .unwrap_or_else(|e| panic!("{name}: {e}"))
-    }
-
-    /// redis on node1: its append-only file on a loop-device volume, its address on a veth
-    /// bridged onto the LAN; in moto its EBS volume and ENI attached to node1's instance.
-    fn start_redis(&mut self, subnet: &str, cluster: &str) {
-        let (ec2, name, inst) = (&self.ec2, &self.name, &self.instances[0]);
-        let (vol, eni) = self.rt.block_on(async {
-            let vol = emulator::volume(ec2, ZONE, Some(inst.as_str())).await;
-            let eni = emulator::interface(ec2, subnet, Some(inst.as_str())).await;
-            for id in [&vol, &eni] {
-                emulator::tag(ec2, id, WORKLOAD_TAG, name).await;
-                emulator::tag(ec2, id, DEFAULT_CLUSTER_TAG, cluster).await;
-            }
-            (vol, eni)
-        });
-        (self.volume_id, self.eni_id) = (vol, eni);
-
-        let wls = Workloads::new(&self.state_dirs[0]);
-        let image = self.root.path().join("disks").join(format!("{name}.img"));
-        loopdev::create_image(&image, 256).unwrap();
-        self._volume = Some(VolumeCleanup {
-            image: image.clone(),
-            mount_dirs: self.state_dirs.iter().map(|d| Workloads::new(d).volume_mount_dir(name)).collect(),
-        });
-        let device = loopdev::attach(&image).unwrap();
-        let data = self.root.path().join("redis-data");
-        std::fs::create_dir_all(&data).unwrap();
-        let d = data.display().to_string();
-        let node1 = self.daemons[0].status().unwrap().node;
-        let w = wls
-            .start(&StartOptions {
-                name: name.clone(),
-                command: testbed::redis_command(&["--appendonly", "yes", "--appendfsync", "everysec", "--dir", &d]),
-                address: Some(self.lan.service_address(1)),
-                uplink_netns: Some(self.lan.hub.clone()),
-                volume: Some(data),
-                volume_device: Some(device),
-                volume_handle: Some(image.display().to_string()),
-                netns: Some(workload_netns(name, &node1)),
-                ..Default::default()
-            })
-            .unwrap();
-        self.lan.bridge_port(&w.record.uplink.as_ref().unwrap().interface).unwrap();
-        self.server = SocketAddr::new(self.lan.service_address(1).ip, 6379);
-        assert!(testbed::wait_listening(Some(&self.client_ns), self.server, Duration::from_secs(20)), "redis came up");
-        self.filled_keys = testbed::fill_random(Some(&self.client_ns), self.server, 8 << 20, 4096).unwrap();
-        let client = PipeliningClient::start(Some(&self.client_ns), self.server, Duration::from_millis(3), "ec2").unwrap();
-        assert!(client.wait_batches(30, Duration::from_secs(10)), "client is served");
-        self.client = Some(client);
-    }
-
-    fn runs_on(&self, i: usize) -> bool {
-        Workloads::new(&self.state_dirs[i]).get(&self.name).is_ok_and(|w| w.is_running())
-    }
-
-    /// `hotspot-node migrate NAME --to TO --json` on node `from`: the summary, or the error text.
-    fn migrate(&self, from: usize, to: &str) -> Result<Summary, String> {
-        let out = self.daemons[from].cli(&["migrate", &self.name, "--to", to, "--json"]).unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        eprintln!("migrate node{} -> {to}:\n{stdout}{}", from + 1, String::from_utf8_lossy(&out.stderr));
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-        }
-        match serde_json::from_str::<Progress>(stdout.lines().last().unwrap_or_default()) {
-            Ok(Progress::Done(s)) => Ok(s),
-            other => Err(format!("last line is not a summary: {other:?}")),
-        }
-    }
-
-    /// (volume state, instances holding it) and (ENI status, instance holding it), from moto.
-    fn cloud_state(&self) -> ((String, Vec<String>), (String, Option<String>)) {
-        self.rt.block_on(async {
-            let v = self.ec2.describe_volumes().volume_ids(&self.volume_id).send().await.unwrap();
-            let v = &v.volumes()[0];
-            let holders = v.attachments().iter().filter(|a| a.state().map(|s| s.as_str()) == Some("attached")).map(|a| a.instance_id().unwrap().to_string()).collect();
-            let e = self.ec2.describe_network_interfaces().network_interface_ids(&self.eni_id).send().await.unwrap();
-            let e = &e.network_interfaces()[0];
-            let holder = e.attachment().filter(|a| a.status().map(|s| s.as_str()) == Some("attached")).and_then(|a| a.instance_id()).map(str::to_string);
-            ((v.state().unwrap().as_str().to_string(), holders), (e.status().unwrap().as_str().to_string(), holder))
-        })
-    }
-
-    fn assert_cloud_on(&self, i: usize) {
-        let ((vstate, vols), (estate, eni)) = self.cloud_state();
-        assert_eq!((vstate.as_str(), vols), ("in-use", vec![self.instances[i].clone()]), "EBS volume on node{}'s instance", i + 1);
-        assert_eq!((estate.as_str(), eni), ("in-use", Some(self.instances[i].clone())), "ENI on node{}'s instance", i + 1);
-    }
-
-    fn check_client(&mut self) {
-        let report = self.client.take().unwrap().finish();
-        assert_eq!(report.error, None, "the client saw no error and never reconnected");
-        report.incr_sequence_ok().unwrap();
-        assert_eq!(report.dbsize, Some(report.sets_acked as i64 + 1 + self.filled_keys as i64), "every key survived");
-        eprintln!("client: {} batches, longest stall {:?}", report.incrs.len(), report.max_stall);
-    }
-}
-
-impl Drop for Ec2Lab {
-    fn drop(&mut self) {
-        // Daemons first (the rest drops in field order), then their empty cgroup parents.
-        self.daemons.clear();
-        for rel in &self.cgroup_parents {
-            let _ = hotspot_node::workload::cgroup::Cgroup::at(rel).destroy(Duration::from_secs(1));
-        }
-    }
-}
+use ec2_lab::{Ec2Lab, ZONE};
+use hotspot_node::lab;
 
 #[test]
 fn host_ec2_migration_moves_volume_and_eni_with_the_workload() {
-    let Some(mut lab) = Ec2Lab::new("host_ec2_migration_moves_volume_and_eni_with_the_workload", None) else { return };
+    let Some(mut lab) = Ec2Lab::new("host_ec2_migration_moves_volume_and_eni_with_the_workload", None, None) else { return };
     // The advert carries the emulator's spot price (DescribeSpotPriceHistory), not a fixed one.
     let status = lab.daemons[0].status().unwrap();
     assert!(status.price_source.starts_with("ec2 spot t3.micro in us-east-1a"), "{}", status.price_source);
@@ -312,11 +26,13 @@ fn host_ec2_migration_moves_volume_and_eni_with_the_workload() {
     lab.migrate(0, "node2").expect("hop to node2");
     assert!(lab.runs_on(1) && !lab.runs_on(0), "redis runs on node2 only");
     lab.assert_cloud_on(1);
+    lab.assert_host_prepared_on(1);
     assert!(client.wait_batches(client.batches() + 50, Duration::from_secs(10)), "served from node2");
 
     lab.migrate(1, "node1").expect("hop back to node1");
     assert!(lab.runs_on(0) && !lab.runs_on(1), "redis runs on node1 only");
     lab.assert_cloud_on(0);
+    lab.assert_host_prepared_on(0);
     let client = lab.client.as_ref().unwrap();
     assert!(client.wait_batches(client.batches() + 50, Duration::from_secs(10)), "served from node1 again");
     lab.check_client();
@@ -326,7 +42,7 @@ fn host_ec2_migration_moves_volume_and_eni_with_the_workload() {
 fn host_ec2_migration_source_crash_between_detach_and_attach_resumes() {
     let test = "host_ec2_migration_source_crash_between_detach_and_attach_resumes";
     let fault = hotspot_node::daemon::ec2::FAULT_CRASH_AFTER_DETACH;
-    let Some(mut lab) = Ec2Lab::new(test, Some(fault)) else { return };
+    let Some(mut lab) = Ec2Lab::new(test, Some(fault), None) else { return };
     lab.assert_cloud_on(0);
     let err = lab.migrate(0, "node2").expect_err("node1 crashes in the middle");
     eprintln!("migrate failed as planned: {err}");
@@ -343,8 +59,31 @@ fn host_ec2_migration_source_crash_between_detach_and_attach_resumes() {
     eprintln!("recovered in {took:?}: redis runs on node{}", on + 1);
     assert!(!lab.runs_on(1 - on), "runs on one node only");
     lab.assert_cloud_on(on);
+    lab.assert_host_prepared_on(on);
     let client = lab.client.as_ref().unwrap();
     // TCP retransmission backoff after a long freeze: the next retry may be a minute away.
     assert!(client.wait_batches(client.batches() + 50, Duration::from_secs(120)), "served again after the recovery");
+    lab.check_client();
+}
+
+#[test]
+fn host_ec2_migration_refuses_a_target_in_another_zone() {
+    // node2's instance reports us-east-1b: redis's EBS volume (us-east-1a) cannot follow it.
+    let Some(mut lab) = Ec2Lab::new("host_ec2_migration_refuses_a_target_in_another_zone", None, Some("us-east-1b")) else { return };
+    assert_eq!(lab.daemons[1].status().unwrap().zone, "us-east-1b");
+    let named = lab.migrate(0, "node2").expect_err("node2 is in another zone");
+    for part in ["node2 is in zone us-east-1b", &format!("volume {} is in zone {ZONE}", lab.volume_id), "only to instances in its own zone"] {
+        assert!(named.contains(part), "{part:?} missing from: {named}");
+    }
+    // Draining elects a target: none is left, and the evacuation says why.
+    let out = lab.daemons[0].cli(&["drain", "--json"]).unwrap();
+    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    eprintln!("drain:\n{report}");
+    assert!(report.contains(&format!("node2: not eligible: zone us-east-1b, the volume is in {ZONE}")), "{report}");
+    lab.daemons[0].cli(&["undrain"]).unwrap();
+    assert!(lab.runs_on(0) && !lab.runs_on(1), "redis stays on node1");
+    lab.assert_cloud_on(0);
+    let client = lab.client.as_ref().unwrap();
+    assert!(client.wait_batches(client.batches() + 50, Duration::from_secs(10)), "still served");
     lab.check_client();
 }

@@ -92,7 +92,7 @@ impl Cluster {
     }
 
     fn reserve(&self, from: usize, peer: &str, needs: Resources) -> hotspot_node::daemon::control::ReserveOutcome {
-        let params = ReserveParams { peer: Some(peer.into()), workload: format!("{}probe", self.tag), needs, ttl_ms: 60_000 };
+        let params = ReserveParams { peer: Some(peer.into()), workload: format!("{}probe", self.tag), needs, ttl_ms: 60_000, volume_zone: None };
         match self.nodes[from].call(&Request::Reserve(params)) {
             Reply::Reserve(o) => o,
             other => panic!("reserve: {other:?}"),

@@ -122,6 +122,22 @@ pub fn check_eligible(profile: &WorkloadProfile, self_id: &NodeId, peer: &NodeAd
     Ok(())
 }
 
+/// The peers that cannot host the workload and why (this node itself left out), in the order
+/// given: what a node says when no candidate is left.
+pub fn exclusions<'a>(
+    profile: &WorkloadProfile,
+    self_id: &NodeId,
+    peers: impl IntoIterator<Item = &'a NodeAdvert>,
+) -> Vec<(&'a NodeAdvert, Exclusion)> {
+    peers
+        .into_iter()
+        .filter_map(|p| match check_eligible(profile, self_id, p) {
+            Ok(()) | Err(Exclusion::IsSelf) => None,
+            Err(e) => Some((p, e)),
+        })
+        .collect()
+}
+
 /// An eligible target with its costs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Candidate {
@@ -289,6 +305,29 @@ mod tests {
             check_eligible(&profile(), &NodeId([0; 32]), &peers[0]),
             Err(Exclusion::MissingCpuFeatures(vec!["avx2".into()]))
         );
+    }
+
+    #[test]
+    fn a_volume_keeps_the_election_in_its_zone() {
+        let mut far = peer(1, 0.001);
+        far.zone = "b".into();
+        let near = peer(2, 0.5);
+        let peers = [far.clone(), near];
+        // The far peer is far cheaper, but the volume cannot follow it there.
+        let ranked = rank(&profile(), &NodeId([0; 32]), 1.0, &peers, &HopPolicy::default());
+        assert_eq!(ranked.iter().map(|c| c.node.0[0]).collect::<Vec<_>>(), vec![2]);
+        // Without a volume, zones do not matter and the cheaper one wins.
+        let free = WorkloadProfile { volume_zone: None, ..profile() };
+        assert_eq!(rank(&free, &NodeId([0; 32]), 1.0, &peers, &HopPolicy::default())[0].node, NodeId([1; 32]));
+        // Only the far one left: nothing to elect, and the reason names both zones.
+        let only_far = [far, peer(0, 0.1)];
+        assert!(rank(&profile(), &NodeId([0; 32]), 1.0, &only_far, &HopPolicy::default()).is_empty());
+        let why = exclusions(&profile(), &NodeId([0; 32]), &only_far);
+        assert_eq!(why.len(), 1, "this node is not listed as excluded");
+        assert_eq!(why[0].1, Exclusion::WrongZone { have: "b".into(), need: "a".into() });
+        assert_eq!(why[0].1.to_string(), "zone b, the volume is in a");
+        let current = CurrentHost { node: NodeId([0; 32]), cost_per_hour: 1.0, must_leave: true };
+        assert_eq!(decide(&profile(), &current, &only_far, &HopPolicy::default()), HopDecision::Stay(StayReason::NoEligibleTarget));
     }
 
     #[test]

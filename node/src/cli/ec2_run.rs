@@ -35,8 +35,16 @@ pub struct Ec2RunArgs {
     /// TCP port of the peers' mesh listeners, for bootstrap addresses [default: 7946].
     #[arg(long, env = "HOTSPOT_EC2_PEER_PORT")]
     pub ec2_peer_port: Option<u16>,
-    /// Also move loop-device volumes and netns interfaces between nodes of this machine (an
-    /// emulated-EC2 lab where all "instances" share one host) [default: false].
+    /// Seconds between looks for cluster instances that booted after this node [default: 60].
+    #[arg(long, env = "HOTSPOT_EC2_DISCOVERY_REFRESH_SECS")]
+    pub ec2_discovery_refresh_secs: Option<u64>,
+    /// Directory attached EBS volumes appear in (`sdf`, `xvdf`, `disk/by-id/nvme-Amazon_Elastic_Block_Store_vol…`)
+    /// [default: /dev]. For labs where a loop device plays the volume.
+    #[arg(long, env = "HOTSPOT_EC2_DEVICE_DIR")]
+    pub ec2_device_dir: Option<std::path::PathBuf>,
+    /// Also move netns interfaces (the ENI stand-in) between nodes of this machine: an
+    /// emulated-EC2 lab where all "instances" share one host [default: false]. Volumes are found
+    /// under --ec2-device-dir as on EC2.
     #[arg(long, env = "HOTSPOT_EC2_LOCAL_DATA_PATH")]
     pub ec2_local_data_path: bool,
 }
@@ -53,7 +61,9 @@ impl Ec2RunArgs {
             || self.ec2_cluster_tag.is_some()
             || self.ec2_on_demand_price.is_some()
             || self.ec2_price_refresh_secs.is_some()
-            || self.ec2_peer_port.is_some();
+            || self.ec2_peer_port.is_some()
+            || self.ec2_discovery_refresh_secs.is_some()
+            || self.ec2_device_dir.is_some();
         if !any {
             return;
         }
@@ -82,6 +92,12 @@ impl Ec2RunArgs {
         }
         if let Some(p) = self.ec2_peer_port {
             s.peer_port = p;
+        }
+        if let Some(secs) = self.ec2_discovery_refresh_secs {
+            s.discovery_refresh_secs = secs;
+        }
+        if let Some(dir) = &self.ec2_device_dir {
+            s.moves.device_dir = dir.clone();
         }
         s.local_data_path |= self.ec2_local_data_path;
     }

@@ -59,6 +59,7 @@ pub fn run(args: &ReserveArgs) -> Result<i32> {
         workload: args.workload.clone(),
         needs,
         ttl_ms: args.ttl_secs.saturating_mul(1000).max(1),
+        volume_zone: None,
     });
     let Reply::Reserve(outcome) = args.control.call(&request, Duration::from_secs(60))? else {
         bail!("daemon sent an unexpected reply to `reserve`");

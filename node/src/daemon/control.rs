@@ -64,6 +64,17 @@ pub struct ReserveParams {
     pub workload: String,
     pub needs: Resources,
     pub ttl_ms: u64,
+    /// The workload's volume and its zone (EC2: the EBS volume's availability zone): a target in
+    /// another zone cannot attach it, so it is not elected and `peer` naming one is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_zone: Option<VolumeZone>,
+}
+
+/// A volume and the zone it can be attached in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeZone {
+    pub volume: String,
+    pub zone: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

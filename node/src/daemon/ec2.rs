@@ -1,6 +1,7 @@
 //! The daemon on EC2 (`[ec2]` in the config, or `hotspot-node run --ec2 ...`): who this node is
 //! (IMDSv2), its advertised price (the spot price of its own type and zone, refreshed on a
-//! schedule), its bootstrap peers (running instances with the cluster tag), and the
+//! schedule), its bootstrap peers (running instances with the cluster tag, looked for again on a
+//! schedule so instances that boot later are found), and the
 //! [`NodeMover`] that moves a workload's EBS volume and ENI in the migration's journaled
 //! sequence.
 //!
@@ -13,18 +14,23 @@ use std::time::Duration;
 use hotspot_protocol::migration::WorkloadSpec;
 use hotspot_protocol::NodeId;
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::config::Config;
+use super::control::VolumeZone;
 use super::price::PriceSource;
 use crate::imds::{Imds, ImdsError, InstanceIdentity};
 use crate::lan_provider::Mover;
 use crate::migrate::{BoxError, ResourceMover};
 use crate::provider::ec2::cloud_moves::{CloudMoveState, CloudMoves};
-use crate::provider::ec2::discovery::discover_peers;
+use crate::mesh::MeshClient;
+use crate::provider::ec2::discovery::{discover_peers, watch_peers, PeerInstance};
 use crate::provider::ec2::price::SpotPriceSource;
+use crate::provider::ec2::target_host::HostSetup;
+use crate::workload::Workloads;
 use crate::provider::ec2::{build_client, Ec2NodeSettings, Ec2Provider};
 use crate::provider::{MoveStep, ProviderError};
 
@@ -80,7 +86,7 @@ impl Ec2Node {
         let bootstrap: Vec<String> = instances
             .iter()
             .filter(|i| i.instance_id != identity.instance_id)
-            .map(|i| format!("/{}/{}/tcp/{}", if i.private_ip.is_ipv4() { "ip4" } else { "ip6" }, i.private_ip, settings.peer_port))
+            .map(|i| mesh_addr(i.private_ip, settings.peer_port))
             .collect();
         info!(instance = %identity.instance_id, zone = %identity.zone, instance_type = %identity.instance_type,
               cluster = %settings.cluster, peers = bootstrap.len(), ?private_ip, "running on EC2");
@@ -116,11 +122,40 @@ impl Ec2Node {
         })
     }
 
-    /// Starts the spot price refresher.
-    pub fn spawn(&self, tasks: &mut JoinSet<()>, cancel: CancellationToken) {
+    /// Starts the spot price refresher and the discovery of instances that boot later (their
+    /// mesh addresses go to `mesh` as bootstrap peers).
+    pub fn spawn(&self, tasks: &mut JoinSet<()>, mesh: MeshClient, cancel: CancellationToken) {
         let every = Duration::from_secs(self.settings.price_refresh_secs.max(1));
-        tasks.spawn(self.price.clone().run_refresher(every, cancel));
+        tasks.spawn(self.price.clone().run_refresher(every, cancel.clone()));
+        if self.settings.discovery_refresh_secs == 0 {
+            return;
+        }
+        let (found_tx, mut found) = mpsc::channel::<Vec<PeerInstance>>(4);
+        tasks.spawn(watch_peers(
+            self.cloud.provider.client().clone(),
+            self.settings.cluster_tag.clone(),
+            self.settings.cluster.clone(),
+            Some(self.identity.instance_id.clone()),
+            Duration::from_secs(self.settings.discovery_refresh_secs),
+            found_tx,
+            cancel,
+        ));
+        let port = self.settings.peer_port;
+        // Ends when the watcher does (cancelled): it owns the sender.
+        tasks.spawn(async move {
+            while let Some(new) = found.recv().await {
+                let addrs = new.iter().filter_map(|i| mesh_addr(i.private_ip, port).parse().ok()).collect();
+                if mesh.add_bootstrap(addrs).await.is_err() {
+                    return;
+                }
+            }
+        });
     }
+}
+
+/// The mesh address of a cluster instance.
+fn mesh_addr(ip: std::net::IpAddr, port: u16) -> String {
+    format!("/{}/{ip}/tcp/{port}", if ip.is_ipv4() { "ip4" } else { "ip6" })
 }
 
 struct Ec2Price {
@@ -180,16 +215,33 @@ impl NodeMoveState {
 pub struct NodeMover {
     local: Option<Mover>,
     cloud: Option<CloudMoves>,
+    workloads: Workloads,
     crash_after_detach: bool,
 }
 
 impl NodeMover {
-    pub fn new(local: Mover, ec2: Option<&Ec2Node>) -> NodeMover {
-        let keep_local = ec2.map_or(true, |e| e.settings.local_data_path);
+    pub fn new(local: Mover, ec2: Option<&Ec2Node>, workloads: Workloads) -> NodeMover {
+        let keep_local = ec2.is_none_or(|e| e.settings.local_data_path);
+        // In an EC2 lab the local data path moves only the interface: the volume's device is
+        // found and mounted by the target as on EC2 (see `ec2_target`).
+        let local = match local {
+            Mover::Local(p) if ec2.is_some() => Mover::Local(p.without_volumes()),
+            other => other,
+        };
         NodeMover {
             local: keep_local.then_some(local),
             cloud: ec2.map(|e| e.cloud.clone()),
+            workloads,
             crash_after_detach: std::env::var(FAULT_CRASH_AFTER_DETACH).is_ok_and(|v| v == "1"),
+        }
+    }
+
+    /// Zone of the workload's EBS volume on EC2 (the election keeps targets in it); `None` off
+    /// EC2 or when the workload has no volume.
+    pub async fn volume_zone(&self, workload: &str) -> Result<Option<VolumeZone>, BoxError> {
+        match &self.cloud {
+            Some(cloud) => Ok(cloud.volume_zone(workload).await?.map(|(volume, zone)| VolumeZone { volume, zone })),
+            None => Ok(None),
         }
     }
 }
@@ -209,6 +261,9 @@ impl ResourceMover for NodeMover {
             st.cloud = cloud.plan(&workload.name, Some(&instance)).await?;
             *state = st.encode();
         }
+        // The frozen workload's mount went with it; a staging mount of an earlier restore here
+        // must go before EBS can detach.
+        cloud.release_host_volume(&self.workloads.volume_mount_dir(&workload.name)).await?;
         let local_record = st.local.clone();
         let persist = |s: &mut Vec<u8>, c: &CloudMoveState, l: &[u8]| {
             *s = NodeMoveState { version: MOVE_STATE_VERSION, cloud: c.clone(), local: l.to_vec() }.encode();
@@ -242,6 +297,11 @@ impl ResourceMover for NodeMover {
         }
         cloud.roll_back(&mut st.cloud, &workload.name).await?;
         *state = st.encode();
+        // Back on this instance: the local restore needs the volume mounted and the ENI routed
+        // here, as a target would have them.
+        let netns = self.workloads.get(&workload.name)?.record.netns;
+        let mount_dir = self.workloads.volume_mount_dir(&workload.name);
+        cloud.prepare_host(&HostSetup { workload: &workload.name, netns: &netns, mount_dir: &mount_dir }).await?;
         Ok(())
     }
 

@@ -107,6 +107,8 @@ pub fn start(
     };
     // The resource provider (`provider` in the config): local cluster directory or LAN.
     let (mover, restorer) = lan_provider::select(config, &service, &workloads, restorer, tasks, cancel.clone())?;
+    // On EC2 the restore first mounts the arrived volume and routes the ENI (see `ec2_target`).
+    let restorer = super::ec2_target::Ec2Restorer::new(restorer, ec2);
     let target = Arc::new(TargetService { journal: journal.clone(), restorer, reservations: BookReservations(service.clone()) });
     recover_targets(&target.journal, &workloads, &service);
 
@@ -120,7 +122,7 @@ pub fn start(
 
     // Post-copy's page relay listens on the address peers reach this node's transfers at.
     let page_relay_ip = advertise.as_deref().and_then(|a| a.parse::<SocketAddr>().ok()).map_or(bound.ip(), |a| a.ip());
-    let mover = NodeMover::new(mover, ec2);
+    let mover = NodeMover::new(mover, ec2, workloads.clone());
     let m = Arc::new(Migrations {
         service,
         mesh,
@@ -227,7 +229,9 @@ impl Migrations {
         let needs = needs_of(&w);
         let progress_of = |phase: &str| Reply::Progress { progress: Progress::Phase { phase: phase.into() } };
         let _ = out.try_send(progress_of("Reserving"));
-        let params = ReserveParams { peer: to, workload: name.to_string(), needs, ttl_ms: RESERVATION_TTL_MS };
+        // An EBS volume attaches only within its zone: the election must stay there.
+        let volume_zone = self.mover.volume_zone(name).await?;
+        let params = ReserveParams { peer: to, workload: name.to_string(), needs, ttl_ms: RESERVATION_TTL_MS, volume_zone };
         let held = match self.service.reserve(params).await {
             Reply::Reserve(outcome) => match outcome.granted {
                 Some(h) => h,

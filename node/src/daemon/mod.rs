@@ -11,6 +11,7 @@
 pub mod config;
 pub mod control;
 pub mod ec2;
+pub mod ec2_target;
 pub mod evacuate;
 pub mod hop;
 pub mod host;
@@ -125,7 +126,7 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<(), 
     let mut tasks = tokio::task::JoinSet::new();
     let migrations = migration::start(&config, &key, service.clone(), mesh.client.clone(), ec2.as_deref(), &mut tasks, tasks_cancel.clone()).map_err(DaemonError::Migration)?;
     if let Some(e) = &ec2 {
-        e.spawn(&mut tasks, tasks_cancel.clone());
+        e.spawn(&mut tasks, mesh.client.clone(), tasks_cancel.clone());
     }
     reboot::account(&config, mesh.node_id).await;
     let triggers = evacuate::Triggers::new(config.triggers.clone(), service.clone(), migrations.clone());

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hotspot_protocol::election::{rank, HopPolicy, WorkloadProfile};
+use hotspot_protocol::election::{exclusions, rank, Exclusion, HopPolicy, WorkloadProfile};
 use hotspot_protocol::reservation::{DenyReason, ReservationId, ReservationMessage, ReserveRequest};
 use hotspot_protocol::{Capacity, NodeAdvert, NodeId, NodeState, Resources};
 use tokio::sync::{mpsc, Notify};
@@ -348,36 +348,40 @@ impl NodeService {
             Ok(p) => p,
             Err(e) => return Reply::Error { message: e.to_string() },
         };
+        let profile = WorkloadProfile {
+            needs: params.needs,
+            arch: self.arch.clone(),
+            cpu_features: self.cpu_features.clone(),
+            volume_zone: params.volume_zone.as_ref().map(|v| v.zone.clone()),
+            image_bytes: 0,
+        };
+        let mut attempts = Vec::new();
         let targets: Vec<(NodeId, String)> = match &params.peer {
             // A comma-separated list is an order of preference: the next is asked when one refuses.
             Some(wanted) => {
-                let found: Vec<(NodeId, String)> = wanted
-                    .split(',')
-                    .map(str::trim)
-                    .filter_map(|w| Self::find_peer(&peers, w))
-                    .map(|p| (p.advert.node, p.advert.name.clone()))
-                    .collect();
+                let found: Vec<&PeerSnapshot> = wanted.split(',').map(str::trim).filter_map(|w| Self::find_peer(&peers, w)).collect();
                 if found.is_empty() {
                     return Reply::Error { message: format!("no live peer named {wanted:?} (see `hotspot-node peers`)") };
                 }
-                found
+                match in_volume_zone(&params, found, &mut attempts) {
+                    Ok(near) => near,
+                    Err(message) => return Reply::Error { message },
+                }
             }
             None => {
-                let profile = WorkloadProfile {
-                    needs: params.needs,
-                    arch: self.arch.clone(),
-                    cpu_features: self.cpu_features.clone(),
-                    volume_zone: None,
-                    image_bytes: 0,
-                };
                 let adverts: Vec<NodeAdvert> = peers.iter().map(|p| p.advert.clone()).collect();
                 let ranked = rank(&profile, &self.node, self.current_price(), &adverts, &HopPolicy::default());
                 let order: Vec<String> = ranked.iter().map(|c| format!("{} ({:.5} USD/h)", c.name, c.cost_per_hour)).collect();
                 info!(workload = %params.workload, candidates = ?order, peers = adverts.len(), "elected targets, best first");
+                if ranked.is_empty() {
+                    // Nobody to ask: say why each peer was left out (zone, capacity, state...).
+                    for (a, why) in exclusions(&profile, &self.node, &adverts) {
+                        attempts.push(Attempt { peer: a.node.to_string(), name: a.name.clone(), outcome: format!("not eligible: {why}") });
+                    }
+                }
                 ranked.into_iter().map(|c| (c.node, c.name)).collect()
             }
         };
-        let mut attempts = Vec::new();
         for (node, name) in targets {
             let mut id = [0u8; 16];
             if getrandom::getrandom(&mut id).is_err() {
@@ -479,6 +483,31 @@ impl NodeService {
     }
 }
 
+/// The named peers a workload's volume can follow (all of them without a volume zone). Peers in
+/// another zone go into `attempts` as not eligible; if that is every one, the error says why.
+fn in_volume_zone(params: &ReserveParams, found: Vec<&PeerSnapshot>, attempts: &mut Vec<Attempt>) -> Result<Vec<(NodeId, String)>, String> {
+    let Some(v) = &params.volume_zone else {
+        return Ok(found.into_iter().map(|p| (p.advert.node, p.advert.name.clone())).collect());
+    };
+    let (near, far): (Vec<&PeerSnapshot>, Vec<&PeerSnapshot>) = found.into_iter().partition(|p| p.advert.zone == v.zone);
+    if near.is_empty() {
+        let names: Vec<String> = far.iter().map(|p| format!("{} is in zone {}", p.advert.name, p.advert.zone)).collect();
+        return Err(format!(
+            "cannot move {} there: {}, but its volume {} is in zone {} (an EBS volume attaches only to instances in its own zone; pick a peer in {})",
+            params.workload,
+            names.join(", "),
+            v.volume,
+            v.zone,
+            v.zone
+        ));
+    }
+    for p in far {
+        let why = Exclusion::WrongZone { have: p.advert.zone.clone(), need: v.zone.clone() };
+        attempts.push(Attempt { peer: p.advert.node.to_string(), name: p.advert.name.clone(), outcome: format!("not eligible: {why}") });
+    }
+    Ok(near.into_iter().map(|p| (p.advert.node, p.advert.name.clone())).collect())
+}
+
 pub fn peer_row(p: &PeerSnapshot) -> PeerRow {
     let a = &p.advert;
     PeerRow {
@@ -520,5 +549,33 @@ impl control::Handler for NodeService {
                 Reply::PriceSet { price_per_hour: self.current_price() }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::control::VolumeZone;
+
+    fn peer(n: u8, zone: &str) -> PeerSnapshot {
+        let advert = NodeAdvert { zone: zone.into(), ..NodeAdvert::blank(NodeId([n; 32]), format!("node{n}")) };
+        PeerSnapshot { advert, age: Duration::ZERO, received_at_ms: 0 }
+    }
+
+    #[test]
+    fn named_peers_outside_the_volume_zone_are_refused_with_the_reason() {
+        let (a, b) = (peer(1, "us-east-1a"), peer(2, "us-east-1b"));
+        let mut params = ReserveParams { peer: None, workload: "db".into(), needs: Resources::default(), ttl_ms: 1, volume_zone: None };
+        let mut attempts = Vec::new();
+        // No volume: any zone will do.
+        assert_eq!(in_volume_zone(&params, vec![&b, &a], &mut attempts).unwrap().len(), 2);
+        params.volume_zone = Some(VolumeZone { volume: "vol-1".into(), zone: "us-east-1a".into() });
+        // A list: the far one is skipped (and said so), the near one asked.
+        let near = in_volume_zone(&params, vec![&b, &a], &mut attempts).unwrap();
+        assert_eq!(near, vec![(a.advert.node, "node1".to_string())]);
+        assert_eq!(attempts[0].outcome, "not eligible: zone us-east-1b, the volume is in us-east-1a");
+        // Only far ones: refused, naming both zones and the volume.
+        let err = in_volume_zone(&params, vec![&b], &mut attempts).unwrap_err();
+        assert!(err.starts_with("cannot move db there: node2 is in zone us-east-1b, but its volume vol-1 is in zone us-east-1a"), "{err}");
     }
 }

@@ -148,11 +148,19 @@ pub fn workload_netns(workload: &str, node_id: &str) -> String {
 pub struct LocalProvider {
     cluster: ClusterDir,
     me: NodeEntry,
+    /// False when something else moves volumes (the EC2 provider in a lab): interfaces only.
+    moves_volumes: bool,
 }
 
 impl LocalProvider {
     pub fn new(cluster: ClusterDir, me: NodeEntry) -> Self {
-        LocalProvider { cluster, me }
+        LocalProvider { cluster, me, moves_volumes: true }
+    }
+
+    /// This provider moving only service interfaces: the volume is the cloud's (an EBS volume
+    /// the target finds attached and mounts itself).
+    pub fn without_volumes(self) -> Self {
+        LocalProvider { moves_volumes: false, ..self }
     }
 
     /// What a daemon calls at start: registers this node in `cluster` (so sources can hand it
@@ -162,7 +170,7 @@ impl LocalProvider {
         std::fs::create_dir_all(state_dir).map_err(|source| LocalProviderError::Io { path: state_dir.to_path_buf(), source })?;
         let me = NodeEntry::new(node_id, name, state_dir);
         cluster.register(&me)?;
-        Ok(LocalProvider { cluster, me })
+        Ok(LocalProvider { cluster, me, moves_volumes: true })
     }
 
     /// Where workload `name`'s service interface is on this node: its record's namespace.
@@ -173,6 +181,9 @@ impl LocalProvider {
     /// The volume's image, when the workload's volume is a loop device: the handle its record
     /// keeps, else the spec's. A host-directory volume stays where it is (one machine shares it).
     fn volume_image(&self, spec: &WorkloadSpec) -> Option<PathBuf> {
+        if !self.moves_volumes {
+            return None;
+        }
         match self.me.workloads().get(&spec.name) {
             Ok(w) if !w.record.volume_on_device => None,
             Ok(w) => w.record.volume_handle.or_else(|| spec.volume.clone()).map(PathBuf::from),

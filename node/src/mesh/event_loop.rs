@@ -183,6 +183,19 @@ impl EventLoop {
                 let _ = reply.send(stats);
             }
             Command::Request { node, message, reply } => self.send_request(node, message, reply),
+            Command::AddBootstrap(addrs) => {
+                for addr in addrs {
+                    // Bounded: a cluster's instances, not anything a caller may push.
+                    if self.opts.bootstrap.contains(&addr) || self.opts.bootstrap.len() >= 4096 {
+                        continue;
+                    }
+                    info!(%addr, "new bootstrap peer");
+                    if let Err(e) = self.swarm.dial(addr.clone()) {
+                        warn!(%addr, error = %e, "cannot dial bootstrap peer");
+                    }
+                    self.opts.bootstrap.push(addr);
+                }
+            }
             Command::Respond { responder, message } => {
                 let bytes = match encode(&message) {
                     Ok(b) => b,

@@ -139,6 +139,7 @@ enum Command {
     Stats { reply: oneshot::Sender<MeshStats> },
     Request { node: NodeId, message: ReservationMessage, reply: oneshot::Sender<Result<ReservationMessage, MeshError>> },
     Respond { responder: Responder, message: ReservationMessage },
+    AddBootstrap(Vec<Multiaddr>),
 }
 
 /// Cloneable handle to the mesh event loop.
@@ -185,6 +186,12 @@ impl MeshClient {
 
     pub async fn respond(&self, responder: Responder, message: ReservationMessage) -> Result<(), MeshError> {
         self.send(Command::Respond { responder, message }).await
+    }
+
+    /// Adds bootstrap addresses found after start (EC2 discovery) and dials the new ones now;
+    /// like the configured ones, they are dialled again whenever the node has no peer.
+    pub async fn add_bootstrap(&self, addrs: Vec<Multiaddr>) -> Result<(), MeshError> {
+        self.send(Command::AddBootstrap(addrs)).await
     }
 }
 

@@ -160,7 +160,8 @@ pub trait Provider: Send + Sync {
         mount: &MountSpec,
     ) -> impl Future<Output = Result<PathBuf, ProviderError>> + Send;
 
-    /// On the target, after [`MoveStep::Attached`]: brings the address up and routes it.
+    /// On the target, after [`MoveStep::Attached`]: brings the interface up and routes the
+    /// address through it; the restore puts the address on it.
     fn prepare_address_on_host(&self, route: &RouteSpec) -> impl Future<Output = Result<(), ProviderError>> + Send;
 }
 

@@ -24,7 +24,7 @@ pub fn settings(endpoint: &str) -> Ec2ClientSettings {
 }
 
 pub fn fast_options() -> Ec2ProviderOptions {
-    Ec2ProviderOptions { poll_interval_ms: 20, state_timeout_ms: 10_000, device_timeout_ms: 1_000 }
+    Ec2ProviderOptions { poll_interval_ms: 20, state_timeout_ms: 10_000, device_timeout_ms: 1_000, ..Ec2ProviderOptions::default() }
 }
 
 pub async fn provider(endpoint: &str) -> Ec2Provider {

@@ -81,7 +81,7 @@ impl CloudMoves {
         }
     }
 
-    fn workload_filters(&self, workload: &str) -> [Filter; 2] {
+    pub(super) fn workload_filters(&self, workload: &str) -> [Filter; 2] {
         [tag_filter(WORKLOAD_TAG, workload), tag_filter(&self.cluster_tag, &self.cluster)]
     }
 

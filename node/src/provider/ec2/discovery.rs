@@ -54,3 +54,45 @@ pub async fn discover_peers(
     peers.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
     Ok(peers)
 }
+
+/// Looks for the cluster's running instances every `every` until `cancel` fires, and sends
+/// those not seen before (not `exclude`) to `found`: nodes that boot after this one. Errors of
+/// one round are logged and the next round tries again. Ends when `found`'s receiver is gone.
+pub async fn watch_peers(
+    client: aws_sdk_ec2::Client,
+    tag_key: String,
+    cluster: String,
+    exclude: Option<String>,
+    every: std::time::Duration,
+    found: tokio::sync::mpsc::Sender<Vec<PeerInstance>>,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let mut seen = std::collections::HashSet::new();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let round = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return,
+            r = discover_peers(&client, &tag_key, &cluster, exclude.as_deref()) => r,
+        };
+        match round {
+            Ok(peers) => {
+                let new: Vec<PeerInstance> = peers.into_iter().filter(|p| seen.insert(p.instance_id.clone())).collect();
+                if new.is_empty() {
+                    continue;
+                }
+                tracing::info!(count = new.len(), ids = ?new.iter().map(|p| &p.instance_id).collect::<Vec<_>>(), "new cluster instances");
+                if found.send(new).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cluster discovery failed; trying again next round"),
+        }
+    }
+}

@@ -150,6 +150,18 @@ pub async fn interface(c: &aws_sdk_ec2::Client, subnet: &str, attached_to: Optio
     id
 }
 
+/// A new ENI in `subnet` with primary address `ip`, attached to `instance` at device index 1.
+/// Returns its id and MAC address.
+pub async fn interface_at(c: &aws_sdk_ec2::Client, subnet: &str, ip: &str, attached_to: &str) -> (String, String) {
+    let out = c.create_network_interface().subnet_id(subnet).private_ip_address(ip).send().await.expect("CreateNetworkInterface");
+    let eni = out.network_interface().expect("interface");
+    let id = eni.network_interface_id().unwrap().to_string();
+    let mac = eni.mac_address().expect("moto gives ENIs a MAC address").to_string();
+    let req = c.attach_network_interface().network_interface_id(&id).instance_id(attached_to).device_index(1);
+    req.send().await.expect("AttachNetworkInterface");
+    (id, mac)
+}
+
 /// Binds a TCP listener inside network namespace `netns` (a name under /run/netns). The socket
 /// stays in that namespace; only the short-lived binding thread ever enters it.
 pub fn bind_in_netns(netns: &str, addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {

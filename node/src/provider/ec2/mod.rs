@@ -15,6 +15,7 @@ mod movable;
 pub mod price;
 mod resources;
 mod settings;
+pub mod target_host;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -74,14 +75,28 @@ impl Provider for Ec2Provider {
     }
 
     async fn prepare_volume_on_host(&self, plan: &VolumePlan, mount: &MountSpec) -> Result<PathBuf, ProviderError> {
-        let candidates = host::ec2_device_candidates(&plan.volume, &plan.device);
-        let device =
-            host::wait_for_block_device(&candidates, Duration::from_millis(self.options.device_timeout_ms)).await?;
+        let candidates = host::ec2_device_candidates_in(&self.options.device_dir, &plan.volume, &plan.device);
+        let timeout = Duration::from_millis(self.options.device_timeout_ms);
+        let device = host::wait_for_block_device(&candidates, timeout).await.map_err(|e| ProviderError::Host {
+            op: "wait for the EBS volume's block device",
+            detail: format!(
+                "volume {} is attached to this instance as {}, but {} (device_timeout_ms; on Nitro, udev makes \
+                 the by-id link from the NVMe serial: check `lsblk -o NAME,SERIAL`)",
+                plan.volume,
+                plan.device,
+                match e {
+                    ProviderError::Host { detail, .. } => detail,
+                    other => other.to_string(),
+                }
+            ),
+        })?;
         host::mount(&device, mount).await?;
         Ok(device)
     }
 
+    /// Routes the address through its interface; the restore puts the address on it (after
+    /// CRIU's network lock, see [`host::configure_policy_routing`]).
     async fn prepare_address_on_host(&self, route: &RouteSpec) -> Result<(), ProviderError> {
-        host::configure_route(route).await
+        host::configure_policy_routing(route).await
     }
 }

@@ -1,6 +1,7 @@
 //! Configuration of the EC2 side of a node. Every field has a documented default, so an empty
 //! `[ec2]` table is a working configuration on an EC2 instance.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use aws_sdk_ec2::config::retry::RetryConfig;
@@ -29,13 +30,17 @@ pub struct Ec2NodeSettings {
     pub on_demand_usd_per_hour: Option<f64>,
     /// Milliseconds between interruption-notice polls (default 5000, as AWS recommends).
     pub notice_poll_ms: u64,
+    /// Seconds between DescribeInstances rounds looking for cluster instances that booted after
+    /// this node (default 60; 0 looks only at start).
+    pub discovery_refresh_secs: u64,
     /// TCP port peers' meshes listen on (default 7946): bootstrap addresses are
     /// `/ip4/<private ip>/tcp/<peer_port>`, so run every node with `--listen /ip4/0.0.0.0/tcp/7946`.
     pub peer_port: u16,
-    /// Also move the workload's loop-device volume and netns interface between the nodes of this
+    /// Also move the workload's netns interface (the ENI stand-in) between the nodes of this
     /// machine (the local provider) around the cloud calls: for a lab where EC2 is emulated and
-    /// every "instance" shares one host. Default false (on EC2 the block device and the ENI
-    /// follow the cloud attach).
+    /// every "instance" shares one host. The volume is not moved by it: as on EC2, the target
+    /// finds the attached volume's device under `moves.device_dir` (where the lab links a loop
+    /// device) and mounts it. Default false (on EC2 the ENI follows the cloud attach).
     pub local_data_path: bool,
 }
 
@@ -50,6 +55,7 @@ impl Default for Ec2NodeSettings {
             price_refresh_secs: 300,
             on_demand_usd_per_hour: None,
             notice_poll_ms: 5_000,
+            discovery_refresh_secs: 60,
             peer_port: 7946,
             local_data_path: false,
         }
@@ -117,13 +123,29 @@ pub struct Ec2ProviderOptions {
     pub poll_interval_ms: u64,
     /// Longest wait for one state change (default 120 s; EBS detach is usually 5-20 s).
     pub state_timeout_ms: u64,
-    /// Longest wait for the attached volume's block device to appear (default 60 s).
+    /// Longest wait for the attached volume's block device (and the ENI's interface) to appear
+    /// on the target (default 60 s).
     pub device_timeout_ms: u64,
+    /// Where attached volumes show up (default `/dev`): `sdf`/`xvdf` on Xen instances,
+    /// `disk/by-id/nvme-Amazon_Elastic_Block_Store_vol…` on Nitro ones. Tests point it at a
+    /// directory of their own.
+    pub device_dir: PathBuf,
+    /// File system of workload volumes, for mounting them on the target (default `ext4`).
+    pub volume_fstype: String,
+    /// Policy routing table for a moved ENI's address in the workload's namespace (default 100).
+    pub route_table: u32,
 }
 
 impl Default for Ec2ProviderOptions {
     fn default() -> Self {
-        Ec2ProviderOptions { poll_interval_ms: 500, state_timeout_ms: 120_000, device_timeout_ms: 60_000 }
+        Ec2ProviderOptions {
+            poll_interval_ms: 500,
+            state_timeout_ms: 120_000,
+            device_timeout_ms: 60_000,
+            device_dir: PathBuf::from("/dev"),
+            volume_fstype: "ext4".into(),
+            route_table: 100,
+        }
     }
 }
 
