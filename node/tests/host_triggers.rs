@@ -257,6 +257,9 @@ fn host_triggers_two_sources_one_slot_one_goes_elsewhere() {
     let placed = placed_now();
     eprintln!("{}\n{}", String::from_utf8_lossy(&ra.stdout), String::from_utf8_lossy(&rb.stdout));
     assert!(settled(&placed), "one on node3, the other elsewhere: {placed:?}");
+    // Elsewhere is the next cheapest, node4, although the mesh was bootstrapped through node1
+    // only: a source reaches a peer it knows from gossip alone at the advert's mesh addresses.
+    assert_eq!(placed, [vec![2], vec![3]], "the refused source fell through to node4, the next cheapest");
     assert_ne!(c.where_is(&a), vec![0], "a left its source");
     assert_ne!(c.where_is(&b), vec![1], "b left its source");
 

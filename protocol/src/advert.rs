@@ -147,6 +147,11 @@ pub struct NodeAdvert {
     pub workloads: Vec<WorkloadSummary>,
     /// Address of the node's QUIC transfer endpoint ("ip:port").
     pub transfer_addr: Option<String>,
+    /// The node's mesh listen addresses (multiaddrs), filled in by its mesh layer: a peer that
+    /// learnt of this node only through gossip (a bootstrap-only network, no mDNS) dials them to
+    /// send it reservation requests. Absent in adverts of older nodes.
+    #[serde(default)]
+    pub mesh_addrs: Vec<String>,
 }
 
 impl NodeAdvert {
@@ -154,6 +159,7 @@ impl NodeAdvert {
     pub const MAX_FEATURES: usize = 512;
     pub const MAX_FEATURE_LEN: usize = 64;
     pub const MAX_WORKLOADS: usize = 256;
+    pub const MAX_MESH_ADDRS: usize = 16;
     /// Prices beyond this are a bug or an attack, not a market.
     pub const MAX_PRICE_PER_HOUR: f64 = 10_000.0;
 
@@ -173,6 +179,7 @@ impl NodeAdvert {
             zone: String::new(),
             workloads: Vec::new(),
             transfer_addr: None,
+            mesh_addrs: Vec::new(),
         }
     }
 
@@ -209,6 +216,10 @@ impl WireMessage for NodeAdvert {
         }
         if let Some(addr) = &self.transfer_addr {
             check_str("transfer_addr", addr, 128)?;
+        }
+        check_len("mesh_addrs", &self.mesh_addrs, Self::MAX_MESH_ADDRS)?;
+        for a in &self.mesh_addrs {
+            check_str("mesh address", a, 256)?;
         }
         Ok(())
     }

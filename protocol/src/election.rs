@@ -267,6 +267,7 @@ mod tests {
             zone: "a".into(),
             workloads: vec![],
             transfer_addr: None,
+            mesh_addrs: Vec::new(),
         }
     }
 

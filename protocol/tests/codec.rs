@@ -45,6 +45,7 @@ fn advert() -> impl Strategy<Value = NodeAdvert> {
             zone: "us-east-1a".into(),
             workloads: wls.into_iter().map(|(name, needs)| WorkloadSummary { name, needs }).collect(),
             transfer_addr: addr,
+            mesh_addrs: Vec::new(),
         })
 }
 
@@ -206,6 +207,7 @@ fn sample_advert() -> NodeAdvert {
         zone: "a".into(),
         workloads: vec![],
         transfer_addr: None,
+        mesh_addrs: Vec::new(),
     }
 }
 
@@ -238,6 +240,10 @@ fn invalid_values_are_rejected_after_decoding() {
     assert!(matches!(decode::<NodeAdvert>(&bytes), Err(DecodeError::Invalid(m)) if m.contains("price")));
 
     let mut a = sample_advert();
+    a.mesh_addrs = (0..=NodeAdvert::MAX_MESH_ADDRS).map(|i| format!("/ip4/10.0.0.{i}/tcp/1")).collect();
+    assert!(matches!(decode::<NodeAdvert>(&encode(&a).unwrap()), Err(DecodeError::Invalid(m)) if m.contains("mesh_addrs")));
+
+    let mut a = sample_advert();
     a.capacity.free.memory_bytes = 10;
     assert!(matches!(decode::<NodeAdvert>(&encode(&a).unwrap()), Err(DecodeError::Invalid(m)) if m.contains("free capacity")));
 
@@ -261,4 +267,15 @@ fn declared_huge_lengths_do_not_allocate() {
     let mut frame = b"HM\x00\x01".to_vec();
     frame.extend_from_slice(&[0x5b, 0, 0, 0, 1, 0, 0, 0, 0]); // byte string of 2^32
     assert!(decode::<ImageManifest>(&frame).is_err());
+}
+
+#[test]
+fn adverts_of_nodes_without_mesh_addrs_still_decode() {
+    let mut a = sample_advert();
+    a.mesh_addrs = vec!["/ip4/10.0.0.1/udp/4001/quic-v1".into()];
+    let serde_cbor::Value::Map(mut fields) = serde_cbor::value::to_value(&a).unwrap() else { panic!("an advert is a map") };
+    assert!(fields.remove(&serde_cbor::Value::Text("mesh_addrs".into())).is_some());
+    let older: NodeAdvert = serde_cbor::value::from_value(serde_cbor::Value::Map(fields)).unwrap();
+    assert!(older.mesh_addrs.is_empty());
+    assert_eq!(NodeAdvert { mesh_addrs: a.mesh_addrs.clone(), ..older }, a);
 }

@@ -111,6 +111,7 @@ impl Sim<'_> {
             zone: zone.clone(),
             workloads: Vec::new(),
             transfer_addr: None,
+            mesh_addrs: Vec::new(),
         };
         self.c.adverts += 1;
         let unfit = self.board.publish(n, market, update, self.now, first);

@@ -248,6 +248,7 @@ impl NodeService {
             zone: self.zone.clone(),
             workloads: self.workload_summaries(),
             transfer_addr: self.migration_info.lock().unwrap_or_else(|p| p.into_inner()).1.clone(),
+            mesh_addrs: Vec::new(), // the mesh layer fills in its listen addresses
             state: self.state(),
             ..NodeAdvert::blank(self.node, self.name.clone())
         }

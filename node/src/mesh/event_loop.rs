@@ -9,7 +9,7 @@ use hotspot_protocol::reservation::ReservationMessage;
 use hotspot_protocol::{decode, encode, ids, NodeAdvert, NodeId, NodeState};
 use libp2p::gossipsub::{self, MessageAcceptance, PublishError};
 use libp2p::request_response::{self, OutboundRequestId};
-use libp2p::swarm::{dial_opts::DialOpts, SwarmEvent};
+use libp2p::swarm::{dial_opts::{DialOpts, PeerCondition}, SwarmEvent};
 use libp2p::{identify, identity, mdns, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -47,6 +47,22 @@ pub(super) struct EventLoop {
 
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Our addresses for the advert: concrete ones only (no 0.0.0.0), non-loopback first, bounded.
+fn advertised_addrs<'a>(addrs: impl Iterator<Item = &'a Multiaddr>) -> Vec<String> {
+    use libp2p::multiaddr::Protocol;
+    let mut out: Vec<(bool, String)> = addrs
+        .filter_map(|a| match a.iter().next() {
+            Some(Protocol::Ip4(ip)) if !ip.is_unspecified() => Some((ip.is_loopback(), a.to_string())),
+            Some(Protocol::Ip6(ip)) if !ip.is_unspecified() => Some((ip.is_loopback(), a.to_string())),
+            Some(Protocol::Dns(_) | Protocol::Dns4(_) | Protocol::Dns6(_)) => Some((false, a.to_string())),
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out.into_iter().map(|(_, a)| a).take(NodeAdvert::MAX_MESH_ADDRS).collect()
 }
 
 /// The node id behind a libp2p peer id (ed25519 keys are inlined in the peer id).
@@ -232,6 +248,7 @@ impl EventLoop {
         self.last_seq = (self.last_seq + 1).max(now);
         advert.seq = self.last_seq;
         advert.issued_at_ms = now;
+        advert.mesh_addrs = advertised_addrs(self.swarm.listeners().chain(self.swarm.external_addresses()));
         let bytes = match encode(&*advert) {
             Ok(b) => b,
             Err(e) => return warn!(error = %e, "cannot encode our advert"),
@@ -295,6 +312,7 @@ impl EventLoop {
                         self.stats.adverts_accepted += 1;
                         let (node, name) = (advert.node, advert.name.clone());
                         let peer = message.source.expect("accepted adverts are signed");
+                        self.connect_to_advertised(peer, &advert.mesh_addrs);
                         match self.table.admit(*advert, peer, Instant::now(), now_ms()) {
                             Admission::Joined => info!(peer = %node.short(), %name, "peer joined"),
                             Admission::Left => info!(peer = %node.short(), %name, "peer left (leaving advert)"),
@@ -325,6 +343,20 @@ impl EventLoop {
                 self.republish_at.get_or_insert_with(|| tokio::time::Instant::now() + WELCOME_DELAY);
             }
             _ => {}
+        }
+    }
+
+    /// Dials a peer we know only through gossip at the addresses its advert lists: reservation
+    /// requests go straight to a node, and without mDNS (bootstrap-only networks) the mesh would
+    /// otherwise be a star in which a source can reach only its bootstrap peer.
+    fn connect_to_advertised(&mut self, peer: PeerId, addrs: &[String]) {
+        if self.swarm.is_connected(&peer) || addrs.is_empty() || self.swarm.connected_peers().count() >= self.opts.max_peers {
+            return;
+        }
+        let addrs: Vec<Multiaddr> = addrs.iter().filter_map(|a| a.parse().ok()).collect();
+        let opts = DialOpts::peer_id(peer).condition(PeerCondition::DisconnectedAndNotDialing).addresses(addrs).build();
+        if let Err(e) = self.swarm.dial(opts) {
+            debug!(%peer, error = %e, "cannot dial advertised peer");
         }
     }
 
