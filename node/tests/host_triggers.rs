@@ -176,6 +176,8 @@ fn host_triggers_notice_evacuates_before_the_deadline() {
     let report = evacuate(&c.nodes[0], &["notice", "--deadline-secs", "90"]);
     let took = started.elapsed();
     assert_eq!(report.deadline_met, Some(true), "{report:?}");
+    // A node about to be reclaimed freezes at once: the image travels once, no pre-copy round.
+    assert!(report.moved.iter().all(|s| s.precopy_rounds == 0), "no pre-copy under a notice: {:?}", report.moved);
     assert!(took < Duration::from_secs(90));
     assert_eq!(report.state, NodeState::Leaving);
     // Both went to the cheapest peer that had room (node3), even though node1 was cheaper still.

@@ -5,9 +5,11 @@
 //!
 //! An evacuation moves workloads one after another, largest first (the longest move starts while
 //! the most time is left), each to the target elected by price and capacity; a target that
-//! refuses its reservation is skipped for the next candidate. A move in flight is not cut at the
-//! deadline (a half-done migration rolls back, which saves nothing); workloads not yet started
-//! when the deadline passes are reported as left behind.
+//! refuses its reservation is skipped for the next candidate. Under a notice, moves skip
+//! pre-copy, and one already under way (a price hop, say) has its pre-copy round cut short: the
+//! freeze comes at once, since total time is what counts now (`Migrations::hurry`). A move past
+//! its freeze is never cut (a half-done migration rolls back, which saves nothing); workloads
+//! not yet started when the deadline passes are reported as left behind.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -220,6 +222,10 @@ impl Triggers {
         let deadline = Instant::now() + deadline;
         warn!(trigger, deadline_secs = deadline.saturating_duration_since(Instant::now()).as_secs(), "interruption notice: leaving");
         self.service.set_state(NodeState::Leaving);
+        // Total time is what counts now, not the freeze: also cuts a move already under way.
+        if let Some(m) = &self.migrations {
+            m.hurry();
+        }
         Reply::Evacuated { report: self.evacuate(trigger, NodeState::Leaving, Some(deadline), out).await }
     }
 

@@ -54,6 +54,8 @@ pub struct Migrations {
     images_root: PathBuf,
     busy: Mutex<HashSet<String>>,
     cancel: CancellationToken,
+    /// Cancelled once the node must leave (spot notice): see [`Migrations::hurry`].
+    hurry: CancellationToken,
 }
 
 /// Starts the subsystem's tasks in `tasks`. `None` (with a warning) when this host cannot
@@ -136,6 +138,7 @@ pub fn start(
         images_root: images_root(&config.data_dir),
         busy: Mutex::new(HashSet::new()),
         cancel,
+        hurry: CancellationToken::new(),
     });
     tasks.spawn(m.clone().recover_sources());
     Ok(Some(m))
@@ -190,7 +193,17 @@ impl Migrations {
     }
 
     fn parts<'a>(&'a self, link: &'a QuicLink, progress: &'a mpsc::Sender<Progress>, cancel: &'a CancellationToken) -> Parts<'a, WorkloadCheckpointer, QuicLink, NodeMover> {
-        Parts { journal: &self.journal, checkpointer: &self.checkpointer, link, mover: &self.mover, progress, cancel }
+        Parts { journal: &self.journal, checkpointer: &self.checkpointer, link, mover: &self.mover, progress, cancel, hurry: &self.hurry }
+    }
+
+    /// The node must be gone soon: from now on migrations freeze at once, without pre-copy
+    /// (the whole image travels once, the shortest way out), and a pre-copy round under way is
+    /// cut short. There is no way back: a node that got a notice is reclaimed.
+    pub fn hurry(&self) {
+        if !self.hurry.is_cancelled() {
+            info!("node must leave: migrations skip pre-copy from now on");
+        }
+        self.hurry.cancel();
     }
 
     /// Runs one `Migrate` request, streaming progress to `out`; the last line is the outcome.

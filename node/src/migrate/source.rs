@@ -50,6 +50,10 @@ pub struct Parts<'a, C, L, R> {
     /// Cancelling before the freeze rolls back; after it the migration completes or rolls back
     /// on its own, since stopping half-way would leave the workload stopped.
     pub cancel: &'a CancellationToken,
+    /// Cancelled when the node must be gone soon (a spot notice): no further pre-copy round
+    /// starts and one under way is cut short; the freeze comes at once. Whatever the cut round
+    /// already shipped stays in the target's store, so the final image reuses it.
+    pub hurry: &'a CancellationToken,
 }
 
 impl<C, L, R> Parts<'_, C, L, R> {
@@ -110,6 +114,10 @@ async fn run_inner<C: Checkpointer, L: TargetLink, R: ResourceMover>(plan: &Sour
         if p.cancel.is_cancelled() {
             return running_here("pre-copy", "cancelled".into()).await;
         }
+        if p.hurry.is_cancelled() {
+            info!(round, "node must leave: no further pre-copy round");
+            break;
+        }
         rec = p.journal.advance_source(&plan.migration, SourcePhase::PreCopy, now_ms())?;
         p.phase(SourcePhase::PreCopy);
         let round_dir = dir.join(format!("round-{round}"));
@@ -118,13 +126,20 @@ async fn run_inner<C: Checkpointer, L: TargetLink, R: ResourceMover>(plan: &Sour
             p.checkpointer.dump(name, &round_dir, true).await?;
             let (_, ship) = p.link.ship(plan.migration, &round_dir).await?;
             Ok::<ShipReport, BoxError>(ship)
-        }
-        .await;
+        };
+        let shipped = tokio::select! {
+            r = shipped => Some(r),
+            _ = p.hurry.cancelled() => None,
+        };
         // The target holds this round's chunks now; the local copy is not needed again.
         let _ = std::fs::remove_dir_all(&round_dir);
         let ship = match shipped {
-            Ok(s) => s,
-            Err(e) => return running_here("pre-copy", e).await,
+            Some(Ok(s)) => s,
+            Some(Err(e)) => return running_here("pre-copy", e).await,
+            None => {
+                info!(round, "node must leave: pre-copy round cut short, freezing now");
+                break;
+            }
         };
         info!(round, image_bytes = ship.image_bytes, new_bytes = ship.new_bytes, wire_bytes = ship.wire_bytes, "pre-copy round shipped");
         p.report(Progress::Round { round, image_bytes: ship.image_bytes, new_bytes: ship.new_bytes, wire_bytes: ship.wire_bytes });

@@ -24,6 +24,8 @@ struct Script {
     fail_move: bool,
     /// Post-copy: the page stream breaks after the restore.
     fail_stream: bool,
+    /// The first ship (pre-copy round 0) never finishes on its own.
+    hang_first_ship: bool,
     calls: Mutex<Vec<String>>,
     ships: Mutex<usize>,
 }
@@ -86,6 +88,10 @@ impl TargetLink for Script {
         if self.fail_ship_call == Some(n) {
             self.log("ship failed");
             return Err("connection lost".into());
+        }
+        if self.hang_first_ship && n == 1 {
+            self.log("ship hangs");
+            std::future::pending::<()>().await;
         }
         self.log("ship");
         // First round sends everything, later rounds 1 %.
@@ -182,9 +188,13 @@ fn fixture() -> Fixture {
 }
 
 async fn go(f: &Fixture, s: &Script) -> Result<Summary, MigrateError> {
+    go_hurried(f, s, &CancellationToken::new()).await
+}
+
+async fn go_hurried(f: &Fixture, s: &Script, hurry: &CancellationToken) -> Result<Summary, MigrateError> {
     let (tx, _rx) = mpsc::channel(4);
     let cancel = CancellationToken::new();
-    let parts = Parts { journal: &f.journal, checkpointer: s, link: s, mover: s, progress: &tx, cancel: &cancel };
+    let parts = Parts { journal: &f.journal, checkpointer: s, link: s, mover: s, progress: &tx, cancel: &cancel, hurry };
     run(&f.plan, &parts).await
 }
 
@@ -286,7 +296,8 @@ async fn recovery_after_crash_in_final_dump_restores_locally() {
     let s = Script::default();
     let (tx, _rx) = mpsc::channel(4);
     let cancel = CancellationToken::new();
-    let parts = Parts { journal: &f.journal, checkpointer: &s, link: &s, mover: &s, progress: &tx, cancel: &cancel };
+    let hurry = CancellationToken::new();
+    let parts = Parts { journal: &f.journal, checkpointer: &s, link: &s, mover: &s, progress: &tx, cancel: &cancel, hurry: &hurry };
     let out = recovery::recover(&rec, &f.plan.workload, f.plan.images_root.clone(), &parts).await.unwrap();
     assert_eq!(out, recovery::Recovered::RolledBack);
     assert_eq!(s.calls(), ["abort", "move_back", "restore_local"]);
@@ -352,4 +363,34 @@ fn migrate_request_mode_is_optional_on_the_wire() {
     let json = serde_json::to_string(&new).unwrap();
     assert!(json.contains(r#""mode":"post_copy""#), "{json}");
     assert_eq!(serde_json::from_str::<Request>(&json).unwrap(), new);
+}
+
+#[tokio::test]
+async fn a_node_that_must_leave_skips_pre_copy() {
+    let f = fixture();
+    let s = Script::default();
+    let hurry = CancellationToken::new();
+    hurry.cancel();
+    let summary = go_hurried(&f, &s, &hurry).await.unwrap();
+    assert_eq!(summary.precopy_rounds, 0);
+    assert_eq!(s.calls().iter().filter(|c| c.starts_with("dump")).count(), 1, "only the final dump: {:?}", s.calls());
+    assert_eq!(phase(&f), Role::Source(SourcePhase::CleanedUp));
+}
+
+#[tokio::test]
+async fn a_notice_cuts_a_pre_copy_round_short_and_freezes_at_once() {
+    let f = fixture();
+    let s = Script { hang_first_ship: true, ..Script::default() };
+    let hurry = CancellationToken::new();
+    let cut = hurry.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        cut.cancel();
+    });
+    let summary = tokio::time::timeout(std::time::Duration::from_secs(10), go_hurried(&f, &s, &hurry)).await.expect("not stuck in the round").unwrap();
+    assert_eq!(summary.precopy_rounds, 0, "the cut round does not count");
+    let calls = s.calls();
+    let hang = calls.iter().position(|c| c == "ship hangs").unwrap();
+    assert!(calls[hang + 1..].iter().any(|c| c == "ship"), "the final image shipped after the cut: {calls:?}");
+    assert_eq!(phase(&f), Role::Source(SourcePhase::CleanedUp));
 }
