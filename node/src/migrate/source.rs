@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
-use super::{BoxError, Checkpointer, MigrateError, Progress, ResourceMover, ShipReport, Summary, TargetLink};
+use super::{BoxError, Checkpointer, MigrateError, Progress, ResourceMover, Summary, TargetLink};
 use crate::journal::{Journal, MigrationRecord, Role};
 
 /// Everything decided before the migration starts (target elected, reservation granted).
@@ -123,20 +123,21 @@ async fn run_inner<C: Checkpointer, L: TargetLink, R: ResourceMover>(plan: &Sour
         let round_dir = dir.join(format!("round-{round}"));
         let shipped = async {
             fresh_dir(&round_dir)?;
+            // Never cut: CRIU would go on dumping in the background and collide with the final dump.
             p.checkpointer.dump(name, &round_dir, true).await?;
-            let (_, ship) = p.link.ship(plan.migration, &round_dir).await?;
-            Ok::<ShipReport, BoxError>(ship)
-        };
-        let shipped = tokio::select! {
-            r = shipped => Some(r),
-            _ = p.hurry.cancelled() => None,
-        };
+            let ship = p.link.ship(plan.migration, &round_dir);
+            tokio::select! {
+                r = ship => r.map(|(_, s)| Some(s)),
+                _ = p.hurry.cancelled() => Ok(None),
+            }
+        }
+        .await;
         // The target holds this round's chunks now; the local copy is not needed again.
         let _ = std::fs::remove_dir_all(&round_dir);
         let ship = match shipped {
-            Some(Ok(s)) => s,
-            Some(Err(e)) => return running_here("pre-copy", e).await,
-            None => {
+            Ok(Some(s)) => s,
+            Err(e) => return running_here("pre-copy", e).await,
+            Ok(None) => {
                 info!(round, "node must leave: pre-copy round cut short, freezing now");
                 break;
             }
