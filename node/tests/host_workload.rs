@@ -228,3 +228,49 @@ fn host_foreign_volume_mounts_do_not_make_a_workload_undumpable() {
     opts.leave_running = true;
     wls.checkpoint(&criu, &name, &opts).expect("the workload is dumpable with foreign volumes on the host");
 }
+
+/// A workload sharing the host's filesystem still gets its own /dev/shm: CRIU archives every
+/// tmpfs of the workload's mount namespace into the image, and the host's shared-memory files
+/// are not the workload's to carry to another node.
+#[test]
+fn host_workload_has_its_own_dev_shm() {
+    if !testing::require_migration_host("host_workload_has_its_own_dev_shm") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let wls = Workloads::new(tmp.path().join("state"));
+    let name = format!("shm-{}", std::process::id());
+    let mut guard = Cleanup::new(wls.clone());
+    guard.names.push(name.clone());
+    guard.netns.push(format!("hs-{name}"));
+    let host_file = format!("/dev/shm/hotspot-host-{}", std::process::id());
+    let mut noise = vec![0u8; 4 << 20];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut noise).unwrap();
+    std::fs::write(&host_file, noise).unwrap();
+    struct Remove(String);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _remove = Remove(host_file.clone());
+    let own = format!("hotspot-own-{}", std::process::id());
+    let script = format!("echo mine > /dev/shm/{own}; exec sleep 600");
+    let w = wls.start(&StartOptions { name: name.clone(), command: vec!["sh".into(), "-c".into(), script], ..Default::default() }).unwrap();
+    let root = format!("/proc/{}/root", w.pid().unwrap());
+    hotspot_node::lab::wait_until("the workload to write its /dev/shm", Duration::from_secs(5), || Path::new(&format!("{root}/dev/shm/{own}")).exists()).unwrap();
+    assert!(!Path::new(&format!("{root}{host_file}")).exists(), "the host's shared-memory files are not visible inside");
+    assert!(!Path::new(&format!("/dev/shm/{own}")).exists(), "the workload's files stay out of the host's /dev/shm");
+    let criu = Criu::detect().unwrap();
+    let images = tmp.path().join("images");
+    let mut opts = CheckpointOptions::new(&images);
+    opts.leave_running = true;
+    wls.checkpoint(&criu, &name, &opts).unwrap();
+    let tmpfs_bytes: u64 = std::fs::read_dir(&images)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("tmpfs-"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    assert!(tmpfs_bytes < 1 << 20, "the host's 4 MiB of random shm data is not archived into the image ({tmpfs_bytes} tmpfs bytes)");
+}

@@ -102,6 +102,7 @@ pub fn spawn(spec: SpawnSpec<'_>) -> io::Result<i32> {
         None => None,
     };
     let (proc_src, proc_dir, root, dot, run_netns) = (cstr("proc")?, cstr("/proc")?, cstr("/")?, cstr(".")?, cstr("/run/netns")?);
+    let (tmpfs, dev_shm, shm_opts) = (cstr("tmpfs")?, cstr("/dev/shm")?, cstr("mode=1777")?);
     let (console, dev_null) = (cstr(spec.console)?, cstr("/dev/null")?);
     // Never a mount the workload itself uses (its data directory or console may sit on one).
     let own: Vec<&Path> = [spec.volume.map(|v| v.0), spec.cwd.filter(|_| spec.rootfs.is_none()), Some(spec.console), spec.rootfs].into_iter().flatten().collect();
@@ -160,6 +161,19 @@ pub fn spawn(spec: SpawnSpec<'_>) -> io::Result<i32> {
             libc::umount2(run_netns.as_ptr(), libc::MNT_DETACH);
             for m in &foreign {
                 libc::umount2(m.as_ptr(), libc::MNT_DETACH);
+            }
+            // Its own /dev/shm, as a container has: CRIU archives every tmpfs in the workload's
+            // mount namespace into the image, so a shared one would carry the host's (and every
+            // other workload's) shared-memory files to the target with each migration.
+            if rootfs.is_none() {
+                // The host's mounts there go first (there may be several stacked): a mount
+                // merely covered by ours would still be archived.
+                for _ in 0..8 {
+                    if libc::umount2(dev_shm.as_ptr(), libc::MNT_DETACH) != 0 {
+                        break;
+                    }
+                }
+                check(libc::mount(tmpfs.as_ptr(), dev_shm.as_ptr(), tmpfs.as_ptr(), libc::MS_NOSUID | libc::MS_NODEV, shm_opts.as_ptr().cast()))?;
             }
             check(libc::sethostname(hostname.as_ptr().cast(), hostname.len()))?;
             if let Some((dev, target, fstype)) = &volume_device {
