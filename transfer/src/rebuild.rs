@@ -7,13 +7,14 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use hotspot_protocol::manifest::{check_relative_path, ChunkHash, ChunkRef, ImageManifest};
 
+use crate::buffers::write_all_vectored;
 use crate::store::{Located, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -137,25 +138,22 @@ impl ImageWriter {
             }
         }
         places.sort_unstable_by_key(|&(file, offset, _)| (file, offset));
-        let mut run: Vec<u8> = Vec::new();
+        // One vectored write per run of neighbouring places, straight from the callers' buffers.
+        let mut run: Vec<&[u8]> = Vec::new();
         let mut i = 0;
         while i < places.len() {
             let (file, start, first) = places[i];
             let mut end = start + first.len() as u64;
+            run.clear();
+            run.push(first);
             let mut j = i + 1;
             while j < places.len() && places[j].0 == file && places[j].1 == end {
                 end += places[j].2.len() as u64;
+                run.push(places[j].2);
                 j += 1;
             }
             let (path, f) = &self.files[file as usize];
-            let bytes = if j == i + 1 {
-                first
-            } else {
-                run.clear();
-                places[i..j].iter().for_each(|p| run.extend_from_slice(p.2));
-                &run[..]
-            };
-            f.write_all_at(bytes, start).map_err(|e| io_err(path, e))?;
+            write_all_vectored(f, Some(start), &run).map_err(|e| io_err(path, e))?;
             i = j;
         }
         let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());

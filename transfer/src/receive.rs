@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::buffers::BufferPool;
 use crate::rebuild::{ImageWriter, RebuildError};
 use crate::store::{ManifestId, Store, StoreError};
 use crate::tls;
@@ -326,7 +327,11 @@ impl DataStreams {
         streams.shutdown().await;
     }
 
-    async fn read_stream(&self, mut recv: quinn::RecvStream) -> Result<(), ReceiveError> {
+    /// Reads batches off one stream and hands each to the blocking pool without waiting for
+    /// it: the next batch is read while the last is verified and written (the in-flight
+    /// semaphore bounds how much is outstanding).
+    async fn read_stream(self: &Arc<Self>, mut recv: quinn::RecvStream) -> Result<(), ReceiveError> {
+        let mut verifying = JoinSet::new();
         while let Some(msg) = wire::read_msg(&mut recv, MAX_DATA_HEADER).await? {
             let TransferMessage::ChunkBatch { chunks, compressed_len, compression } = msg else {
                 return Err(ReceiveError::Protocol(format!("expected a chunk batch on a data stream, got {msg:?}")));
@@ -340,29 +345,44 @@ impl DataStreams {
             let raw_len: u32 = chunks.iter().map(|c| c.len).sum();
             let permit = self.inflight.clone().acquire_many_owned((compressed_len as usize).min(self.inflight_cap) as u32).await;
             let permit = permit.map_err(|e| ReceiveError::Task(e.to_string()))?;
-            let mut payload = vec![0u8; compressed_len as usize];
+            let mut payload = RECV_BUFFERS.take(compressed_len as usize);
             AsyncReadExt::read_exact(&mut recv, &mut payload).await.map_err(FrameError::Io)?;
-            let (store, writer) = (self.store.clone(), self.writer.clone());
-            let outcome = tokio::task::spawn_blocking(move || {
-                let _permit = permit;
-                verify_and_store(&store, &writer, &chunks, raw_len, compression, payload)
-            })
-            .await
-            .map_err(task_err)??;
-            for (hash, reason) in outcome.rejected {
-                let _ = self.events.send(DataEvent::Rejected { hash, reason }).await;
+            let me = self.clone();
+            verifying.spawn(async move {
+                let (store, writer) = (me.store.clone(), me.writer.clone());
+                let outcome = tokio::task::spawn_blocking(move || {
+                    let _permit = permit;
+                    let outcome = verify_and_store(&store, &writer, &chunks, raw_len, compression, &payload);
+                    RECV_BUFFERS.give(payload);
+                    outcome
+                })
+                .await
+                .map_err(task_err)??;
+                me.report(outcome).await;
+                Ok::<(), ReceiveError>(())
+            });
+            while let Some(done) = verifying.try_join_next() {
+                done.map_err(task_err)??;
             }
-            if !outcome.stored.is_empty() {
-                let mut expected = self.expected.lock().unwrap_or_else(|e| e.into_inner());
-                outcome.stored.iter().for_each(|h| {
-                    expected.remove(h);
-                });
-            }
-            let _ = self.events.send(DataEvent::Stored { hashes: outcome.stored, bytes: outcome.bytes }).await;
+        }
+        while let Some(done) = verifying.join_next().await {
+            done.map_err(task_err)??;
         }
         Ok(())
     }
 
+    async fn report(&self, outcome: BatchOutcome) {
+        for (hash, reason) in outcome.rejected {
+            let _ = self.events.send(DataEvent::Rejected { hash, reason }).await;
+        }
+        if !outcome.stored.is_empty() {
+            let mut expected = self.expected.lock().unwrap_or_else(|e| e.into_inner());
+            outcome.stored.iter().for_each(|h| {
+                expected.remove(h);
+            });
+        }
+        let _ = self.events.send(DataEvent::Stored { hashes: outcome.stored, bytes: outcome.bytes }).await;
+    }
 }
 
 struct BatchOutcome {
@@ -375,6 +395,9 @@ thread_local! {
     static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
 }
 
+/// Batch buffers of the receiver (payloads read off the network, decompressed batches).
+static RECV_BUFFERS: BufferPool = BufferPool::new(16);
+
 /// Decompresses a batch, checks every chunk's blake3, stores the good ones and writes them
 /// into the image. Runs on the blocking pool.
 fn verify_and_store(
@@ -383,34 +406,38 @@ fn verify_and_store(
     chunks: &[hotspot_protocol::manifest::ChunkRef],
     raw_len: u32,
     compression: Compression,
-    payload: Vec<u8>,
+    payload: &[u8],
 ) -> Result<BatchOutcome, ReceiveError> {
-    let raw = match compression {
-        Compression::None => payload,
+    let reject_all = |why: String| BatchOutcome { stored: vec![], bytes: 0, rejected: chunks.iter().map(|c| (c.hash, why.clone())).collect() };
+    match compression {
+        Compression::None if payload.len() != raw_len as usize => Ok(reject_all(format!("batch is {} bytes, expected {raw_len}", payload.len()))),
+        Compression::None => store_batch(store, writer, chunks, payload),
         Compression::Zstd => {
             if payload.len() as u32 > max_compressed_len(raw_len) {
                 return Err(ReceiveError::Protocol("compressed batch larger than its bound".into()));
             }
+            let mut raw = RECV_BUFFERS.take_empty(raw_len as usize);
             let out = DECOMPRESSOR.with(|cell| {
                 let mut cell = cell.borrow_mut();
                 if cell.is_none() {
                     *cell = Some(zstd::bulk::Decompressor::new()?);
                 }
-                cell.as_mut().expect("just set").decompress(&payload, raw_len as usize)
+                cell.as_mut().expect("just set").decompress_to_buffer(payload, &mut raw)
             });
-            match out {
-                Ok(raw) => raw,
-                Err(e) => {
-                    let rejected = chunks.iter().map(|c| (c.hash, format!("batch does not decompress: {e}"))).collect();
-                    return Ok(BatchOutcome { stored: vec![], bytes: 0, rejected });
-                }
-            }
+            let outcome = match out {
+                Ok(n) if n == raw_len as usize => store_batch(store, writer, chunks, &raw),
+                Ok(n) => Ok(reject_all(format!("batch decompressed to {n} bytes, expected {raw_len}"))),
+                Err(e) => Ok(reject_all(format!("batch does not decompress: {e}"))),
+            };
+            RECV_BUFFERS.give(raw);
+            outcome
         }
-    };
-    if raw.len() != raw_len as usize {
-        let rejected = chunks.iter().map(|c| (c.hash, format!("batch decompressed to {} bytes, expected {raw_len}", raw.len()))).collect();
-        return Ok(BatchOutcome { stored: vec![], bytes: 0, rejected });
     }
+}
+
+/// Checks each chunk of a decompressed batch against its hash, stores the good ones and writes
+/// them into the image.
+fn store_batch(store: &Store, writer: &ImageWriter, chunks: &[hotspot_protocol::manifest::ChunkRef], raw: &[u8]) -> Result<BatchOutcome, ReceiveError> {
     let mut good: Vec<(ChunkHash, &[u8])> = Vec::with_capacity(chunks.len());
     let mut rejected = Vec::new();
     let mut at = 0usize;

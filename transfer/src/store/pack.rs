@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -99,14 +98,13 @@ impl Packs {
         let mut out = Vec::with_capacity(chunks.len());
         let mut at = start;
         let result = (|| {
-            // One write per batch: syscalls, not bytes, dominate at 4 KiB per chunk.
-            let mut buf = Vec::with_capacity(need as usize);
+            // One vectored write per batch: syscalls, not bytes, dominate at 4 KiB per chunk,
+            // and the chunks go straight from the caller's buffer.
             for c in chunks {
                 out.push((self.current, at));
                 at += c.len() as u64;
-                buf.extend_from_slice(c);
             }
-            self.current_file.write_all(&buf)?;
+            crate::buffers::write_all_vectored(&self.current_file, None, chunks)?;
             if sync {
                 self.current_file.sync_data()?;
             }
