@@ -450,8 +450,8 @@ fn store_batch(store: &Store, writer: &ImageWriter, chunks: &[hotspot_protocol::
             rejected.push((c.hash, "blake3 mismatch".to_string()));
         }
     }
-    store.put_verified(&good)?;
     writer.write_chunks(&good)?;
+    writer.store_written(store, &good)?;
     let bytes = good.iter().map(|(_, d)| d.len() as u64).sum();
     Ok(BatchOutcome { stored: good.into_iter().map(|(h, _)| h).collect(), bytes, rejected })
 }
