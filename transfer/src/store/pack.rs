@@ -159,6 +159,8 @@ impl Packs {
         }
         self.next_id += 1;
         self.total_bytes += len;
+        // The index will point into this name: make the name itself durable first.
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| io_error(&self.dir, e))?;
         Ok(Some(id))
     }
 
