@@ -220,7 +220,7 @@ async fn run(
 
     let (events_tx, mut events) = mpsc::channel::<DataEvent>(256);
     let inflight_cap = opts.max_inflight_bytes.clamp(MAX_BATCH_WIRE, u32::MAX as usize);
-    let data_task = DataStreams { conn: conn.clone(), store: store.clone(), writer: writer.clone(), expected: expected.clone(), events: events_tx, inflight: Arc::new(Semaphore::new(inflight_cap)), inflight_cap };
+    let data_task = DataStreams { conn: conn.clone(), store: store.clone(), writer: writer.clone(), expected: expected.clone(), events: events_tx, inflight: Arc::new(Semaphore::new(inflight_cap)), inflight_cap, verifiers: Arc::new(Semaphore::new(verifiers())) };
     let data_task = tokio::spawn(data_task.run().in_current_span());
     let data_guard = AbortOnDrop(data_task);
 
@@ -301,6 +301,13 @@ struct DataStreams {
     events: mpsc::Sender<DataEvent>,
     inflight: Arc<Semaphore>,
     inflight_cap: usize,
+    /// Batches verified at once: a few per core keeps every core busy; more only adds blocking
+    /// threads (each with its own zstd context and allocator arena) fighting for the same cores.
+    verifiers: Arc<Semaphore>,
+}
+
+fn verifiers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()) * 2
 }
 
 impl DataStreams {
@@ -350,8 +357,9 @@ impl DataStreams {
             let me = self.clone();
             verifying.spawn(async move {
                 let (store, writer) = (me.store.clone(), me.writer.clone());
+                let slot = me.verifiers.clone().acquire_owned().await.map_err(|e| ReceiveError::Task(e.to_string()))?;
                 let outcome = tokio::task::spawn_blocking(move || {
-                    let _permit = permit;
+                    let _permits = (permit, slot);
                     let outcome = verify_and_store(&store, &writer, &chunks, raw_len, compression, &payload);
                     RECV_BUFFERS.give(payload);
                     outcome
