@@ -9,6 +9,7 @@
 //! - [`wire`]: message framing on QUIC streams.
 //! - [`send`], [`receive`]: the two sides of a transfer (dedup, zstd, parallel streams, resume).
 
+mod buffers;
 pub mod chunker;
 pub mod criu_image;
 pub mod endpoint;

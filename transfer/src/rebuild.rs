@@ -5,15 +5,16 @@
 //! During a transfer, freshly received chunks are written straight into place
 //! ([`ImageWriter::write_chunk`]); [`ImageWriter::finish`] fills in the rest from the store.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use hotspot_protocol::manifest::{check_relative_path, ChunkHash, ChunkRef, ImageManifest};
 
+use crate::buffers::write_all_vectored;
 use crate::store::{Located, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +38,11 @@ fn io_err(path: &Path, source: std::io::Error) -> RebuildError {
         RebuildError::Io { path: path.into(), source }
     }
 }
+
+/// Image files at least this large (page data) are linked into the store as packs when chunks
+/// are received into them; smaller ones (a CRIU image has dozens) are copied into the store's
+/// packs, which keeps the number of packs small.
+pub const LINK_MIN_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Where one chunk goes: (file index, offset).
 type Places = HashMap<ChunkHash, Vec<(u32, u64)>>;
@@ -73,6 +79,8 @@ pub struct ImageWriter {
     files: Vec<(PathBuf, File)>,
     places: Places,
     manifest: ImageManifest,
+    /// Per file: the store pack it was linked in as, once it was (see [`Store::put_in_place`]).
+    linked: Vec<OnceLock<Option<u32>>>,
     /// Chunks already written into place by this writer.
     written: Mutex<std::collections::HashSet<ChunkHash>>,
     /// Set once the staging directory was moved into place (so drop keeps it).
@@ -95,6 +103,7 @@ impl ImageWriter {
             files: Vec::with_capacity(manifest.files.len()),
             places: HashMap::new(),
             manifest: manifest.clone(),
+            linked: (0..manifest.files.len()).map(|_| OnceLock::new()).collect(),
             written: Mutex::new(Default::default()),
             done: AtomicBool::new(false),
         };
@@ -137,30 +146,49 @@ impl ImageWriter {
             }
         }
         places.sort_unstable_by_key(|&(file, offset, _)| (file, offset));
-        let mut run: Vec<u8> = Vec::new();
+        // One vectored write per run of neighbouring places, straight from the callers' buffers.
+        let mut run: Vec<&[u8]> = Vec::new();
         let mut i = 0;
         while i < places.len() {
             let (file, start, first) = places[i];
             let mut end = start + first.len() as u64;
+            run.clear();
+            run.push(first);
             let mut j = i + 1;
             while j < places.len() && places[j].0 == file && places[j].1 == end {
                 end += places[j].2.len() as u64;
+                run.push(places[j].2);
                 j += 1;
             }
             let (path, f) = &self.files[file as usize];
-            let bytes = if j == i + 1 {
-                first
-            } else {
-                run.clear();
-                places[i..j].iter().for_each(|p| run.extend_from_slice(p.2));
-                &run[..]
-            };
-            f.write_all_at(bytes, start).map_err(|e| io_err(path, e))?;
+            write_all_vectored(f, Some(start), &run).map_err(|e| io_err(path, e))?;
             i = j;
         }
         let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
         written.extend(chunks.iter().map(|(h, _)| *h));
         Ok(())
+    }
+
+    /// Stores verified chunks this writer already wrote (see [`Self::write_chunks`]): those of
+    /// large files are indexed where they lie in the image (written once, not also copied into
+    /// a pack), the rest are copied into the store's packs.
+    pub fn store_written(&self, store: &Store, chunks: &[(ChunkHash, &[u8])]) -> Result<(), StoreError> {
+        let mut in_place: BTreeMap<u32, Vec<(ChunkHash, u64, &[u8])>> = BTreeMap::new();
+        let mut copy = Vec::new();
+        for &(hash, data) in chunks {
+            match self.places.get(&hash).and_then(|p| p.first()) {
+                Some(&(file, offset)) if self.manifest.files[file as usize].size >= LINK_MIN_BYTES => in_place.entry(file).or_default().push((hash, offset, data)),
+                _ => copy.push((hash, data)),
+            }
+        }
+        for (file, placed) in in_place {
+            let (path, f) = &self.files[file as usize];
+            let at: Vec<(ChunkHash, u64, u32)> = placed.iter().map(|&(h, offset, data)| (h, offset, data.len() as u32)).collect();
+            if !store.put_in_place(path, f, &self.linked[file as usize], &at)? {
+                copy.extend(placed.iter().map(|&(h, _, data)| (h, data)));
+            }
+        }
+        store.put_verified(&copy)
     }
 
     /// Writes every chunk not written yet from `store` (verifying each). Chunks missing or

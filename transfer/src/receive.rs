@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::buffers::BufferPool;
 use crate::rebuild::{ImageWriter, RebuildError};
 use crate::store::{ManifestId, Store, StoreError};
 use crate::tls;
@@ -219,7 +220,7 @@ async fn run(
 
     let (events_tx, mut events) = mpsc::channel::<DataEvent>(256);
     let inflight_cap = opts.max_inflight_bytes.clamp(MAX_BATCH_WIRE, u32::MAX as usize);
-    let data_task = DataStreams { conn: conn.clone(), store: store.clone(), writer: writer.clone(), expected: expected.clone(), events: events_tx, inflight: Arc::new(Semaphore::new(inflight_cap)), inflight_cap };
+    let data_task = DataStreams { conn: conn.clone(), store: store.clone(), writer: writer.clone(), expected: expected.clone(), events: events_tx, inflight: Arc::new(Semaphore::new(inflight_cap)), inflight_cap, verifiers: Arc::new(Semaphore::new(verifiers())) };
     let data_task = tokio::spawn(data_task.run().in_current_span());
     let data_guard = AbortOnDrop(data_task);
 
@@ -300,6 +301,13 @@ struct DataStreams {
     events: mpsc::Sender<DataEvent>,
     inflight: Arc<Semaphore>,
     inflight_cap: usize,
+    /// Batches verified at once: a few per core keeps every core busy; more only adds blocking
+    /// threads (each with its own zstd context and allocator arena) fighting for the same cores.
+    verifiers: Arc<Semaphore>,
+}
+
+fn verifiers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()) * 2
 }
 
 impl DataStreams {
@@ -326,7 +334,11 @@ impl DataStreams {
         streams.shutdown().await;
     }
 
-    async fn read_stream(&self, mut recv: quinn::RecvStream) -> Result<(), ReceiveError> {
+    /// Reads batches off one stream and hands each to the blocking pool without waiting for
+    /// it: the next batch is read while the last is verified and written (the in-flight
+    /// semaphore bounds how much is outstanding).
+    async fn read_stream(self: &Arc<Self>, mut recv: quinn::RecvStream) -> Result<(), ReceiveError> {
+        let mut verifying = JoinSet::new();
         while let Some(msg) = wire::read_msg(&mut recv, MAX_DATA_HEADER).await? {
             let TransferMessage::ChunkBatch { chunks, compressed_len, compression } = msg else {
                 return Err(ReceiveError::Protocol(format!("expected a chunk batch on a data stream, got {msg:?}")));
@@ -340,29 +352,45 @@ impl DataStreams {
             let raw_len: u32 = chunks.iter().map(|c| c.len).sum();
             let permit = self.inflight.clone().acquire_many_owned((compressed_len as usize).min(self.inflight_cap) as u32).await;
             let permit = permit.map_err(|e| ReceiveError::Task(e.to_string()))?;
-            let mut payload = vec![0u8; compressed_len as usize];
+            let mut payload = RECV_BUFFERS.take(compressed_len as usize);
             AsyncReadExt::read_exact(&mut recv, &mut payload).await.map_err(FrameError::Io)?;
-            let (store, writer) = (self.store.clone(), self.writer.clone());
-            let outcome = tokio::task::spawn_blocking(move || {
-                let _permit = permit;
-                verify_and_store(&store, &writer, &chunks, raw_len, compression, payload)
-            })
-            .await
-            .map_err(task_err)??;
-            for (hash, reason) in outcome.rejected {
-                let _ = self.events.send(DataEvent::Rejected { hash, reason }).await;
+            let me = self.clone();
+            verifying.spawn(async move {
+                let (store, writer) = (me.store.clone(), me.writer.clone());
+                let slot = me.verifiers.clone().acquire_owned().await.map_err(|e| ReceiveError::Task(e.to_string()))?;
+                let outcome = tokio::task::spawn_blocking(move || {
+                    let _permits = (permit, slot);
+                    let outcome = verify_and_store(&store, &writer, &chunks, raw_len, compression, &payload);
+                    RECV_BUFFERS.give(payload);
+                    outcome
+                })
+                .await
+                .map_err(task_err)??;
+                me.report(outcome).await;
+                Ok::<(), ReceiveError>(())
+            });
+            while let Some(done) = verifying.try_join_next() {
+                done.map_err(task_err)??;
             }
-            if !outcome.stored.is_empty() {
-                let mut expected = self.expected.lock().unwrap_or_else(|e| e.into_inner());
-                outcome.stored.iter().for_each(|h| {
-                    expected.remove(h);
-                });
-            }
-            let _ = self.events.send(DataEvent::Stored { hashes: outcome.stored, bytes: outcome.bytes }).await;
+        }
+        while let Some(done) = verifying.join_next().await {
+            done.map_err(task_err)??;
         }
         Ok(())
     }
 
+    async fn report(&self, outcome: BatchOutcome) {
+        for (hash, reason) in outcome.rejected {
+            let _ = self.events.send(DataEvent::Rejected { hash, reason }).await;
+        }
+        if !outcome.stored.is_empty() {
+            let mut expected = self.expected.lock().unwrap_or_else(|e| e.into_inner());
+            outcome.stored.iter().for_each(|h| {
+                expected.remove(h);
+            });
+        }
+        let _ = self.events.send(DataEvent::Stored { hashes: outcome.stored, bytes: outcome.bytes }).await;
+    }
 }
 
 struct BatchOutcome {
@@ -375,6 +403,9 @@ thread_local! {
     static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
 }
 
+/// Batch buffers of the receiver (payloads read off the network, decompressed batches).
+static RECV_BUFFERS: BufferPool = BufferPool::new(16);
+
 /// Decompresses a batch, checks every chunk's blake3, stores the good ones and writes them
 /// into the image. Runs on the blocking pool.
 fn verify_and_store(
@@ -383,34 +414,38 @@ fn verify_and_store(
     chunks: &[hotspot_protocol::manifest::ChunkRef],
     raw_len: u32,
     compression: Compression,
-    payload: Vec<u8>,
+    payload: &[u8],
 ) -> Result<BatchOutcome, ReceiveError> {
-    let raw = match compression {
-        Compression::None => payload,
+    let reject_all = |why: String| BatchOutcome { stored: vec![], bytes: 0, rejected: chunks.iter().map(|c| (c.hash, why.clone())).collect() };
+    match compression {
+        Compression::None if payload.len() != raw_len as usize => Ok(reject_all(format!("batch is {} bytes, expected {raw_len}", payload.len()))),
+        Compression::None => store_batch(store, writer, chunks, payload),
         Compression::Zstd => {
             if payload.len() as u32 > max_compressed_len(raw_len) {
                 return Err(ReceiveError::Protocol("compressed batch larger than its bound".into()));
             }
+            let mut raw = RECV_BUFFERS.take_empty(raw_len as usize);
             let out = DECOMPRESSOR.with(|cell| {
                 let mut cell = cell.borrow_mut();
                 if cell.is_none() {
                     *cell = Some(zstd::bulk::Decompressor::new()?);
                 }
-                cell.as_mut().expect("just set").decompress(&payload, raw_len as usize)
+                cell.as_mut().expect("just set").decompress_to_buffer(payload, &mut raw)
             });
-            match out {
-                Ok(raw) => raw,
-                Err(e) => {
-                    let rejected = chunks.iter().map(|c| (c.hash, format!("batch does not decompress: {e}"))).collect();
-                    return Ok(BatchOutcome { stored: vec![], bytes: 0, rejected });
-                }
-            }
+            let outcome = match out {
+                Ok(n) if n == raw_len as usize => store_batch(store, writer, chunks, &raw),
+                Ok(n) => Ok(reject_all(format!("batch decompressed to {n} bytes, expected {raw_len}"))),
+                Err(e) => Ok(reject_all(format!("batch does not decompress: {e}"))),
+            };
+            RECV_BUFFERS.give(raw);
+            outcome
         }
-    };
-    if raw.len() != raw_len as usize {
-        let rejected = chunks.iter().map(|c| (c.hash, format!("batch decompressed to {} bytes, expected {raw_len}", raw.len()))).collect();
-        return Ok(BatchOutcome { stored: vec![], bytes: 0, rejected });
     }
+}
+
+/// Checks each chunk of a decompressed batch against its hash, stores the good ones and writes
+/// them into the image.
+fn store_batch(store: &Store, writer: &ImageWriter, chunks: &[hotspot_protocol::manifest::ChunkRef], raw: &[u8]) -> Result<BatchOutcome, ReceiveError> {
     let mut good: Vec<(ChunkHash, &[u8])> = Vec::with_capacity(chunks.len());
     let mut rejected = Vec::new();
     let mut at = 0usize;
@@ -423,8 +458,8 @@ fn verify_and_store(
             rejected.push((c.hash, "blake3 mismatch".to_string()));
         }
     }
-    store.put_verified(&good)?;
     writer.write_chunks(&good)?;
+    writer.store_written(store, &good)?;
     let bytes = good.iter().map(|(_, d)| d.len() as u64).sum();
     Ok(BatchOutcome { stored: good.into_iter().map(|(h, _)| h).collect(), bytes, rejected })
 }

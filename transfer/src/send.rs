@@ -16,10 +16,12 @@ use std::time::{Duration, Instant};
 
 use hotspot_protocol::error::ErrorCode;
 use hotspot_protocol::manifest::{ChunkHash, ChunkRef, Compression, ImageManifest, TransferMessage};
+use bytes::Bytes;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use crate::buffers::{BufferPool, Pooled};
 use crate::chunker::{build_manifest, ChunkError, ChunkerConfig};
 use crate::store::ManifestId;
 use crate::tls;
@@ -122,8 +124,9 @@ impl Sources {
     }
 }
 
+/// One batch ready to write: its framed header and its payload, handed to quinn without a copy.
 struct Frame {
-    bytes: Vec<u8>,
+    parts: [Bytes; 2],
     chunks: u64,
     raw: u64,
 }
@@ -296,8 +299,9 @@ async fn produce(
     let permits = Arc::new(Semaphore::new(frame_tx.max_capacity()));
     let mut jobs = JoinSet::new();
     while let Some(mut hashes) = want_rx.recv().await {
-        // Read in file order: sequential I/O, and neighbouring pages compress together.
-        hashes.sort_by_key(|h| sources.at.get(h).map(|s| (s.0, s.1)));
+        // Read in file order: sequential I/O, and neighbouring pages compress together. (Cached
+        // key: one map lookup per chunk, not two per comparison.)
+        hashes.sort_by_cached_key(|h| sources.at.get(h).map(|s| (s.0, s.1)));
         let mut batch: Vec<ChunkRef> = Vec::new();
         let mut bytes = 0usize;
         let n = hashes.len();
@@ -312,8 +316,11 @@ async fn produce(
                 let (sources, counters, tx) = (sources.clone(), counters.clone(), frame_tx.clone());
                 jobs.spawn(async move {
                     let frame = tokio::task::spawn_blocking(move || build_frame(&sources, chunks, level, &counters)).await.map_err(task_err)??;
+                    // The permit covers the frame until a stream writer took it: a slow network
+                    // must stop the reading, not pile up built frames.
+                    let sent = tx.send(frame).await.map_err(|_| SendError::Task("stream writers stopped".into()));
                     drop(permit);
-                    tx.send(frame).await.map_err(|_| SendError::Task("stream writers stopped".into()))
+                    sent
                 });
             }
             while let Some(done) = jobs.try_join_next() {
@@ -331,10 +338,14 @@ thread_local! {
     static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { std::cell::RefCell::new(None) };
 }
 
+/// Batch buffers of the sender: read buffers and compressed payloads (a payload stays with
+/// quinn until the receiver acknowledged it, then comes back here).
+static SEND_BUFFERS: BufferPool = BufferPool::new(16);
+
 /// Reads and compresses one batch (blocking: runs on the blocking pool).
 fn build_frame(sources: &Sources, chunks: Vec<ChunkRef>, level: i32, counters: &Counters) -> Result<Frame, SendError> {
     let raw_len: usize = chunks.iter().map(|c| c.len as usize).sum();
-    let mut raw = vec![0u8; raw_len];
+    let mut raw = SEND_BUFFERS.take(raw_len);
     // Chunks adjacent in the same file are read with one pread (a batch is mostly one run).
     let mut at = 0;
     let mut i = 0;
@@ -361,27 +372,34 @@ fn build_frame(sources: &Sources, chunks: Vec<ChunkRef>, level: i32, counters: &
         }
         at += c.len as usize;
     }
+    let mut packed = SEND_BUFFERS.take_empty(zstd::zstd_safe::compress_bound(raw_len));
     let compressed = COMPRESSOR.with(|cell| {
         let mut cell = cell.borrow_mut();
         if cell.as_ref().is_none_or(|(l, _)| *l != level) {
             *cell = Some((level, zstd::bulk::Compressor::new(level)?));
         }
-        cell.as_mut().expect("just set").1.compress(&raw)
+        cell.as_mut().expect("just set").1.compress_to_buffer(&raw, &mut packed)
     });
     let (compression, payload) = match compressed {
-        Ok(c) if c.len() < raw.len() => (Compression::Zstd, c),
-        _ => (Compression::None, raw),
+        Ok(n) if n < raw.len() => {
+            SEND_BUFFERS.give(raw);
+            (Compression::Zstd, packed)
+        }
+        _ => {
+            SEND_BUFFERS.give(packed);
+            (Compression::None, raw)
+        }
     };
     let header = TransferMessage::ChunkBatch { chunks, compressed_len: payload.len() as u32, compression };
-    let mut bytes = Vec::with_capacity(payload.len() + 64 * 1024);
-    frame_into(&mut bytes, &header)?;
-    bytes.extend_from_slice(&payload);
+    let mut head = Vec::new();
+    frame_into(&mut head, &header)?;
     let n = match &header {
         TransferMessage::ChunkBatch { chunks, .. } => chunks.len() as u64,
         _ => 0,
     };
     counters.compressed.fetch_add(payload.len() as u64, Ordering::Relaxed);
-    Ok(Frame { bytes, chunks: n, raw: raw_len as u64 })
+    let payload = Bytes::from_owner(Pooled { buf: payload, pool: &SEND_BUFFERS });
+    Ok(Frame { parts: [Bytes::from(head), payload], chunks: n, raw: raw_len as u64 })
 }
 
 /// Frames `msg` into `out` (the synchronous twin of [`wire::write_msg`]).
@@ -405,7 +423,8 @@ async fn write_stream(
             stream = Some(conn.open_uni().await.map_err(connection_error)?);
         }
         let s = stream.as_mut().expect("opened above");
-        if s.write_all(&frame.bytes).await.is_err() {
+        let mut parts = frame.parts;
+        if s.write_all_chunks(&mut parts).await.is_err() {
             return Err(connection_error(conn.closed().await));
         }
         counters.chunks.fetch_add(frame.chunks, Ordering::Relaxed);

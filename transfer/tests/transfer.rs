@@ -52,6 +52,37 @@ async fn grown_process_shares_pages_by_virtual_address() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_pages_file_is_written_once_and_indexed_in_place() {
+    use std::os::unix::fs::MetadataExt;
+    let setup = Setup::new(40, 12, StoreOptions::default()).await;
+    let packs = setup.rx_root().join("store/packs");
+    let Setup { src, mut rx, ep, tmp: _tmp, .. } = setup;
+    send_dir(&ep, rx.addr, &src, send_opts(), None).await.unwrap();
+    let got = rx.next().await.unwrap();
+    assert_same_tree(&src, &got.path);
+    // The received pages file is also the store's pack: one inode, two names, written once.
+    let largest = |d: &std::path::Path| std::fs::read_dir(d).unwrap().map(|e| e.unwrap().path()).max_by_key(|p| p.metadata().unwrap().len()).unwrap();
+    let pages = std::fs::metadata(largest(&got.path)).unwrap();
+    assert_eq!(pages.nlink(), 2, "pages file linked into the store");
+    let pack = std::fs::read_dir(&packs).unwrap().map(|e| e.unwrap().path()).find(|p| p.metadata().unwrap().ino() == pages.ino()).expect("a pack is the pages file");
+
+    // Deleting the image keeps its chunks in the store: sending it again moves no chunk data.
+    std::fs::remove_dir_all(&got.path).unwrap();
+    let again = send_dir(&ep, rx.addr, &src, send_opts(), None).await.unwrap();
+    assert_eq!(again.chunks_sent, 0);
+    assert_same_tree(&src, &rx.next().await.unwrap().path);
+
+    // A byte flipped in that pack is caught on the next rebuild and only that chunk travels.
+    let mut bytes = std::fs::read(&pack).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(&pack, bytes).unwrap();
+    let third = send_dir(&ep, rx.addr, &src, send_opts(), None).await.unwrap();
+    assert_eq!(third.chunks_sent, 1, "only the corrupted chunk travels again");
+    assert_same_tree(&src, &rx.next().await.unwrap().path);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupted_chunk_is_rejected_and_fetched_again() {
     let Setup { src, mut rx, ep, tmp: _tmp, .. } = Setup::new(4, 3, StoreOptions::default()).await;
     let opts = hotspot_transfer::SendOptions { fault_corrupt_chunks: 3, ..send_opts() };

@@ -48,7 +48,8 @@ impl Store {
         for (id, len) in w.packs.list()? {
             let segs = by_pack.remove(&id).unwrap_or_default();
             let used: u64 = segs.iter().flat_map(|s| &s.entries).map(|e| e.2 as u64).sum();
-            if id == w.packs.current() || used * 2 >= len {
+            // A pack an image still links frees nothing when compacted: leave it be.
+            if id == w.packs.current() || used * 2 >= len || (used > 0 && w.packs.shared(id)) {
                 continue;
             }
             if used > 0 {

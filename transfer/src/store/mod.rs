@@ -20,7 +20,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use hotspot_protocol::manifest::{ChunkHash, ChunkRef, ImageManifest};
 use serde::{Deserialize, Serialize};
@@ -259,6 +259,42 @@ impl Store {
         Ok(())
     }
 
+    /// Stores chunks the caller verified and wrote into `file` (at `path`: a large file of an
+    /// image being rebuilt, on the store's filesystem) by indexing them where they lie: the file
+    /// is hard-linked in as a pack on first use, its id kept in `pack`. Returns false when the
+    /// file cannot become a pack (store limit, another filesystem); the caller then copies the
+    /// chunks in with [`Store::put_verified`]. Indexed in groups like `put_verified`.
+    pub fn put_in_place(&self, path: &Path, file: &File, pack: &OnceLock<Option<u32>>, chunks: &[(ChunkHash, u64, u32)]) -> Result<bool, StoreError> {
+        let mut w = lock(&self.writes);
+        // Linking and the first index entries happen under one lock, so GC never sees the new
+        // pack empty and removes it.
+        let id = match pack.get() {
+            Some(id) => *id,
+            None => {
+                let id = w.packs.link(path, file, self.opts.max_bytes)?;
+                let _ = pack.set(id);
+                id
+            }
+        };
+        let Some(id) = id else { return Ok(false) };
+        let (mut meta, mut locs) = (Vec::with_capacity(chunks.len()), Vec::with_capacity(chunks.len()));
+        {
+            let map = self.map();
+            let mut seen = HashSet::with_capacity(chunks.len());
+            for &(h, offset, len) in chunks {
+                if !map.at.contains_key(&h) && seen.insert(h) {
+                    meta.push((h, len));
+                    locs.push((id, offset));
+                }
+            }
+        }
+        w.pending_bytes += note_segments(&mut w.pending, &meta, &locs);
+        if w.pending_bytes >= GROUP_BYTES {
+            self.commit_locked(&mut w)?;
+        }
+        Ok(true)
+    }
+
     /// Indexes every stored chunk not indexed yet (after syncing the pack when `sync`). Called
     /// by a receiver whose transfer fails, so a resumed transfer does not fetch them again.
     pub fn commit_pending(&self) -> Result<(), StoreError> {
@@ -271,8 +307,14 @@ impl Store {
             return Ok(());
         }
         if self.opts.sync {
-            // Rotated packs were synced when they were closed; only the current one can lag.
+            // Rotated packs were synced when they were closed; the current one and linked image
+            // files can lag.
             w.packs.sync()?;
+            let current = w.packs.current();
+            let linked: HashSet<u32> = w.pending.iter().map(|s| s.pack).filter(|&p| p != current).collect();
+            for id in linked {
+                w.packs.reader(id)?.sync_data().map_err(|e| io_error(&pack::pack_path(&self.dir, id), e))?;
+            }
         }
         let pending = std::mem::take(&mut w.pending);
         w.pending_bytes = 0;

@@ -2,10 +2,15 @@
 //! of image; packs keep that to a handful. The index (sled) is the only authority on what a pack
 //! holds: bytes appended but never indexed (a crash, a full disk) are dead space that GC reclaims,
 //! and a new pack is started on every open so nothing is ever appended after torn bytes.
+//!
+//! A pack may also be a hard link to a large file of an image being rebuilt ([`Packs::link`]):
+//! chunks received straight into the image are indexed where they lie, so a received page is
+//! written once, not once into a pack and again into the image. Such a pack is never appended
+//! to; while the image still links it (`nlink > 1`) compacting it would free nothing, so GC
+//! leaves it alone until the image is gone.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,6 +20,8 @@ use super::StoreError;
 pub(crate) struct Packs {
     dir: PathBuf,
     current: u32,
+    /// Id the next new pack (rotation or link) gets.
+    next_id: u32,
     current_file: File,
     current_len: u64,
     /// Bytes of all pack files (the store's disk use).
@@ -54,7 +61,7 @@ impl Packs {
         let current = max_id + 1;
         let path = pack_path(&dir, current);
         let current_file = OpenOptions::new().create_new(true).append(true).read(true).open(&path).map_err(|e| io_error(&path, e))?;
-        Ok(Packs { dir, current, current_file, current_len: 0, total_bytes, readers: HashMap::new(), pack_bytes })
+        Ok(Packs { dir, current, next_id: current + 1, current_file, current_len: 0, total_bytes, readers: HashMap::new(), pack_bytes })
     }
 
     fn list_in(dir: &Path) -> Result<Vec<(u32, u64)>, StoreError> {
@@ -99,14 +106,13 @@ impl Packs {
         let mut out = Vec::with_capacity(chunks.len());
         let mut at = start;
         let result = (|| {
-            // One write per batch: syscalls, not bytes, dominate at 4 KiB per chunk.
-            let mut buf = Vec::with_capacity(need as usize);
+            // One vectored write per batch: syscalls, not bytes, dominate at 4 KiB per chunk,
+            // and the chunks go straight from the caller's buffer.
             for c in chunks {
                 out.push((self.current, at));
                 at += c.len() as u64;
-                buf.extend_from_slice(c);
             }
-            self.current_file.write_all(&buf)?;
+            crate::buffers::write_all_vectored(&self.current_file, None, chunks)?;
             if sync {
                 self.current_file.sync_data()?;
             }
@@ -127,14 +133,41 @@ impl Packs {
         if self.current_len == 0 {
             return Ok(());
         }
-        let next = self.current + 1;
+        let next = self.next_id;
         let path = pack_path(&self.dir, next);
         let file = OpenOptions::new().create_new(true).append(true).read(true).open(&path).map_err(|e| io_error(&path, e))?;
         self.current_file.sync_data().map_err(|e| io_error(&path, e))?;
         self.current = next;
+        self.next_id = next + 1;
         self.current_file = file;
         self.current_len = 0;
         Ok(())
+    }
+
+    /// Makes `file` (at `path`, on the store's filesystem) a pack by hard-linking it in;
+    /// returns its id. Fails with `EXDEV` across filesystems: the caller then copies instead.
+    pub fn link(&mut self, path: &Path, file: &File, max_bytes: Option<u64>) -> Result<Option<u32>, StoreError> {
+        let len = file.metadata().map_err(|e| io_error(path, e))?.len();
+        if max_bytes.is_some_and(|limit| self.total_bytes + len > limit) {
+            return Ok(None);
+        }
+        let id = self.next_id;
+        let target = pack_path(&self.dir, id);
+        if let Err(e) = std::fs::hard_link(path, &target) {
+            tracing::debug!(file = %path.display(), error = %e, "cannot link image file into the store; copying its chunks");
+            return Ok(None);
+        }
+        self.next_id += 1;
+        self.total_bytes += len;
+        // The index will point into this name: make the name itself durable first.
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| io_error(&self.dir, e))?;
+        Ok(Some(id))
+    }
+
+    /// Whether pack `id` is also linked from elsewhere (an image it was received into).
+    pub fn shared(&self, id: u32) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(pack_path(&self.dir, id)).is_ok_and(|m| m.nlink() > 1)
     }
 
     pub fn reader(&mut self, id: u32) -> Result<Arc<File>, StoreError> {
