@@ -184,6 +184,10 @@ pub async fn receive_one(conn: quinn::Connection, store: Arc<Store>, opts: Recei
             tracing::warn!(error = %msg, "transfer failed");
             let _ = tokio::time::timeout(Duration::from_secs(1), wire::write_msg(&mut ctl_tx, &wire::error_msg(e.code(), &msg))).await;
             let _ = ctl_tx.finish();
+            // As on success, the sender closes first once it read why: a close of ours could
+            // reach it only as a stateless reset ("reset by peer") while its data is still in
+            // flight, and the reason (disk full, corrupt chunk...) would be lost.
+            let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
             conn.close(e.code().as_u16().into(), msg.as_bytes());
         }
     }
