@@ -54,6 +54,11 @@ pub struct MigrationRecord {
     pub provider_state: Vec<u8>,
     /// (phase, ms since epoch) of every change, for `status` and post-mortems.
     pub history: Vec<(Role, u64)>,
+    /// The peer's transfer address ("ip:port") when the migration started: a restarted source
+    /// asks its target there at once, without waiting for gossip to bring the target's advert
+    /// back. Absent in records of older versions.
+    #[serde(default)]
+    pub peer_addr: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -178,6 +183,7 @@ mod tests {
             image_dir: Some("/var/lib/hotspot-node/images/x".into()),
             provider_state: vec![1, 2, 3],
             history: vec![],
+            peer_addr: None,
         }
     }
 

@@ -192,6 +192,18 @@ impl Migrations {
         QuicLink::new(self.sender.clone(), &self.key, self.trust.clone(), node, addr, self.mesh.clone(), progress)
     }
 
+    /// The link a restarted source recovers through: via the target's advert, or, until gossip
+    /// brought it back (a fast restart can take the mesh a while), at the journaled address.
+    async fn recovery_link(&self, rec: &MigrationRecord, progress: mpsc::Sender<Progress>) -> Result<QuicLink, BoxError> {
+        match self.link_to(rec.peer, progress.clone()).await {
+            Ok(link) => Ok(link),
+            Err(e) => match rec.peer_addr.as_deref().and_then(|a| a.parse::<SocketAddr>().ok()) {
+                Some(addr) => QuicLink::new(self.sender.clone(), &self.key, self.trust.clone(), rec.peer, addr, self.mesh.clone(), progress),
+                None => Err(e),
+            },
+        }
+    }
+
     fn parts<'a>(&'a self, link: &'a QuicLink, progress: &'a mpsc::Sender<Progress>, cancel: &'a CancellationToken) -> Parts<'a, WorkloadCheckpointer, QuicLink, NodeMover> {
         Parts { journal: &self.journal, checkpointer: &self.checkpointer, link, mover: &self.mover, progress, cancel, hurry: &self.hurry }
     }
@@ -296,6 +308,7 @@ impl Migrations {
             max_precopy_rounds: 1,
             min_shrink: 0.5,
             done_fraction: 0.02,
+            target_addr: Some(link.addr().to_string()),
         };
         let cancel = self.cancel.child_token();
         let result = source::run(&plan, &self.parts(&link, &ptx, &cancel)).await;
@@ -324,7 +337,7 @@ impl Migrations {
                     return;
                 }
                 let (ptx, _prx) = mpsc::channel(1);
-                let outcome = match self.link_to(rec.peer, ptx.clone()).await {
+                let outcome = match self.recovery_link(&rec, ptx.clone()).await {
                     Ok(link) => recovery::recover(&rec, &spec, self.images_root.clone(), &self.parts(&link, &ptx, &self.cancel)).await.map_err(|e| e.to_string()),
                     Err(e) => Err(e.to_string()),
                 };

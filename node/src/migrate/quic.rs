@@ -142,6 +142,11 @@ impl QuicLink {
         Ok(QuicLink { endpoint, control_config, target, addr, conn: Mutex::new(None), mesh, progress, send_options: SendOptions::default() })
     }
 
+    /// The target's transfer address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     async fn connection(&self) -> Result<quinn::Connection, LinkError> {
         let mut slot = self.conn.lock().await;
         if let Some(c) = slot.as_ref().filter(|c| c.close_reason().is_none()) {

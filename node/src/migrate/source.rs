@@ -32,6 +32,8 @@ pub struct SourcePlan {
     pub min_shrink: f64,
     /// ...and while the last round shipped more than this fraction of the image.
     pub done_fraction: f64,
+    /// The target's transfer address, journaled so a restarted source can reach it at once.
+    pub target_addr: Option<String>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -85,6 +87,7 @@ async fn run_inner<C: Checkpointer, L: TargetLink, R: ResourceMover>(plan: &Sour
         image_dir: None,
         provider_state: Vec::new(),
         history: vec![(Role::Source(SourcePhase::Reserved), now_ms())],
+        peer_addr: plan.target_addr.clone(),
     };
     p.journal.put(&rec)?;
     p.phase(SourcePhase::Reserved);

@@ -121,6 +121,7 @@ impl<R: Restorer, B: Reservations> TargetService<R, B> {
                         image_dir: None,
                         provider_state: serde_cbor::to_vec(&workload).expect("specs encode"),
                         history: vec![(Role::Target(TargetPhase::Receiving), now_ms())],
+                        peer_addr: None,
                     };
                     self.journal.put(&rec).map_err(j)?;
                     info!(migration = %id, workload = %workload.name, %peer, "accepted migration");

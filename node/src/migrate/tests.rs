@@ -183,6 +183,7 @@ fn fixture() -> Fixture {
         max_precopy_rounds: 3,
         min_shrink: 0.5,
         done_fraction: 0.02,
+        target_addr: None,
     };
     Fixture { journal: Journal::open(&db).unwrap(), plan, _dir: dir }
 }
@@ -291,6 +292,7 @@ async fn recovery_after_crash_in_final_dump_restores_locally() {
         image_dir: Some(final_dir),
         provider_state: vec![],
         history: vec![],
+        peer_addr: None,
     };
     f.journal.put(&rec).unwrap();
     let s = Script::default();
