@@ -269,7 +269,12 @@ impl Workloads {
     /// Host directory where this node mounts a device-backed volume of workload `name` before
     /// restoring it (CRIU binds it into the workload's mount namespace from here).
     pub fn volume_mount_dir(&self, name: &str) -> PathBuf {
-        self.state_dir.join("volumes").join(name)
+        self.volumes_dir().join(name)
+    }
+
+    /// Where this node stages every device-backed volume (one directory per workload).
+    pub fn volumes_dir(&self) -> PathBuf {
+        self.state_dir.join("volumes")
     }
 
     /// Where CRIU's restore log and pidfile (and a lazy-pages daemon's socket) go for `name`.

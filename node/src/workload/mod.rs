@@ -331,7 +331,7 @@ impl Workloads {
             cwd: volume_inside.as_deref(),
             env,
             console: &console,
-            volumes_dir: Some(&self.state_dir.join("volumes")),
+            volumes_dir: Some(&self.volumes_dir()),
         })
         .map_err(|source| WorkloadError::Spawn { name: opts.name.clone(), source })?;
         let rec = WorkloadRecord {
