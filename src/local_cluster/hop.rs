@@ -117,6 +117,7 @@ impl LocalCluster {
         if let Some(c) = &self.client {
             c.take_max_stall();
         }
+        let moves_before = self.price_moves(from).len();
         let start = Instant::now();
         self.set_price(to, usd_per_hour)?;
         match lab::wait_until("the price trigger", timeout, || self.where_is() == Some(to)) {
@@ -132,19 +133,36 @@ impl LocalCluster {
             Err(e) => return Err(e.into()),
         }
         let took = start.elapsed();
-        let status = self.daemons[from].cli(&["status", "--json"])?;
-        let status: Option<Value> = serde_json::from_slice(&status.stdout).ok();
-        // Only a move the source's price trigger made itself counts as a price hop.
-        let by_trigger = status.as_ref().and_then(|s| s.get("moves")).and_then(Value::as_array).and_then(|moves| {
-            moves.iter().rev().find(|m| m["trigger"] == "price" && m["workload"] == WORKLOAD && m["summary"].is_object())
+        // The source records the move once `migrate` returns on its side, which can be a moment
+        // after the workload already answers on the target: wait for the record too.
+        let mut record = None;
+        let recorded = lab::wait_until("the source to record the price move", Duration::from_secs(30), || {
+            let moves = self.price_moves(from);
+            if moves.len() > moves_before {
+                record = moves.last().cloned();
+            }
+            record.is_some()
         });
-        let Some(record) = by_trigger else {
+        let Some(record) = record.filter(|_| recorded.is_ok()) else {
             return Err(ClusterError::PriceTriggerIdle(format!(
                 "{WORKLOAD} reached {} but {}'s status records no price-trigger move of it",
                 self.nodes[to].name, self.nodes[from].name
             )));
         };
-        Ok(self.hop_from(from, to, "price", find_summary(record), took))
+        Ok(self.hop_from(from, to, "price", find_summary(&record), took))
+    }
+
+    /// The completed moves of the workload that `node`'s own price trigger made, oldest first
+    /// (only those count as a price hop).
+    fn price_moves(&self, node: usize) -> Vec<Value> {
+        let Ok(out) = self.daemons[node].cli(&["status", "--json"]) else { return Vec::new() };
+        let Ok(status) = serde_json::from_slice::<Value>(&out.stdout) else { return Vec::new() };
+        let Some(moves) = status.get("moves").and_then(Value::as_array) else { return Vec::new() };
+        moves
+            .iter()
+            .filter(|m| m["trigger"] == "price" && m["workload"] == WORKLOAD && m["summary"].is_object())
+            .cloned()
+            .collect()
     }
 }
 
