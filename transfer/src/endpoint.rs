@@ -22,10 +22,13 @@ pub enum EndpointError {
 }
 
 /// Path MTU discovery may grow packets up to this (9001-byte jumbo frames in an EC2 VPC, minus
-/// IP and UDP headers; larger datagrams overflow socket buffers in bursts and trip black-hole
-/// detection back to 1200);
-/// fewer, larger packets cut per-packet CPU, the bottleneck of QUIC bulk transfer.
+/// IP and UDP headers); fewer, larger packets cut per-packet CPU, the bottleneck of QUIC bulk
+/// transfer.
 const MAX_UDP_PAYLOAD: u16 = 8_972;
+
+/// Largest UDP payload the kernel sends in one (GSO) datagram: 65535 minus the IPv4 and UDP
+/// headers (IPv6 allows 20 bytes more; the smaller bound serves both).
+const MAX_GSO_BYTES: usize = 65_507;
 
 fn transport() -> Arc<TransportConfig> {
     let mut t = TransportConfig::default();
@@ -88,7 +91,57 @@ fn bind(addr: SocketAddr, server: Option<quinn::ServerConfig>) -> Result<quinn::
     let socket = std::net::UdpSocket::bind(addr).map_err(|source| EndpointError::Bind { addr, source })?;
     grow_buffers(&socket);
     let runtime = quinn::default_runtime().ok_or(EndpointError::NoRuntime)?;
-    quinn::Endpoint::new(endpoint_config(), server, socket, runtime).map_err(|source| EndpointError::Bind { addr, source })
+    let socket = runtime.wrap_udp_socket(socket).map_err(|source| EndpointError::Bind { addr, source })?;
+    let socket = Arc::new(GsoCapped { max_segments: MAX_GSO_BYTES / usize::from(MAX_UDP_PAYLOAD), inner: socket });
+    quinn::Endpoint::new_with_abstract_socket(endpoint_config(), server, socket, runtime).map_err(|source| EndpointError::Bind { addr, source })
+}
+
+/// A UDP socket that never offers quinn more GSO segments than fit one UDP datagram.
+///
+/// quinn batches up to 10 segments of the current path MTU into one `sendmsg`. Once MTU
+/// discovery passes 6.5 KB that batch exceeds 64 KiB, the kernel refuses it with EMSGSIZE, and
+/// quinn-udp drops it without a word (it takes EMSGSIZE for a failed MTU probe). On loopback
+/// that cost thousands of "lost" packets per GiB, each a congestion-window cut, and tripped
+/// black-hole detection back to 1200-byte packets.
+#[derive(Debug)]
+struct GsoCapped {
+    inner: Arc<dyn quinn::AsyncUdpSocket>,
+    max_segments: usize,
+}
+
+impl quinn::AsyncUdpSocket for GsoCapped {
+    fn create_io_poller(self: Arc<Self>) -> std::pin::Pin<Box<dyn quinn::UdpPoller>> {
+        self.inner.clone().create_io_poller()
+    }
+
+    fn try_send(&self, transmit: &quinn::udp::Transmit) -> std::io::Result<()> {
+        self.inner.try_send(transmit)
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut std::task::Context,
+        bufs: &mut [std::io::IoSliceMut<'_>],
+        meta: &mut [quinn::udp::RecvMeta],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.inner.poll_recv(cx, bufs, meta)
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.inner.max_transmit_segments().min(self.max_segments).max(1)
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.inner.max_receive_segments()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.inner.may_fragment()
+    }
 }
 
 /// A receiving endpoint: presents `key`, lets in only clients whose key is in `trust`.
