@@ -77,6 +77,10 @@ pub struct ImageWriter {
     dest: PathBuf,
     staging: PathBuf,
     files: Vec<(PathBuf, File)>,
+    /// One writer per file at a time. The kernel serialises writes to a file on its inode lock
+    /// anyway, but by spinning while the owner copies; parking here instead leaves the core to
+    /// the threads that decompress and verify the next batches.
+    write_locks: Vec<Mutex<()>>,
     places: Places,
     manifest: ImageManifest,
     /// Per file: the store pack it was linked in as, once it was (see [`Store::put_in_place`]).
@@ -101,6 +105,7 @@ impl ImageWriter {
             dest: dest.into(),
             staging: staging.clone(),
             files: Vec::with_capacity(manifest.files.len()),
+            write_locks: (0..manifest.files.len()).map(|_| Mutex::new(())).collect(),
             places: HashMap::new(),
             manifest: manifest.clone(),
             linked: (0..manifest.files.len()).map(|_| OnceLock::new()).collect(),
@@ -161,6 +166,7 @@ impl ImageWriter {
                 j += 1;
             }
             let (path, f) = &self.files[file as usize];
+            let _one_writer = self.write_locks[file as usize].lock().unwrap_or_else(|e| e.into_inner());
             write_all_vectored(f, Some(start), &run).map_err(|e| io_err(path, e))?;
             i = j;
         }
