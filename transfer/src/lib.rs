@@ -5,6 +5,7 @@
 //! - [`chunker`]: image directory -> manifest of blake3-addressed chunks.
 //! - [`store`]: chunk store (packs + versioned sled index, refcounts, GC, disk limits).
 //! - [`rebuild`]: manifest + store -> image directory, every chunk verified.
+//! - [`parent`]: the same as a CRIU incremental image on top of an earlier image here.
 //! - [`tls`], [`endpoint`]: QUIC endpoints authenticated by node keys against a trust set.
 //! - [`wire`]: message framing on QUIC streams.
 //! - [`send`], [`receive`]: the two sides of a transfer (dedup, zstd, parallel streams, resume).
@@ -14,6 +15,7 @@ pub mod chunker;
 pub mod criu_image;
 pub mod endpoint;
 pub mod identity;
+pub mod parent;
 pub mod rebuild;
 pub mod receive;
 pub mod send;
@@ -22,7 +24,7 @@ pub mod tls;
 pub mod wire;
 
 pub use chunker::{build_manifest, ChunkerConfig};
-pub use receive::{receive_one, serve, serve_dispatch, ReceiveError, ReceiveOptions, Received};
+pub use receive::{receive_one, serve, serve_dispatch, ParentLookup, ReceiveError, ReceiveOptions, Received};
 pub use send::{send_dir, SendError, SendOptions, SendProgress, SendReport};
 pub use store::{ManifestId, Store, StoreError, StoreOptions};
 pub use tls::TrustSet;

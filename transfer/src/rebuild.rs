@@ -131,6 +131,11 @@ impl ImageWriter {
         Ok(writer)
     }
 
+    /// The `<dest>.partial` directory the image is written in until [`Self::commit`].
+    pub fn staging(&self) -> &Path {
+        &self.staging
+    }
+
     /// Whether `hash` belongs to this image.
     pub fn wants(&self, hash: &ChunkHash) -> bool {
         self.places.contains_key(hash)

@@ -4,12 +4,12 @@
 //! store and answer `Complete`.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hotspot_protocol::error::ErrorCode;
-use hotspot_protocol::manifest::{max_compressed_len, ChunkHash, Compression, TransferMessage};
+use hotspot_protocol::manifest::{max_compressed_len, ChunkHash, Compression, ImageManifest, TransferMessage};
 use hotspot_protocol::NodeId;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, Semaphore};
@@ -26,6 +26,17 @@ use crate::wire::{self, FrameError, MAX_CONTROL_FRAME, MAX_DATA_HEADER};
 /// Largest payload of one batch on the wire.
 const MAX_BATCH_WIRE: usize = 2 * TransferMessage::MAX_BATCH_BYTES as usize;
 
+/// Finds, for a transfer's label, an earlier image on this node to rebuild the new one on top of
+/// (see [`crate::parent`]): its directory and manifest id. Asked once every wanted chunk is in.
+#[derive(Clone)]
+pub struct ParentLookup(pub Arc<dyn Fn(&str) -> Option<(PathBuf, ManifestId)> + Send + Sync>);
+
+impl std::fmt::Debug for ParentLookup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ParentLookup(..)")
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ReceiveOptions {
     /// Rebuilt images go to `<images_dir>/<manifest id>`.
@@ -36,11 +47,13 @@ pub struct ReceiveOptions {
     pub sync: bool,
     /// Most hashes per `Want` message.
     pub want_piece: usize,
+    /// Rebuild images that have an earlier image here as CRIU incremental images on it.
+    pub parent: Option<ParentLookup>,
 }
 
 impl ReceiveOptions {
     pub fn new(images_dir: PathBuf) -> Self {
-        ReceiveOptions { images_dir, max_inflight_bytes: 64 * 1024 * 1024, sync: true, want_piece: 65_536 }
+        ReceiveOptions { images_dir, max_inflight_bytes: 64 * 1024 * 1024, sync: true, want_piece: 65_536, parent: None }
     }
 }
 
@@ -229,6 +242,7 @@ async fn run(
     let data_guard = AbortOnDrop(data_task);
 
     let (mut chunks_received, mut bytes_received, mut rejected) = (0u64, 0u64, 0u64);
+    let mut incremental = None;
     loop {
         while !outstanding.is_empty() {
             match events.recv().await {
@@ -249,6 +263,12 @@ async fn run(
             }
         }
         tracing::debug!(ms = start.elapsed().as_millis() as u64, "all wanted chunks stored");
+        if incremental.is_none() {
+            incremental = on_parent(&opts, &label, &store, &manifest, &dest).await;
+            if incremental.is_some() {
+                break;
+            }
+        }
         // Everything asked for is stored: fill the rest of the image from the store.
         let (w, st) = (writer.clone(), store.clone());
         match tokio::task::spawn_blocking(move || w.fill_from_store(&st)).await.map_err(task_err)? {
@@ -265,7 +285,17 @@ async fn run(
     drop(data_guard); // every chunk asked for is in: stop accepting data
     let (st, sync) = (store.clone(), opts.sync);
     let path = tokio::task::spawn_blocking(move || -> Result<PathBuf, ReceiveError> {
-        let path = writer.commit(sync)?;
+        let path = match incremental {
+            Some(built) => {
+                writer.discard();
+                if dest.exists() {
+                    std::fs::remove_dir_all(&dest).map_err(|source| RebuildError::Io { path: dest.clone(), source })?;
+                }
+                std::fs::rename(&built, &dest).map_err(|source| RebuildError::Io { path: dest.clone(), source })?;
+                dest
+            }
+            None => writer.commit(sync)?,
+        };
         st.mark_complete(&manifest_id)?;
         Ok(path)
     })
@@ -276,6 +306,43 @@ async fn run(
     let elapsed = start.elapsed();
     tracing::info!(path = %path.display(), chunks_received, bytes_received, rejected, ms = elapsed.as_millis() as u64, "image received");
     Ok(Received { peer, manifest_id, label, path, files, bytes, chunks_received, bytes_received, rejected, elapsed })
+}
+
+/// Builds the image as an incremental image on its parent (see [`crate::parent`]) next to
+/// `dest`, when [`ReceiveOptions::parent`] names one. Any failure only costs the full rebuild,
+/// which follows (and fetches again what the store lost), so it is logged, not returned.
+async fn on_parent(opts: &ReceiveOptions, label: &str, store: &Arc<Store>, manifest: &Arc<ImageManifest>, dest: &Path) -> Option<PathBuf> {
+    let (parent, parent_id) = (opts.parent.as_ref()?.0)(label)?;
+    let (st, m, sync) = (store.clone(), manifest.clone(), opts.sync);
+    let mut name = dest.file_name()?.to_os_string();
+    name.push(".incremental");
+    let at = dest.with_file_name(name);
+    let started = Instant::now();
+    let built = tokio::task::spawn_blocking(move || -> Result<Option<crate::parent::ParentRebuild>, ReceiveError> {
+        // Chunks of this transfer become readable from the store once their group is committed.
+        st.commit_pending()?;
+        let parent_manifest = st.manifest(&parent_id)?.ok_or(StoreError::UnknownManifest(parent_id))?;
+        Ok(crate::parent::rebuild_on_parent(&st, &m, &parent, &parent_manifest, &at, sync)?)
+    })
+    .await;
+    match built {
+        Ok(Ok(Some(r))) => {
+            tracing::info!(parent = %parent_id, parent_bytes = r.parent_bytes, written_bytes = r.written_bytes, ms = started.elapsed().as_millis() as u64, "image rebuilt on its parent");
+            Some(r.path)
+        }
+        Ok(Ok(None)) => {
+            tracing::debug!(parent = %parent_id, "parent shares no pages; full rebuild");
+            None
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(parent = %parent_id, error = %e, "incremental rebuild failed; rebuilding in full");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(parent = %parent_id, error = %e, "incremental rebuild task failed; rebuilding in full");
+            None
+        }
+    }
 }
 
 /// Removes a failed transfer's partial image as soon as the transfer returns.

@@ -164,8 +164,14 @@ pub async fn send_dir(
 ) -> Result<SendReport, SendError> {
     let start = Instant::now();
     let (d, label, cfg) = (dir.to_path_buf(), opts.label.clone(), opts.chunker.clone());
-    let manifest = tokio::task::spawn_blocking(move || build_manifest(&d, &label, &cfg)).await.map_err(task_err)??;
-    let chunking_time = start.elapsed();
+    let chunking = async {
+        let manifest = tokio::task::spawn_blocking(move || build_manifest(&d, &label, &cfg)).await.map_err(task_err)??;
+        Ok::<_, SendError>((manifest, start.elapsed()))
+    };
+    // The handshake runs while the image is hashed (it needs no manifest).
+    let connect = |detail: String| SendError::Connect { addr, detail };
+    let connecting = async { endpoint.connect(addr, tls::SERVER_NAME).map_err(|e| connect(e.to_string()))?.await.map_err(|e| connect(e.to_string())) };
+    let ((manifest, chunking_time), conn) = tokio::try_join!(chunking, connecting)?;
     let manifest_id = ManifestId::of(&manifest);
     let image_bytes = manifest.total_bytes();
     let sources = Arc::new(Sources::open(dir, &manifest)?);
@@ -174,8 +180,6 @@ pub async fn send_dir(
         p.send_modify(|p| p.image_bytes = image_bytes);
     }
 
-    let connect = |detail: String| SendError::Connect { addr, detail };
-    let conn = endpoint.connect(addr, tls::SERVER_NAME).map_err(|e| connect(e.to_string()))?.await.map_err(|e| connect(e.to_string()))?;
     let peer = tls::peer_node_id(&conn).map(|p| p.short()).unwrap_or_default();
     let span = tracing::info_span!("send", %peer, manifest = %manifest_id);
     let counters = Arc::new(Counters { corrupt_left: AtomicUsize::new(opts.fault_corrupt_chunks), ..Default::default() });

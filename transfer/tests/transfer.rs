@@ -65,6 +65,70 @@ async fn grown_process_shares_pages_by_virtual_address() {
     assert!(second.raw_bytes_sent < image / 20, "sent {} of {image}", second.raw_bytes_sent);
 }
 
+/// Every page of a CRIU image directory by virtual address, following `parent/` for runs
+/// flagged `PE_PARENT` the way CRIU's restore does.
+fn resolve_pages(dir: &std::path::Path) -> std::collections::BTreeMap<u64, Vec<u8>> {
+    use hotspot_transfer::criu_image::{parse_pagemap, PAGE_SIZE, PE_PARENT};
+    let pm = parse_pagemap(&std::fs::read(dir.join("pagemap-1.img")).unwrap()).unwrap();
+    let pages = std::fs::read(dir.join(format!("pages-{}.img", pm.pages_id))).unwrap();
+    let parent = dir.join("parent");
+    let from_parent = if parent.is_dir() { resolve_pages(&parent) } else { Default::default() };
+    let (mut out, mut at) = (std::collections::BTreeMap::new(), 0usize);
+    for run in &pm.runs {
+        for p in 0..run.nr_pages {
+            let vaddr = run.vaddr + p * PAGE_SIZE;
+            let page = if run.in_pages_file() {
+                at += PAGE_SIZE as usize;
+                pages[at - PAGE_SIZE as usize..at].to_vec()
+            } else {
+                assert!(run.flags & PE_PARENT != 0, "run {run:?} is neither here nor in the parent");
+                from_parent.get(&vaddr).unwrap_or_else(|| panic!("{vaddr:#x} missing in the parent")).clone()
+            };
+            out.insert(vaddr, page);
+        }
+    }
+    assert_eq!(at, pages.len(), "the pages file holds exactly the present runs");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn final_image_is_rebuilt_on_its_parent_with_only_changed_pages() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let page = |v: u64| noise(v, 4096);
+    fake_image(&a, &[(0x10_0000, 512), (0x40_0000, 512)], page);
+    // Grown in front (every file offset shifts) and 4 pages changed.
+    fake_image(&b, &[(0x8_0000, 16), (0x10_0000, 512), (0x40_0000, 512)], |v| if v % (256 * 4096) == 0 { noise(v + 1, 4096) } else { page(v) });
+    let parent: std::sync::Arc<std::sync::Mutex<Option<(std::path::PathBuf, hotspot_transfer::ManifestId)>>> = Default::default();
+    let lookup = parent.clone();
+    let (r, s) = (key(1), key(2));
+    let mut rx = Receiver::start_with(&r, &[&s], &tmp.path().join("rx"), StoreOptions::default(), move |o| {
+        o.parent = Some(hotspot_transfer::ParentLookup(std::sync::Arc::new(move |label| if label == "final" { lookup.lock().unwrap().clone() } else { None })));
+    })
+    .await;
+    let ep = sender_endpoint(&s, &r, rx.addr);
+    send_dir(&ep, rx.addr, &a, send_opts(), None).await.unwrap();
+    let first = rx.next().await.unwrap();
+    *parent.lock().unwrap() = Some((first.path.clone(), first.manifest_id));
+    let opts = hotspot_transfer::SendOptions { label: "final".into(), ..send_opts() };
+    send_dir(&ep, rx.addr, &b, opts, None).await.unwrap();
+    let got = rx.next().await.unwrap();
+
+    assert!(got.path.join("parent").is_dir() && !first.path.exists(), "the first image moved into the final one as its parent");
+    let written = std::fs::metadata(got.path.join("pages-1.img")).unwrap().len();
+    assert_eq!(written, 20 * 4096, "only the 16 new and 4 changed pages are written again");
+    assert_eq!(resolve_pages(&got.path), resolve_pages(&b), "every page resolves to the final dump's bytes");
+    for f in ["core-1.img", "inventory.img"] {
+        assert_eq!(std::fs::read(got.path.join(f)).unwrap(), std::fs::read(b.join(f)).unwrap(), "{f}");
+    }
+    // Without a parent the same image is rebuilt in full, byte for byte.
+    *parent.lock().unwrap() = None;
+    let opts = hotspot_transfer::SendOptions { label: "final".into(), ..send_opts() };
+    std::fs::remove_dir_all(&got.path).unwrap();
+    send_dir(&ep, rx.addr, &b, opts, None).await.unwrap();
+    assert_same_tree(&b, &rx.next().await.unwrap().path);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_pages_file_is_written_once_and_indexed_in_place() {
     use std::os::unix::fs::MetadataExt;

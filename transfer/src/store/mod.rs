@@ -49,6 +49,8 @@ pub enum StoreError {
     Corrupt(ChunkHash),
     #[error("chunk {0} is not in the store")]
     Missing(ChunkHash),
+    #[error("manifest {0} is not in the store")]
+    UnknownManifest(ManifestId),
 }
 
 /// Content id of a manifest: blake3 of its canonical encoding.

@@ -80,6 +80,11 @@ pub struct Receiver {
 
 impl Receiver {
     pub async fn start(key: &NodeKey, trusted: &[&NodeKey], root: &Path, store_opts: StoreOptions) -> Receiver {
+        Self::start_with(key, trusted, root, store_opts, |_| {}).await
+    }
+
+    /// [`Receiver::start`] with its options changed by `tweak`.
+    pub async fn start_with(key: &NodeKey, trusted: &[&NodeKey], root: &Path, store_opts: StoreOptions, tweak: impl FnOnce(&mut ReceiveOptions)) -> Receiver {
         let store = Arc::new(open_store(&root.join("store"), store_opts).await);
         let trust = TrustSet::new(trusted.iter().map(|k| k.node_id()));
         let ep = endpoint::receiver(key, trust, "127.0.0.1:0".parse().unwrap()).unwrap();
@@ -89,6 +94,7 @@ impl Receiver {
         let images = root.join("images");
         let mut opts = ReceiveOptions::new(images.clone());
         opts.sync = false;
+        tweak(&mut opts);
         let task = tokio::spawn(serve(ep, store.clone(), opts, tx, shutdown.clone()));
         Receiver { addr, store, images, done, shutdown, task }
     }
