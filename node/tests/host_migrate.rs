@@ -140,6 +140,11 @@ fn host_migrate_redis_to_peer_and_back() {
     assert!(c.wls[0].get(&c.name).is_err(), "node1 forgot the workload");
     assert!(client.wait_batches(50, Duration::from_secs(10)), "served from node2");
     assert!(first.wire_bytes > 16 << 20, "the first hop carried the dataset: {first:?}");
+    // After a pre-copy round the final image is rebuilt on it: only changed pages are written
+    // inside the freeze (a CRIU incremental image; the restore above read through it).
+    assert!(first.precopy_rounds >= 1, "{first:?}");
+    let log = c.nodes[1].log_tail(100_000);
+    assert!(log.contains("image rebuilt on its parent"), "node2 rebuilt the final image in full:\n{log}");
 
     let back = c.migrate(1, "node1").expect("hop back");
     assert!(c.runs_on(0) && !c.runs_on(1), "runs on node1 only");

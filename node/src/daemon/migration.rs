@@ -32,6 +32,7 @@ use crate::journal::{Journal, MigrationRecord, Role};
 use crate::mesh::MeshClient;
 use crate::lan_provider;
 use crate::migrate::local::{images_root, needs_of, BookReservations, WorkloadCheckpointer, WorkloadRestorer};
+use crate::migrate::precopy_images::PrecopyImages;
 use crate::migrate::quic::{self, unhex16, QuicLink};
 use crate::migrate::source::{self, Parts, SourcePlan};
 use crate::migrate::target::TargetService;
@@ -99,6 +100,8 @@ pub fn start(
     let store = Arc::new(Store::open(&config.data_dir.join("chunks"), StoreOptions { sync: false, ..StoreOptions::default() })?);
     let mut receive = ReceiveOptions::new(config.data_dir.join("incoming"));
     receive.sync = false;
+    let precopy_images = PrecopyImages::default();
+    receive.parent = Some(precopy_images.lookup());
     let sender = hotspot_transfer::endpoint::sender(key, trust.clone(), None, bound)?;
 
     let restorer = WorkloadRestorer {
@@ -117,7 +120,7 @@ pub fn start(
     let (done_tx, done_rx) = mpsc::channel(16);
     let (ctl_tx, ctl_rx) = mpsc::channel(16);
     tasks.spawn(hotspot_transfer::serve_dispatch(receiver, store, receive, done_tx, Some(ctl_tx), cancel.clone()));
-    tasks.spawn(quic::record_images(done_rx, target.clone()));
+    tasks.spawn(quic::record_images(done_rx, target.clone(), precopy_images));
     tasks.spawn(quic::serve_control(ctl_rx, target, cancel.clone()));
     tasks.spawn(sync_trust(mesh.clone(), trust.clone(), cancel.clone()));
     info!(transfer = %bound, advertised = ?advertise, workloads = %config.workloads_dir.display(), "migration endpoint up");

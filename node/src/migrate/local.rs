@@ -103,6 +103,11 @@ pub struct WorkloadRestorer {
 
 /// Post-copy images keep almost no pages here, so their page maps are cut instead.
 fn corrupt(dir: &Path, lazy: bool) -> Result<(), BoxError> {
+    // An incremental image keeps most pages in its parent (see `hotspot_transfer::parent`).
+    let parent = dir.join(hotspot_transfer::parent::PARENT_LINK);
+    if parent.is_dir() {
+        corrupt(&parent, lazy)?;
+    }
     let victim = if lazy { "pagemap-" } else { "pages-" };
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();

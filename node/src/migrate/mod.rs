@@ -15,6 +15,7 @@ pub mod local_lazy;
 pub mod fault;
 pub mod page_relay;
 mod post_copy;
+pub mod precopy_images;
 pub mod quic;
 pub mod recovery;
 pub mod source;

@@ -5,7 +5,7 @@
 //! labelled with the migration id so the target knows which migration an image belongs to.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +22,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch, Mutex};
 use tracing::{debug, warn};
 
+use super::precopy_images::PrecopyImages;
 use super::target::{Reservations, Restorer, TargetService};
 use super::{BoxError, Progress, ShipReport, TargetLink};
 use crate::mesh::MeshClient;
@@ -315,11 +316,13 @@ async fn wait_for_image<R: Restorer, B: Reservations>(service: &TargetService<R,
     }
 }
 
-/// Records finished transfers with the target service: final images become restorable,
-/// pre-copy rounds only leave their chunks in the store (their rebuilt copy is removed).
+/// Records finished transfers with the target service: final images become restorable;
+/// pre-copy rounds leave their chunks in the store and their image, until the final round, as
+/// the parent of the final image (see [`PrecopyImages`]).
 pub async fn record_images<R: Restorer, B: Reservations>(
     mut done: mpsc::Receiver<Result<hotspot_transfer::Received, hotspot_transfer::ReceiveError>>,
     service: Arc<TargetService<R, B>>,
+    precopy: PrecopyImages,
 ) {
     while let Some(result) = done.recv().await {
         let received = match result {
@@ -330,20 +333,17 @@ pub async fn record_images<R: Restorer, B: Reservations>(
             }
         };
         match parse_image_label(&received.label) {
-            Some((migration, true)) => match service.image_received(&migration, received.path.clone()) {
-                Ok(()) => debug!(migration = %migration, path = %received.path.display(), "final image received"),
-                Err(e) => warn!(migration = %migration, error = %e, "image of an unknown migration"),
-            },
-            Some((_, false)) => remove_dir(received.path),
+            Some((migration, true)) => {
+                precopy.done(&migration);
+                match service.image_received(&migration, received.path.clone()) {
+                    Ok(()) => debug!(migration = %migration, path = %received.path.display(), "final image received"),
+                    Err(e) => warn!(migration = %migration, error = %e, "image of an unknown migration"),
+                }
+            }
+            Some((migration, false)) => precopy.keep(migration, received.path, received.manifest_id),
             None => debug!(label = %received.label, "image without a migration label kept"),
         }
     }
-}
-
-fn remove_dir(path: PathBuf) {
-    std::thread::spawn(move || {
-        let _ = std::fs::remove_dir_all(path);
-    });
 }
 
 #[cfg(test)]
