@@ -9,7 +9,8 @@ use hotspot_protocol::reservation::ReservationMessage;
 use hotspot_protocol::{decode, encode, ids, NodeAdvert, NodeId, NodeState};
 use libp2p::gossipsub::{self, MessageAcceptance, PublishError};
 use libp2p::request_response::{self, OutboundRequestId};
-use libp2p::swarm::{dial_opts::{DialOpts, PeerCondition}, SwarmEvent};
+use libp2p::core::ConnectedPoint;
+use libp2p::swarm::{dial_opts::{DialOpts, PeerCondition}, ConnectionId, SwarmEvent};
 use libp2p::{identify, identity, mdns, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -18,6 +19,7 @@ use tracing::{debug, info, warn};
 use super::advert_check::{check_advert, node_id_of, peer_id_of, Verdict};
 use super::behaviour::{advert_topic, build_swarm, Behaviour, BehaviourEvent, Envelope};
 use super::peer_table::{Admission, PeerTable};
+use super::reconnect::{ConnectionBook, Established};
 use super::{Command, MeshClient, MeshError, MeshEvent, MeshOptions, MeshStats, PeerSnapshot, Responder};
 
 /// How long a `leaving` advert is given to reach the connections before `leave()` returns.
@@ -42,6 +44,8 @@ pub(super) struct EventLoop {
     leaving: Option<(tokio::time::Instant, oneshot::Sender<()>)>,
     pending: HashMap<OutboundRequestId, (NodeId, PendingReply)>,
     invalid_counts: HashMap<PeerId, u32>,
+    /// Open connections by peer, to notice a peer that came back (see `reconnect`).
+    connections: ConnectionBook,
     stats: MeshStats,
 }
 
@@ -108,6 +112,7 @@ impl EventLoop {
             leaving: None,
             pending: HashMap::new(),
             invalid_counts: HashMap::new(),
+            connections: ConnectionBook::default(),
             stats,
         };
         this.dial_bootstrap();
@@ -278,12 +283,51 @@ impl EventLoop {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Reserve(ev)) => self.on_reserve(ev),
             SwarmEvent::NewListenAddr { address, .. } => info!(%address, "listening"),
-            SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
-                debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected")
+            SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
+                self.on_connected(peer_id, connection_id, &endpoint)
             }
-            SwarmEvent::ConnectionClosed { peer_id, cause, .. } => debug!(peer = %peer_id, ?cause, "disconnected"),
+            SwarmEvent::ConnectionClosed { peer_id, connection_id, cause, .. } => {
+                debug!(peer = %peer_id, ?cause, "disconnected");
+                if let Some(addrs) = self.connections.closed(peer_id, connection_id) {
+                    self.redial(peer_id, addrs);
+                }
+            }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => debug!(?peer_id, %error, "dial failed"),
             _ => {}
+        }
+    }
+
+    /// A peer that connects again while we still hold an older connection to it was restarted
+    /// (or lost its side of the path): gossipsub would not resend our subscription on the new
+    /// connection, so the peer is reset and dialled again once all its connections are closed.
+    fn on_connected(&mut self, peer: PeerId, id: ConnectionId, endpoint: &ConnectedPoint) {
+        let remote = endpoint.get_remote_address();
+        debug!(%peer, addr = %remote, "connected");
+        // An inbound QUIC connection comes from the peer's listening socket (libp2p-quic dials
+        // from it); an inbound TCP one from an ephemeral port nobody listens on.
+        let redial_at = match endpoint {
+            ConnectedPoint::Dialer { address, .. } => Some(address.clone()),
+            ConnectedPoint::Listener { send_back_addr, .. } => {
+                send_back_addr.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::QuicV1)).then(|| send_back_addr.clone())
+            }
+        };
+        match self.connections.established(peer, id, redial_at, Instant::now()) {
+            Established::First | Established::Simultaneous => {}
+            Established::Reconnected { older, oldest_age } => {
+                info!(%peer, addr = %remote, older, oldest_age_ms = oldest_age.as_millis() as u64,
+                    "peer connected again while older connections stayed open (restarted?); resetting it");
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
+        }
+    }
+
+    /// Dials a peer whose connections were all closed by a reset, at the address it came from
+    /// and wherever mDNS has seen it.
+    fn redial(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        info!(%peer, addrs = ?addrs, "redialling a reset peer");
+        let opts = DialOpts::peer_id(peer).condition(PeerCondition::DisconnectedAndNotDialing).addresses(addrs).build();
+        if let Err(e) = self.swarm.dial(opts) {
+            warn!(%peer, error = %e, "cannot redial a reset peer");
         }
     }
 
