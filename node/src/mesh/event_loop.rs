@@ -69,6 +69,11 @@ fn advertised_addrs<'a>(addrs: impl Iterator<Item = &'a Multiaddr>) -> Vec<Strin
     out.into_iter().map(|(_, a)| a).take(NodeAdvert::MAX_MESH_ADDRS).collect()
 }
 
+/// `addr` without a trailing `/p2p/<peer>`.
+fn without_p2p(addr: &Multiaddr) -> Multiaddr {
+    addr.iter().filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_))).collect()
+}
+
 /// The node id behind a libp2p peer id (ed25519 keys are inlined in the peer id).
 fn node_id_of_peer(peer: &PeerId) -> Option<NodeId> {
     let mh = libp2p::multihash::Multihash::<64>::from_bytes(&peer.to_bytes()).ok()?;
@@ -266,8 +271,20 @@ impl EventLoop {
     }
 
     fn expire(&mut self) {
-        for node in self.table.expire(Instant::now()) {
-            info!(peer = %node.short(), "peer timed out (no advert within the TTL)");
+        for entry in self.table.expire(Instant::now()) {
+            let node = entry.advert.node.short();
+            if !self.swarm.is_connected(&entry.peer) {
+                info!(peer = %node, "peer timed out (no advert within the TTL)");
+                continue;
+            }
+            // Connected, yet silent for a whole TTL: the gossip link is wedged (a restart the
+            // connection book could not tell from a simultaneous dial) or the peer died and its
+            // connection lingers. Either way a fresh connection is right; a dead peer's redial
+            // just fails.
+            info!(peer = %node, libp2p_peer = %entry.peer, "peer timed out while still connected; resetting it");
+            let addrs = entry.advert.mesh_addrs.iter().filter_map(|a| a.parse().ok()).collect();
+            self.connections.reset(entry.peer, addrs);
+            let _ = self.swarm.disconnect_peer_id(entry.peer);
         }
     }
 
@@ -275,6 +292,9 @@ impl EventLoop {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(ev)) => self.on_gossip(ev),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => self.on_discovered(found),
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Expired(gone))) => {
+                gone.iter().for_each(|(peer, addr)| self.connections.expired(*peer, addr))
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }))
                 if info.protocol_version != ids::IDENTIFY_PROTOCOL =>
             {
@@ -321,9 +341,13 @@ impl EventLoop {
         }
     }
 
-    /// Dials a peer whose connections were all closed by a reset, at the address it came from
-    /// and wherever mDNS has seen it.
+    /// Dials a peer whose connections were all closed by a reset, where its connections came
+    /// from and wherever mDNS saw it. Not through the behaviours' address lists: identify keeps
+    /// the peer's loopback addresses, and when peers share a port number a dial there reaches
+    /// this very node, fails with "unexpected peer id" and takes the whole dial down with it.
     fn redial(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        let own: Vec<Multiaddr> = self.swarm.listeners().cloned().collect();
+        let addrs: Vec<Multiaddr> = addrs.into_iter().filter(|a| !own.contains(&without_p2p(a))).collect();
         info!(%peer, addrs = ?addrs, "redialling a reset peer");
         let opts = DialOpts::peer_id(peer).condition(PeerCondition::DisconnectedAndNotDialing).addresses(addrs).build();
         if let Err(e) = self.swarm.dial(opts) {
@@ -334,6 +358,7 @@ impl EventLoop {
     fn on_discovered(&mut self, found: Vec<(PeerId, Multiaddr)>) {
         let mut by_peer: BTreeMap<PeerId, Vec<Multiaddr>> = BTreeMap::new();
         for (peer, addr) in found {
+            self.connections.discovered(peer, addr.clone());
             by_peer.entry(peer).or_default().push(addr);
         }
         for (peer, addrs) in by_peer {
