@@ -1,7 +1,9 @@
 //! The one task that owns the libp2p swarm. Commands come in on a bounded channel and are
 //! answered on `oneshot`s; outbound reservation requests wait in `pending`, keyed by request id.
 
-use std::collections::{BTreeMap, HashMap};
+mod links;
+
+use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
@@ -9,8 +11,7 @@ use hotspot_protocol::reservation::ReservationMessage;
 use hotspot_protocol::{decode, encode, ids, NodeAdvert, NodeId, NodeState};
 use libp2p::gossipsub::{self, MessageAcceptance, PublishError};
 use libp2p::request_response::{self, OutboundRequestId};
-use libp2p::core::ConnectedPoint;
-use libp2p::swarm::{dial_opts::{DialOpts, PeerCondition}, ConnectionId, SwarmEvent};
+use libp2p::swarm::SwarmEvent;
 use libp2p::{identify, identity, mdns, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -19,7 +20,7 @@ use tracing::{debug, info, warn};
 use super::advert_check::{check_advert, node_id_of, peer_id_of, Verdict};
 use super::behaviour::{advert_topic, build_swarm, Behaviour, BehaviourEvent, Envelope};
 use super::peer_table::{Admission, PeerTable};
-use super::reconnect::{ConnectionBook, Established};
+use super::reconnect::ConnectionBook;
 use super::{Command, MeshClient, MeshError, MeshEvent, MeshOptions, MeshStats, PeerSnapshot, Responder};
 
 /// How long a `leaving` advert is given to reach the connections before `leave()` returns.
@@ -67,11 +68,6 @@ fn advertised_addrs<'a>(addrs: impl Iterator<Item = &'a Multiaddr>) -> Vec<Strin
     out.sort();
     out.dedup();
     out.into_iter().map(|(_, a)| a).take(NodeAdvert::MAX_MESH_ADDRS).collect()
-}
-
-/// `addr` without a trailing `/p2p/<peer>`.
-fn without_p2p(addr: &Multiaddr) -> Multiaddr {
-    addr.iter().filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_))).collect()
 }
 
 /// The node id behind a libp2p peer id (ed25519 keys are inlined in the peer id).
@@ -164,14 +160,6 @@ impl EventLoop {
             let _ = reply.send(Err(MeshError::Stopped));
         }
         info!("mesh stopped");
-    }
-
-    fn dial_bootstrap(&mut self) {
-        for addr in self.opts.bootstrap.clone() {
-            if let Err(e) = self.swarm.dial(addr.clone()) {
-                warn!(%addr, error = %e, "cannot dial bootstrap peer");
-            }
-        }
     }
 
     fn on_command(&mut self, cmd: Command) {
@@ -270,24 +258,6 @@ impl EventLoop {
         }
     }
 
-    fn expire(&mut self) {
-        for entry in self.table.expire(Instant::now()) {
-            let node = entry.advert.node.short();
-            if !self.swarm.is_connected(&entry.peer) {
-                info!(peer = %node, "peer timed out (no advert within the TTL)");
-                continue;
-            }
-            // Connected, yet silent for a whole TTL: the gossip link is wedged (a restart the
-            // connection book could not tell from a simultaneous dial) or the peer died and its
-            // connection lingers. Either way a fresh connection is right; a dead peer's redial
-            // just fails.
-            info!(peer = %node, libp2p_peer = %entry.peer, "peer timed out while still connected; resetting it");
-            let addrs = entry.advert.mesh_addrs.iter().filter_map(|a| a.parse().ok()).collect();
-            self.connections.reset(entry.peer, addrs);
-            let _ = self.swarm.disconnect_peer_id(entry.peer);
-        }
-    }
-
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(ev)) => self.on_gossip(ev),
@@ -308,67 +278,10 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionClosed { peer_id, connection_id, cause, .. } => {
                 debug!(peer = %peer_id, ?cause, "disconnected");
-                if let Some(addrs) = self.connections.closed(peer_id, connection_id) {
-                    self.redial(peer_id, addrs);
-                }
+                self.on_closed(peer_id, connection_id);
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => debug!(?peer_id, %error, "dial failed"),
             _ => {}
-        }
-    }
-
-    /// A peer that connects again while we still hold an older connection to it was restarted
-    /// (or lost its side of the path): gossipsub would not resend our subscription on the new
-    /// connection, so the peer is reset and dialled again once all its connections are closed.
-    fn on_connected(&mut self, peer: PeerId, id: ConnectionId, endpoint: &ConnectedPoint) {
-        let remote = endpoint.get_remote_address();
-        debug!(%peer, addr = %remote, "connected");
-        // An inbound QUIC connection comes from the peer's listening socket (libp2p-quic dials
-        // from it); an inbound TCP one from an ephemeral port nobody listens on.
-        let redial_at = match endpoint {
-            ConnectedPoint::Dialer { address, .. } => Some(address.clone()),
-            ConnectedPoint::Listener { send_back_addr, .. } => {
-                send_back_addr.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::QuicV1)).then(|| send_back_addr.clone())
-            }
-        };
-        match self.connections.established(peer, id, redial_at, Instant::now()) {
-            Established::First | Established::Simultaneous => {}
-            Established::Reconnected { older, oldest_age } => {
-                info!(%peer, addr = %remote, older, oldest_age_ms = oldest_age.as_millis() as u64,
-                    "peer connected again while older connections stayed open (restarted?); resetting it");
-                let _ = self.swarm.disconnect_peer_id(peer);
-            }
-        }
-    }
-
-    /// Dials a peer whose connections were all closed by a reset, where its connections came
-    /// from and wherever mDNS saw it. Not through the behaviours' address lists: identify keeps
-    /// the peer's loopback addresses, and when peers share a port number a dial there reaches
-    /// this very node, fails with "unexpected peer id" and takes the whole dial down with it.
-    fn redial(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
-        let own: Vec<Multiaddr> = self.swarm.listeners().cloned().collect();
-        let addrs: Vec<Multiaddr> = addrs.into_iter().filter(|a| !own.contains(&without_p2p(a))).collect();
-        info!(%peer, addrs = ?addrs, "redialling a reset peer");
-        let opts = DialOpts::peer_id(peer).condition(PeerCondition::DisconnectedAndNotDialing).addresses(addrs).build();
-        if let Err(e) = self.swarm.dial(opts) {
-            warn!(%peer, error = %e, "cannot redial a reset peer");
-        }
-    }
-
-    fn on_discovered(&mut self, found: Vec<(PeerId, Multiaddr)>) {
-        let mut by_peer: BTreeMap<PeerId, Vec<Multiaddr>> = BTreeMap::new();
-        for (peer, addr) in found {
-            self.connections.discovered(peer, addr.clone());
-            by_peer.entry(peer).or_default().push(addr);
-        }
-        for (peer, addrs) in by_peer {
-            if peer == *self.swarm.local_peer_id() || self.swarm.is_connected(&peer) {
-                continue;
-            }
-            debug!(%peer, "discovered via mDNS; dialling");
-            if let Err(e) = self.swarm.dial(DialOpts::peer_id(peer).addresses(addrs).build()) {
-                debug!(%peer, error = %e, "cannot dial discovered peer");
-            }
         }
     }
 
@@ -412,20 +325,6 @@ impl EventLoop {
                 self.republish_at.get_or_insert_with(|| tokio::time::Instant::now() + WELCOME_DELAY);
             }
             _ => {}
-        }
-    }
-
-    /// Dials a peer we know only through gossip at the addresses its advert lists: reservation
-    /// requests go straight to a node, and without mDNS (bootstrap-only networks) the mesh would
-    /// otherwise be a star in which a source can reach only its bootstrap peer.
-    fn connect_to_advertised(&mut self, peer: PeerId, addrs: &[String]) {
-        if self.swarm.is_connected(&peer) || addrs.is_empty() || self.swarm.connected_peers().count() >= self.opts.max_peers {
-            return;
-        }
-        let addrs: Vec<Multiaddr> = addrs.iter().filter_map(|a| a.parse().ok()).collect();
-        let opts = DialOpts::peer_id(peer).condition(PeerCondition::DisconnectedAndNotDialing).addresses(addrs).build();
-        if let Err(e) = self.swarm.dial(opts) {
-            debug!(%peer, error = %e, "cannot dial advertised peer");
         }
     }
 

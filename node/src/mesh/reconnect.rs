@@ -11,8 +11,13 @@
 //! closed) and dialled again once the last one is gone: a fresh first connection on both sides.
 //!
 //! Two connections within [`SIMULTANEOUS_DIAL`] of each other are both sides dialling at once
-//! (mDNS finds both at the same time): both live, nothing to do. Pure bookkeeping, no sockets
-//! and no clocks (time is passed in); the event loop acts on the answers.
+//! (mDNS finds both at the same time): both live, nothing to do. A restart that falls inside
+//! that window is caught later by the event loop's watchdog: a peer whose advert timed out while
+//! we are still connected to it is reset the same way ([`ConnectionBook::reset`]).
+//!
+//! The redial goes where the peer's connections came from, where mDNS last saw it (a restart on
+//! new ports) and, for a watchdog reset, the addresses of its last advert. Pure bookkeeping, no
+//! sockets and no clocks (time is passed in); the event loop acts on the answers.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
