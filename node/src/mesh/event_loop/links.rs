@@ -73,6 +73,9 @@ impl EventLoop {
     /// the peer's loopback addresses, and when peers share a port number a dial there reaches
     /// this very node, fails with "unexpected peer id" and takes the whole dial down with it.
     pub(super) fn redial(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        if self.swarm.is_connected(&peer) {
+            return debug!(%peer, "reset peer already connected again");
+        }
         let own: Vec<Multiaddr> = self.swarm.listeners().cloned().collect();
         let addrs: Vec<Multiaddr> = addrs.into_iter().filter(|a| !own.contains(&without_p2p(a))).collect();
         info!(%peer, addrs = ?addrs, "redialling a reset peer");
