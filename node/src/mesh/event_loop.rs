@@ -1,7 +1,9 @@
 //! The one task that owns the libp2p swarm. Commands come in on a bounded channel and are
 //! answered on `oneshot`s; outbound reservation requests wait in `pending`, keyed by request id.
 
-use std::collections::{BTreeMap, HashMap};
+mod links;
+
+use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
@@ -9,7 +11,7 @@ use hotspot_protocol::reservation::ReservationMessage;
 use hotspot_protocol::{decode, encode, ids, NodeAdvert, NodeId, NodeState};
 use libp2p::gossipsub::{self, MessageAcceptance, PublishError};
 use libp2p::request_response::{self, OutboundRequestId};
-use libp2p::swarm::{dial_opts::{DialOpts, PeerCondition}, SwarmEvent};
+use libp2p::swarm::SwarmEvent;
 use libp2p::{identify, identity, mdns, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -18,6 +20,7 @@ use tracing::{debug, info, warn};
 use super::advert_check::{check_advert, node_id_of, peer_id_of, Verdict};
 use super::behaviour::{advert_topic, build_swarm, Behaviour, BehaviourEvent, Envelope};
 use super::peer_table::{Admission, PeerTable};
+use super::reconnect::ConnectionBook;
 use super::{Command, MeshClient, MeshError, MeshEvent, MeshOptions, MeshStats, PeerSnapshot, Responder};
 
 /// How long a `leaving` advert is given to reach the connections before `leave()` returns.
@@ -42,6 +45,8 @@ pub(super) struct EventLoop {
     leaving: Option<(tokio::time::Instant, oneshot::Sender<()>)>,
     pending: HashMap<OutboundRequestId, (NodeId, PendingReply)>,
     invalid_counts: HashMap<PeerId, u32>,
+    /// Open connections by peer, to notice a peer that came back (see `reconnect`).
+    connections: ConnectionBook,
     stats: MeshStats,
 }
 
@@ -108,6 +113,7 @@ impl EventLoop {
             leaving: None,
             pending: HashMap::new(),
             invalid_counts: HashMap::new(),
+            connections: ConnectionBook::default(),
             stats,
         };
         this.dial_bootstrap();
@@ -154,14 +160,6 @@ impl EventLoop {
             let _ = reply.send(Err(MeshError::Stopped));
         }
         info!("mesh stopped");
-    }
-
-    fn dial_bootstrap(&mut self) {
-        for addr in self.opts.bootstrap.clone() {
-            if let Err(e) = self.swarm.dial(addr.clone()) {
-                warn!(%addr, error = %e, "cannot dial bootstrap peer");
-            }
-        }
     }
 
     fn on_command(&mut self, cmd: Command) {
@@ -260,16 +258,13 @@ impl EventLoop {
         }
     }
 
-    fn expire(&mut self) {
-        for node in self.table.expire(Instant::now()) {
-            info!(peer = %node.short(), "peer timed out (no advert within the TTL)");
-        }
-    }
-
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(ev)) => self.on_gossip(ev),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => self.on_discovered(found),
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Expired(gone))) => {
+                gone.iter().for_each(|(peer, addr)| self.connections.expired(*peer, addr))
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }))
                 if info.protocol_version != ids::IDENTIFY_PROTOCOL =>
             {
@@ -278,28 +273,15 @@ impl EventLoop {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Reserve(ev)) => self.on_reserve(ev),
             SwarmEvent::NewListenAddr { address, .. } => info!(%address, "listening"),
-            SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
-                debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected")
+            SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
+                self.on_connected(peer_id, connection_id, &endpoint)
             }
-            SwarmEvent::ConnectionClosed { peer_id, cause, .. } => debug!(peer = %peer_id, ?cause, "disconnected"),
+            SwarmEvent::ConnectionClosed { peer_id, connection_id, cause, .. } => {
+                debug!(peer = %peer_id, ?cause, "disconnected");
+                self.on_closed(peer_id, connection_id);
+            }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => debug!(?peer_id, %error, "dial failed"),
             _ => {}
-        }
-    }
-
-    fn on_discovered(&mut self, found: Vec<(PeerId, Multiaddr)>) {
-        let mut by_peer: BTreeMap<PeerId, Vec<Multiaddr>> = BTreeMap::new();
-        for (peer, addr) in found {
-            by_peer.entry(peer).or_default().push(addr);
-        }
-        for (peer, addrs) in by_peer {
-            if peer == *self.swarm.local_peer_id() || self.swarm.is_connected(&peer) {
-                continue;
-            }
-            debug!(%peer, "discovered via mDNS; dialling");
-            if let Err(e) = self.swarm.dial(DialOpts::peer_id(peer).addresses(addrs).build()) {
-                debug!(%peer, error = %e, "cannot dial discovered peer");
-            }
         }
     }
 
@@ -343,20 +325,6 @@ impl EventLoop {
                 self.republish_at.get_or_insert_with(|| tokio::time::Instant::now() + WELCOME_DELAY);
             }
             _ => {}
-        }
-    }
-
-    /// Dials a peer we know only through gossip at the addresses its advert lists: reservation
-    /// requests go straight to a node, and without mDNS (bootstrap-only networks) the mesh would
-    /// otherwise be a star in which a source can reach only its bootstrap peer.
-    fn connect_to_advertised(&mut self, peer: PeerId, addrs: &[String]) {
-        if self.swarm.is_connected(&peer) || addrs.is_empty() || self.swarm.connected_peers().count() >= self.opts.max_peers {
-            return;
-        }
-        let addrs: Vec<Multiaddr> = addrs.iter().filter_map(|a| a.parse().ok()).collect();
-        let opts = DialOpts::peer_id(peer).condition(PeerCondition::DisconnectedAndNotDialing).addresses(addrs).build();
-        if let Err(e) = self.swarm.dial(opts) {
-            debug!(%peer, error = %e, "cannot dial advertised peer");
         }
     }
 

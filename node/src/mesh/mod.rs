@@ -8,11 +8,13 @@
 //! - [`behaviour`]: the libp2p behaviours (gossipsub, mDNS, identify, request-response, block list).
 //! - [`advert_check`]: validation of incoming adverts before they may spread.
 //! - [`peer_table`]: newest advert per peer, with expiry.
+//! - [`reconnect`]: noticing a peer that came back while its old connection lingers.
 
 pub mod advert_check;
 pub mod behaviour;
 mod event_loop;
 pub mod peer_table;
+pub mod reconnect;
 
 use std::time::Duration;
 

@@ -76,18 +76,15 @@ impl PeerTable {
         admission
     }
 
-    /// Forgets entries not refreshed within the TTL; returns the live nodes that timed out.
-    pub fn expire(&mut self, now: Instant) -> Vec<NodeId> {
+    /// Forgets entries not refreshed within the TTL; returns the live ones that timed out.
+    pub fn expire(&mut self, now: Instant) -> Vec<PeerEntry> {
         let ttl = self.ttl;
-        let mut timed_out = Vec::new();
-        self.entries.retain(|node, e| {
-            let alive = now.saturating_duration_since(e.received_at) < ttl;
-            if !alive && e.advert.state != NodeState::Leaving {
-                timed_out.push(*node);
-            }
-            alive
-        });
-        timed_out
+        let (expired, kept) = std::mem::take(&mut self.entries)
+            .into_iter()
+            .partition(|(_, e)| now.saturating_duration_since(e.received_at) >= ttl);
+        self.entries = kept;
+        let expired: HashMap<NodeId, PeerEntry> = expired;
+        expired.into_values().filter(|e| e.advert.state != NodeState::Leaving).collect()
     }
 
     /// Live peers (not leaving, not expired), ordered by node id.
@@ -146,7 +143,8 @@ mod tests {
         t.admit(advert(1, 1, NodeState::Healthy), PeerId::random(), start, 0);
         t.admit(advert(2, 1, NodeState::Healthy), PeerId::random(), start + Duration::from_secs(3), 0);
         assert!(t.expire(start + Duration::from_millis(4999)).is_empty());
-        assert_eq!(t.expire(start + Duration::from_secs(5)), vec![NodeId([1; 32])]);
+        let expired: Vec<NodeId> = t.expire(start + Duration::from_secs(5)).into_iter().map(|e| e.advert.node).collect();
+        assert_eq!(expired, vec![NodeId([1; 32])]);
         assert_eq!(t.live().len(), 1);
     }
 
