@@ -221,11 +221,21 @@ async fn run(
     tracing::debug!(ms = start.elapsed().as_millis() as u64, "offer read");
     let (files, bytes, label) = (manifest.files.len(), manifest.total_bytes(), manifest.label.clone());
     let manifest = Arc::new(manifest);
-    let (st, m) = (store.clone(), manifest.clone());
-    let (manifest_id, missing) = tokio::task::spawn_blocking(move || st.register(&m)).await.map_err(task_err)??;
+    let (st, m, images) = (store.clone(), manifest.clone(), opts.images_dir.clone());
+    // Registering (index writes) and laying out the image files are independent: one core each.
+    let (registered, writer) = tokio::task::spawn_blocking(move || {
+        let id = ManifestId::of(&m);
+        std::thread::scope(|s| {
+            let writer = s.spawn(|| ImageWriter::create(&m, &images.join(id.to_string())));
+            let registered = st.register_as(&m, id);
+            (registered, writer.join().unwrap_or_else(|_| Err(RebuildError::Io { path: images.clone(), source: std::io::Error::other("image layout thread panicked") })))
+        })
+    })
+    .await
+    .map_err(task_err)?;
+    let (manifest_id, missing) = registered?;
+    let writer = Arc::new(writer?);
     let dest = opts.images_dir.join(manifest_id.to_string());
-    let (m, d) = (manifest.clone(), dest.clone());
-    let writer = Arc::new(tokio::task::spawn_blocking(move || ImageWriter::create(&m, &d)).await.map_err(task_err)??);
     let _discard = DiscardOnDrop(writer.clone());
     tracing::info!(manifest = %manifest_id, files, bytes, missing = missing.len(), ms = start.elapsed().as_millis() as u64, "offer registered");
 

@@ -221,7 +221,11 @@ impl Store {
     /// Pins `manifest` (once per distinct manifest: re-registering is a no-op, which is what
     /// makes a resumed transfer cheap) and returns its id and the distinct chunks not present.
     pub fn register(&self, manifest: &ImageManifest) -> Result<(ManifestId, Vec<ChunkHash>), StoreError> {
-        let id = ManifestId::of(manifest);
+        self.register_as(manifest, ManifestId::of(manifest))
+    }
+
+    /// [`Store::register`] with the manifest's id already computed (`ManifestId::of(manifest)`).
+    pub fn register_as(&self, manifest: &ImageManifest, id: ManifestId) -> Result<(ManifestId, Vec<ChunkHash>), StoreError> {
         let _w = lock(&self.writer);
         if !self.index.contains_key(manifest_key(&id))? {
             let rec = ManifestRecord { v: RECORD_VERSION, complete: false, manifest: manifest.clone() };
