@@ -12,7 +12,7 @@
 //! and the manifest size: the data behind `chunker::DEFAULT_PAGE_CHUNK_BYTES`.
 //!
 //! Knobs for profiling (defaults are the measurement): `HOTSPOT_BENCH_TRANSFER_MIB`
-//! (redis data size, 1024), `HOTSPOT_BENCH_TRANSFER_RUNS` (3), `HOTSPOT_BENCH_TRANSFER_TABLE=0`
+//! (redis data size, 1024), `HOTSPOT_BENCH_TRANSFER_RUNS` (5), `HOTSPOT_BENCH_TRANSFER_TABLE=0`
 //! (skip the chunk-size table), `HOTSPOT_BENCH_TRANSFER_DUMPS=DIR` (keep the two dumps in DIR and
 //! reuse them on the next run), `RUST_LOG=hotspot_transfer=debug` (stage timings).
 
@@ -42,7 +42,7 @@ fn main() {
     if std::env::var_os("RUST_LOG").is_some() {
         tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
     }
-    let (target_bytes, runs) = (env_u64("HOTSPOT_BENCH_TRANSFER_MIB", 1024) << 20, env_u64("HOTSPOT_BENCH_TRANSFER_RUNS", 3).max(1) as usize);
+    let (target_bytes, runs) = (env_u64("HOTSPOT_BENCH_TRANSFER_MIB", 1024) << 20, env_u64("HOTSPOT_BENCH_TRANSFER_RUNS", 5).max(1) as usize);
     let work = tempfile::Builder::new().prefix("hotspot-bench-transfer").tempdir_in("/var/tmp").unwrap();
     let dumps = std::env::var_os("HOTSPOT_BENCH_TRANSFER_DUMPS").map_or_else(|| work.path().to_path_buf(), PathBuf::from);
     let (d1, d2) = (dumps.join("dump1"), dumps.join("dump2"));
@@ -55,9 +55,28 @@ fn main() {
         redis.churn(&mut rng, &keys);
         criu_dump(redis.pid, &d2);
     }
+    // Sender and receiver share one kernel here. Fresh dumps leave ~2.4 GB of dirty page cache
+    // whose writeback would throttle the receiver's writes (ours and the baseline's alike, but
+    // by how much depends on which runs first); on two machines the receiver never sees the
+    // sender's dirty pages. Start every comparison from clean page cache.
+    unsafe { libc::sync() };
     let image_bytes = dir_bytes(&d1);
     println!("image 1: {} MiB, image 2: {} MiB", image_bytes >> 20, dir_bytes(&d2) >> 20);
 
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let (mut ours, mut base) = (Vec::new(), Vec::new());
+    for run in 0..runs {
+        let out = work.path().join(format!("rx-{run}"));
+        let t = rt.block_on(ours_once(&out, &[&d1])).0;
+        std::fs::remove_dir_all(&out).unwrap();
+        let b = baseline_once(&d1, &work.path().join(format!("base-{run}")));
+        println!("run {run}: ours {:.3} s, baseline {:.3} s", t.as_secs_f64(), b.as_secs_f64());
+        ours.push(t);
+        base.push(b);
+    }
+    let (ours, base) = (median(ours), median(base));
+    // Informational, and after the timed runs: hashing both dumps five times over leaves the
+    // process and page cache in a state that slowed the runs that followed it by up to 40 %.
     println!("{:>9} {:>9} {:>10} {:>14} {:>12} {:>12}", "chunk_kib", "chunks", "unshared%", "manifest_bytes", "manifest_zst", "wire_est%");
     let table: &[u64] = if env_u64("HOTSPOT_BENCH_TRANSFER_TABLE", 1) == 0 { &[] } else { &[4, 8, 16, 32, 64] };
     for &kib in table {
@@ -80,18 +99,6 @@ fn main() {
         );
     }
 
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let (mut ours, mut base) = (Vec::new(), Vec::new());
-    for run in 0..runs {
-        let out = work.path().join(format!("rx-{run}"));
-        let t = rt.block_on(ours_once(&out, &[&d1])).0;
-        std::fs::remove_dir_all(&out).unwrap();
-        let b = baseline_once(&d1, &work.path().join(format!("base-{run}")));
-        println!("run {run}: ours {:.3} s, baseline {:.3} s", t.as_secs_f64(), b.as_secs_f64());
-        ours.push(t);
-        base.push(b);
-    }
-    let (ours, base) = (median(ours), median(base));
     let (_, reports) = rt.block_on(ours_once(&work.path().join("hop"), &[&d1, &d2]));
     let second = &reports[1];
     // Both directions count: the manifest and chunks out, the receiver's wants and acks back.
