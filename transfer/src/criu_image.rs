@@ -158,6 +158,29 @@ fn varint(body: &mut &[u8]) -> Option<u64> {
     None
 }
 
+fn push_varint(out: &mut Vec<u8>, mut value: u64) {
+    loop {
+        let b = (value & 0x7f) as u8;
+        value >>= 7;
+        out.push(if value == 0 { b } else { b | 0x80 });
+        if value == 0 {
+            break;
+        }
+    }
+}
+
+/// Appends one length-prefixed `pagemap_entry { vaddr = 1, compat_nr_pages = 2 (0, as CRIU 4
+/// writes it), flags = 4, nr_pages = 5 }`: what [`parse_pagemap`] reads back as `run`.
+pub fn push_pagemap_entry(out: &mut Vec<u8>, run: &PageRun) {
+    let mut body = Vec::with_capacity(24);
+    for (field, value) in [(1u8, run.vaddr), (2, 0), (4, run.flags as u64), (5, run.nr_pages)] {
+        body.push(field << 3);
+        push_varint(&mut body, value);
+    }
+    out.extend((body.len() as u32).to_le_bytes());
+    out.extend(body);
+}
+
 /// Cuts the page data of `pagemap` into chunks whose boundaries sit at multiples of `chunk_bytes`
 /// in the process's *virtual address space* (and at run ends). A page that did not change keeps
 /// its chunk's hash even when runs before it grew or shrank, which file-offset cutting loses.
@@ -186,15 +209,7 @@ mod tests {
         let mut body = Vec::new();
         for &(n, v) in fields {
             body.push(n << 3);
-            let mut v = v;
-            loop {
-                let b = (v & 0x7f) as u8;
-                v >>= 7;
-                body.push(if v == 0 { b } else { b | 0x80 });
-                if v == 0 {
-                    break;
-                }
-            }
+            push_varint(&mut body, v);
         }
         let mut out = (body.len() as u32).to_le_bytes().to_vec();
         out.extend(body);

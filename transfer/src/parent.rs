@@ -180,7 +180,7 @@ fn rewrite_pagemap(original: &[u8], pagemap: &Pagemap, chunks: &[ChunkRef], in_p
     let mut piece = pieces.next();
     for run in &pagemap.runs {
         if !run.in_pages_file() {
-            push_entry(&mut out, run);
+            criu_image::push_pagemap_entry(&mut out, run);
             continue;
         }
         let (mut vaddr, end) = (run.vaddr, run.vaddr + run.nr_pages * PAGE_SIZE);
@@ -193,7 +193,7 @@ fn rewrite_pagemap(original: &[u8], pagemap: &Pagemap, chunks: &[ChunkRef], in_p
                 Some(o) if o.flags == flags => o.nr_pages += take / PAGE_SIZE,
                 _ => {
                     if let Some(o) = open.take() {
-                        push_entry(&mut out, &o);
+                        criu_image::push_pagemap_entry(&mut out, &o);
                     }
                     open = Some(PageRun { vaddr, nr_pages: take / PAGE_SIZE, flags });
                 }
@@ -205,30 +205,10 @@ fn rewrite_pagemap(original: &[u8], pagemap: &Pagemap, chunks: &[ChunkRef], in_p
             }
         }
         if let Some(o) = open.take() {
-            push_entry(&mut out, &o);
+            criu_image::push_pagemap_entry(&mut out, &o);
         }
     }
     out
-}
-
-/// One `pagemap_entry { vaddr = 1, compat_nr_pages = 2 (0, as CRIU writes it), flags = 4,
-/// nr_pages = 5 }`, length-prefixed.
-fn push_entry(out: &mut Vec<u8>, run: &PageRun) {
-    let mut body = Vec::with_capacity(24);
-    for (field, value) in [(1u8, run.vaddr), (2, 0), (4, run.flags as u64), (5, run.nr_pages)] {
-        body.push(field << 3);
-        let mut v = value;
-        loop {
-            let b = (v & 0x7f) as u8;
-            v >>= 7;
-            body.push(if v == 0 { b } else { b | 0x80 });
-            if v == 0 {
-                break;
-            }
-        }
-    }
-    out.extend((body.len() as u32).to_le_bytes());
-    out.extend(body);
 }
 
 #[cfg(test)]
