@@ -7,7 +7,8 @@
 //! memory paged in from the source after), then naive moves. Medians; last line
 //! `migrate gap_ms_1g=<n> total_ratio_vs_naive=<n> second_hop_wire_pct=<n> gap_ms_1g_postcopy=<n>`
 //! (the `_1g` figures are those of the last size run).
-//! `MIGRATE_BENCH_SIZES_MIB` (default "64,1024") and `MIGRATE_BENCH_NAIVE_RUNS` (default 2) tune it.
+//! `MIGRATE_BENCH_SIZES_MIB` (default "64,1024") and `MIGRATE_BENCH_NAIVE_RUNS` (default 2) tune it;
+//! `MIGRATE_BENCH_KEEP_LOGS=DIR` keeps the daemons' logs (a timeline of every hop).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -196,6 +197,15 @@ fn bench_size(bin: &Path, criu: &Criu, mib: u64, naive_runs: usize, subnet: u32)
         r.naive_totals_ms.push(total);
     }
     drop((a, b));
+    // For a timeline of each hop: `MIGRATE_BENCH_KEEP_LOGS=DIR` keeps the daemons' logs.
+    if let Some(keep) = std::env::var_os("MIGRATE_BENCH_KEEP_LOGS") {
+        let dest = Path::new(&keep).join(format!("{mib}mib"));
+        let _ = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("mkdir -p '{0}' && cd '{1}' && find . -name '*.log' -size -64M -exec cp --parents {{}} '{0}' \\;", dest.display(), root.display()))
+            .status();
+        eprintln!("[{mib} MiB] daemon logs kept in {}", dest.display());
+    }
     r
 }
 
