@@ -99,7 +99,8 @@ fn source_crash_recovers(test: &str, point: &str, expect_on: usize) {
     std::thread::sleep(Duration::from_secs(2)); // nothing else may come up after that
     assert!(c.client_batches() > 0);
     let client = c.client_batches();
-    lab::wait_until("the client to be served again", Duration::from_secs(60), || c.client_batches() > client + 20).unwrap();
+    lab::wait_until("the client to be served again", Duration::from_secs(60), || c.client_batches() > client + 20)
+        .unwrap_or_else(|e| panic!("{e}\n{}", daemon_logs(&c)));
     assert_exactly_once_on(&mut c, expect_on);
 }
 
