@@ -14,7 +14,7 @@ use hotspot_protocol::handoff::{TargetPhase, TargetReport};
 use hotspot_protocol::migration::{MigrationId, MigrationMessage, WorkloadSpec};
 use hotspot_protocol::reservation::ReservationId;
 use hotspot_protocol::NodeId;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::source::now_ms;
 use super::BoxError;
@@ -145,6 +145,12 @@ impl<R: Restorer, B: Reservations> TargetService<R, B> {
             M::Commit { .. } => match phase {
                 Some(TargetPhase::Running) => {
                     self.journal.remove(&id).map_err(j)?;
+                    // The workload runs from memory now (a post-copy source commits only after
+                    // the last page arrived): the image would only pin its chunks in the store.
+                    if let Some(dir) = existing.and_then(|r| r.image_dir) {
+                        debug!(migration = %id, dir = %dir.display(), "removing the restored image");
+                        super::precopy_images::remove_dir(dir);
+                    }
                     M::Ack { migration: id }
                 }
                 _ => refuse(id, ErrorCode::BadRequest, "commit of a migration that is not running here"),

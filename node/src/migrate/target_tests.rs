@@ -74,16 +74,18 @@ fn service(book: &Book) -> (tempfile::TempDir, TargetService<&Book, &Book>) {
 #[tokio::test]
 async fn full_handoff_is_idempotent() {
     let book = Book::default();
-    let (_d, svc) = service(&book);
+    let (d, svc) = service(&book);
+    let image = d.path().join("images").join("x");
+    std::fs::create_dir_all(&image).unwrap();
     assert_eq!(svc.handle(&SOURCE, offer()).await, M::Accept { migration: MID });
     assert_eq!(svc.handle(&SOURCE, offer()).await, M::Accept { migration: MID }, "repeated offer");
     // Restore before the image arrived is refused, not attempted.
     assert!(matches!(svc.handle(&SOURCE, M::Restore { migration: MID, transfer_id: [0; 16] }).await, M::Refuse { .. }));
-    svc.image_received(&MID, "/images/x".into()).unwrap();
+    svc.image_received(&MID, image.clone()).unwrap();
     assert_eq!(svc.handle(&SOURCE, M::Restore { migration: MID, transfer_id: [0; 16] }).await, M::Restored { migration: MID, pid: 4242 });
     // A lost reply: asking again does not restore twice.
     assert!(matches!(svc.handle(&SOURCE, M::Restore { migration: MID, transfer_id: [0; 16] }).await, M::Restored { .. }));
-    assert_eq!(book.log(), ["restore redis from /images/x", "commit reservation"]);
+    assert_eq!(book.log(), [format!("restore redis from {}", image.display()), "commit reservation".to_string()]);
     assert_eq!(
         svc.handle(&SOURCE, M::Status { migration: MID }).await,
         M::StatusReply { migration: MID, report: TargetReport::Phase(TargetPhase::Running) }
@@ -91,6 +93,14 @@ async fn full_handoff_is_idempotent() {
     assert!(matches!(svc.handle(&SOURCE, M::Abort { migration: MID, reason: "x".into() }).await, M::Refuse { .. }), "no abort once running");
     assert_eq!(svc.handle(&SOURCE, M::Commit { migration: MID }).await, M::Ack { migration: MID });
     assert_eq!(svc.handle(&SOURCE, M::Status { migration: MID }).await, M::StatusReply { migration: MID, report: TargetReport::Unknown });
+    // The committed image is removed (on a thread): it would only pin its chunks in the store.
+    for _ in 0..200 {
+        if !image.exists() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(!image.exists(), "the restored image was removed after the commit");
 }
 
 #[tokio::test]
