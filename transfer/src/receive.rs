@@ -252,7 +252,9 @@ async fn run(
     let data_guard = AbortOnDrop(data_task);
 
     let (mut chunks_received, mut bytes_received, mut rejected) = (0u64, 0u64, 0u64);
-    let mut incremental = None;
+    // Tried once: a failed incremental rebuild falls back to the full one, which may loop to
+    // fetch chunks the store lost.
+    let (mut incremental, mut tried_parent) = (None, false);
     loop {
         while !outstanding.is_empty() {
             match events.recv().await {
@@ -273,7 +275,8 @@ async fn run(
             }
         }
         tracing::debug!(ms = start.elapsed().as_millis() as u64, "all wanted chunks stored");
-        if incremental.is_none() {
+        if !tried_parent {
+            tried_parent = true;
             incremental = on_parent(&opts, &label, &store, &manifest, &dest).await;
             if incremental.is_some() {
                 break;
