@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use hotspot_protocol::manifest::{ChunkHash, ChunkRef, ImageManifest, ManifestFile};
 
 use crate::criu_image::{self, PageRun, Pagemap, PAGE_SIZE, PE_PARENT, PE_PRESENT};
-use crate::rebuild::{ImageWriter, RebuildError};
+use crate::rebuild::{io_err, ImageWriter, RebuildError};
 use crate::store::Store;
 
 /// Name CRIU looks for in an image directory (`CR_PARENT_LINK`).
@@ -96,10 +96,6 @@ pub fn rebuild_on_parent(store: &Store, manifest: &ImageManifest, parent: &Path,
             Err(e)
         }
     }
-}
-
-fn io_err(path: &Path, source: std::io::Error) -> RebuildError {
-    RebuildError::Io { path: path.into(), source }
 }
 
 /// `pagemap-<digits>.img`: a task's private memory (shmem pagemaps are left whole).

@@ -31,7 +31,7 @@ pub enum RebuildError {
     Store(#[from] StoreError),
 }
 
-fn io_err(path: &Path, source: std::io::Error) -> RebuildError {
+pub(crate) fn io_err(path: &Path, source: std::io::Error) -> RebuildError {
     if crate::store::is_disk_full(&source) {
         RebuildError::DiskFull { path: path.into(), detail: source.to_string() }
     } else {

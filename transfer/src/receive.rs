@@ -302,9 +302,9 @@ async fn run(
             Some(built) => {
                 writer.discard();
                 if dest.exists() {
-                    std::fs::remove_dir_all(&dest).map_err(|source| RebuildError::Io { path: dest.clone(), source })?;
+                    std::fs::remove_dir_all(&dest).map_err(|e| crate::rebuild::io_err(&dest, e))?;
                 }
-                std::fs::rename(&built, &dest).map_err(|source| RebuildError::Io { path: dest.clone(), source })?;
+                std::fs::rename(&built, &dest).map_err(|e| crate::rebuild::io_err(&dest, e))?;
                 dest
             }
             None => writer.commit(sync)?,
