@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -125,6 +125,8 @@ pub struct PipeliningClient {
     batches: Arc<std::sync::atomic::AtomicU64>,
     /// Longest stall since the last [`PipeliningClient::take_max_stall`], in microseconds.
     stall_us: Arc<std::sync::atomic::AtomicU64>,
+    /// Why the connection ended, as soon as it did (the report comes only with `finish`).
+    error: Arc<Mutex<Option<String>>>,
     handle: Option<JoinHandle<ClientReport>>,
 }
 
@@ -142,17 +144,25 @@ impl PipeliningClient {
         let stop = Arc::new(AtomicBool::new(false));
         let batches = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let stall_us = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (stop2, batches2, stall2, prefix) = (stop.clone(), batches.clone(), stall_us.clone(), key_prefix.to_string());
-        let handle = std::thread::Builder::new()
-            .name("redis-client".into())
-            .spawn(move || client_loop(stream, interval, &prefix, &stop2, &batches2, &stall2))?;
-        Ok(PipeliningClient { stop, batches, stall_us, handle: Some(handle) })
+        let error = Arc::new(Mutex::new(None));
+        let (stop2, batches2, stall2, error2, prefix) = (stop.clone(), batches.clone(), stall_us.clone(), error.clone(), key_prefix.to_string());
+        let handle = std::thread::Builder::new().name("redis-client".into()).spawn(move || {
+            let report = client_loop(stream, interval, &prefix, &stop2, &batches2, &stall2);
+            *error2.lock().unwrap_or_else(|p| p.into_inner()) = report.error.clone();
+            report
+        })?;
+        Ok(PipeliningClient { stop, batches, stall_us, error, handle: Some(handle) })
     }
 
     /// The longest time between two reply batches since the previous call (the client-visible
     /// gap of whatever happened in between), and starts a new measurement.
     pub fn take_max_stall(&self) -> Duration {
         Duration::from_micros(self.stall_us.swap(0, Ordering::Relaxed))
+    }
+
+    /// Why the connection broke, once it has (None while it is alive).
+    pub fn error(&self) -> Option<String> {
+        self.error.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Batches answered so far.

@@ -86,6 +86,43 @@ fn host_corrupt_image_restore_rolls_back_to_the_source() {
     }
 }
 
+/// A restore that fails where the service interface already is (the mover put it there) takes
+/// the address down before it lifts the network lock: a client retransmit reaching an address
+/// with no socket behind it would be answered with a reset (seen as a flaky CI failure).
+#[test]
+fn host_failed_restore_in_place_leaves_no_address_up() {
+    if !testing::require_migration_host("host_failed_restore_in_place_leaves_no_address_up") {
+        return;
+    }
+    let id = std::process::id();
+    let tmp = tempfile::tempdir().unwrap();
+    let wls = Workloads::new(tmp.path().join("state"));
+    let name = format!("rbp-{id}");
+    let ns = format!("hs-{name}");
+    let mut guard = Cleanup::new(wls.clone());
+    guard.names.push(name.clone());
+    guard.netns.push(ns.clone());
+    let volume = tmp.path().join("vol");
+    std::fs::create_dir(&volume).unwrap();
+    let addr = format!("10.78.{}.2/24", 100 + id % 100);
+    wls.start(&counter(&name, &volume, Some(&addr))).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let criu = Criu::detect().unwrap();
+    let images = tmp.path().join("images");
+    wls.checkpoint(&criu, &name, &CheckpointOptions::new(&images)).unwrap();
+    let core = std::fs::read_dir(&images).unwrap().flatten().find(|e| e.file_name().to_string_lossy().starts_with("core-")).unwrap().path();
+    let len = std::fs::metadata(&core).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&core).unwrap().set_len(len / 2).unwrap();
+    let cp = Checkpoint::open(&images, &criu).unwrap();
+    let spec = RestoreSpec { name: name.clone(), netns: ns.clone(), service_net: ServiceNet::Present, timeout: Duration::from_secs(60) };
+    let err = wls.restore(&criu, &cp, &spec).unwrap_err();
+    assert!(matches!(err, WorkloadError::Criu(CriuError::Failed { .. })), "{err}");
+    let link = netns::ip(&["-n", &ns, "addr", "show", "dev", netns::SERVICE_IF]).unwrap();
+    let ip = addr.split('/').next().unwrap();
+    assert!(!link.contains(ip), "the address stays off after the failed restore: {link}");
+    assert!(!link.contains(",UP"), "the interface stays down after the failed restore: {link}");
+}
+
 #[test]
 fn host_bad_input_gets_clear_errors() {
     if !testing::require_migration_host("host_bad_input_gets_clear_errors") {

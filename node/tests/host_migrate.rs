@@ -91,7 +91,7 @@ impl Cluster {
 
     fn client(&self) -> PipeliningClient {
         let client = PipeliningClient::start(Some(&self.client_ns), self.server, Duration::from_millis(3), "live").unwrap();
-        assert!(client.wait_batches(30, Duration::from_secs(10)), "client is served");
+        assert!(client.wait_batches(30, Duration::from_secs(10)), "client is served (client error: {:?})", client.error());
         client
     }
 
@@ -138,7 +138,7 @@ fn host_migrate_redis_to_peer_and_back() {
     let first = c.migrate(0, "node2").expect("first hop");
     assert!(c.runs_on(1) && !c.runs_on(0), "runs on node2 only");
     assert!(c.wls[0].get(&c.name).is_err(), "node1 forgot the workload");
-    assert!(client.wait_batches(50, Duration::from_secs(10)), "served from node2");
+    assert!(client.wait_batches(50, Duration::from_secs(10)), "served from node2 (client error: {:?})", client.error());
     assert!(first.wire_bytes > 16 << 20, "the first hop carried the dataset: {first:?}");
     // After a pre-copy round the final image is rebuilt on it: only changed pages are written
     // inside the freeze (a CRIU incremental image; the restore above read through it).
@@ -148,7 +148,7 @@ fn host_migrate_redis_to_peer_and_back() {
 
     let back = c.migrate(1, "node1").expect("hop back");
     assert!(c.runs_on(0) && !c.runs_on(1), "runs on node1 only");
-    assert!(client.wait_batches(50, Duration::from_secs(10)), "served from node1 again");
+    assert!(client.wait_batches(50, Duration::from_secs(10)), "served from node1 again (client error: {:?})", client.error());
     let again = c.migrate(0, "auto").expect("third hop, elected");
     assert!(c.runs_on(1) && !c.runs_on(0));
     eprintln!("wire bytes: first {} back {} return-to-node2 {}", first.wire_bytes, back.wire_bytes, again.wire_bytes);
@@ -169,7 +169,7 @@ fn host_migrate_failed_restore_rolls_back() {
     let err = c.migrate(0, "node2").expect_err("restore on node2 must fail");
     assert!(err.contains("rolled back"), "{err}");
     assert!(c.runs_on(0) && !c.runs_on(1), "runs on node1 only");
-    assert!(client.wait_batches(50, Duration::from_secs(10)), "still served by node1");
+    assert!(client.wait_batches(50, Duration::from_secs(10)), "still served by node1 (client error: {:?})", client.error());
     check_client(client, c.filled_keys);
 }
 
@@ -203,7 +203,7 @@ fn host_migrate_target_killed_mid_transfer() {
     assert!(killed, "the transfer was under way when node2 died");
     assert!(!status.success(), "the migration failed");
     assert!(c.runs_on(0), "the workload keeps running on node1");
-    assert!(client.wait_batches(50, Duration::from_secs(10)), "still served by node1");
+    assert!(client.wait_batches(50, Duration::from_secs(10)), "still served by node1 (client error: {:?})", client.error());
     check_client(client, c.filled_keys);
 }
 
@@ -220,7 +220,7 @@ fn host_migrate_post_copy_keeps_the_client() {
     assert_eq!(s.precopy_rounds, 0);
     assert!(s.page_bytes > 48 << 20, "the dataset's memory streamed after the restore: {s:?}");
     assert!(s.wire_bytes - s.page_bytes < 8 << 20, "only the small non-memory images went over QUIC before the restore: {s:?}");
-    assert!(client.wait_batches(50, Duration::from_secs(10)), "served from node2");
+    assert!(client.wait_batches(50, Duration::from_secs(10)), "served from node2 (client error: {:?})", client.error());
     let back = c.migrate(1, "node1").expect("pre-copy hop back from a post-copied workload");
     assert_eq!(back.mode, "pre_copy");
     assert!(c.runs_on(0) && !c.runs_on(1));
@@ -243,6 +243,6 @@ fn host_migrate_post_copy_failed_restore_resumes_the_source() {
     let log = std::fs::read_to_string(&c.nodes[0].log).unwrap_or_default();
     eprintln!("node1 log (post-copy lines):\n{}", log.lines().filter(|l| ["lazy", "relay", "post-copy", "rolled", "netlock", "resum"].iter().any(|k| l.contains(k))).collect::<Vec<_>>().join("\n"));
     assert!(c.runs_on(0) && !c.runs_on(1), "the frozen redis runs on node1 again, nowhere else");
-    assert!(client.wait_batches(50, Duration::from_secs(10)), "still served by node1, on the same connection");
+    assert!(client.wait_batches(50, Duration::from_secs(10)), "still served by node1, on the same connection (client error: {:?})", client.error());
     check_client(client, c.filled_keys);
 }

@@ -231,7 +231,6 @@ impl Workloads {
             match criu.restore(&opts) {
                 Ok(out) => Ok((cg_rel, out)),
                 Err(e) => {
-                    let _ = netlock::remove(&target, &rules);
                     let _ = cg.destroy(Duration::from_secs(2));
                     Err(WorkloadError::from(e))
                 }
@@ -240,11 +239,21 @@ impl Workloads {
         let (cg_rel, outcome) = match result {
             Ok(v) => v,
             Err(e) => {
-                if let Some(from) = moved_from {
-                    if let Err(back) = netns::move_service_if(&spec.netns, &from) {
+                // The address leaves this namespace before the lock does: in between, the
+                // kernel would answer the clients' retransmits with resets (no socket here).
+                let moved_back = moved_from.is_some_and(|from| match netns::move_service_if(&spec.netns, &from) {
+                    Ok(()) => true,
+                    Err(back) => {
                         tracing::error!(error = %back, "could not move the service interface back");
+                        false
+                    }
+                });
+                if !moved_back && src.address.is_some() {
+                    if let Err(down) = netns::take_down_service(&spec.netns) {
+                        tracing::warn!(error = %down, "could not take the service interface down");
                     }
                 }
+                let _ = netlock::remove(&target, &rules);
                 return Err(e);
             }
         };

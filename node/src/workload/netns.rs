@@ -116,6 +116,13 @@ pub fn move_service_if(from_ns: &str, to_ns: &str) -> Result<(), NetError> {
     ip(&["-n", from_ns, "link", "set", SERVICE_IF, "netns", to_ns]).map(|_| ())
 }
 
+/// Takes the service interface down and its addresses off: after a failed restore nothing
+/// serves in `ns`, and a client retransmit reaching the address would be answered with a reset.
+pub fn take_down_service(ns: &str) -> Result<(), NetError> {
+    ip(&["-n", ns, "link", "set", SERVICE_IF, "down"])?;
+    ip(&["-n", ns, "addr", "flush", "dev", SERVICE_IF]).map(|_| ())
+}
+
 /// Whether namespace `ns` holds the service interface.
 pub fn has_service_if(ns: &str) -> bool {
     exists(ns) && ip(&["-n", ns, "link", "show", SERVICE_IF]).is_ok()
