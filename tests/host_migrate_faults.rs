@@ -100,7 +100,7 @@ fn source_crash_recovers(test: &str, point: &str, expect_on: usize) {
     assert!(c.client_batches() > 0);
     let client = c.client_batches();
     lab::wait_until("the client to be served again", Duration::from_secs(60), || c.client_batches() > client + 20)
-        .unwrap_or_else(|e| panic!("{e}\n{}", daemon_logs(&c)));
+        .unwrap_or_else(|e| panic!("{e} (client error: {:?})\n{}", c.client_error(), daemon_logs(&c)));
     assert_exactly_once_on(&mut c, expect_on);
 }
 
@@ -122,7 +122,8 @@ fn host_migrate_post_copy_moves_redis_with_its_volume() {
     assert!(out.contains("\"mode\":\"post_copy\""), "summary says post-copy: {out}");
     assert_eq!(running_on(&c), vec![1]);
     let before = c.client_batches();
-    lab::wait_until("the client to be served from node2", Duration::from_secs(20), || c.client_batches() > before + 50).unwrap();
+    lab::wait_until("the client to be served from node2", Duration::from_secs(20), || c.client_batches() > before + 50)
+        .unwrap_or_else(|e| panic!("{e} (client error: {:?})", c.client_error()));
     // And on to node3 by post-copy again: node2's copy is itself a restored one.
     let (ok, out) = migrate_cli(&c, 1, 2, &["--post-copy"]);
     assert!(ok, "second post-copy hop: {out}");

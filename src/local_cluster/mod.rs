@@ -271,6 +271,11 @@ impl LocalCluster {
         self.client.as_ref().map_or(0, |c| c.batches())
     }
 
+    /// Why the client's connection broke, once it has.
+    pub fn client_error(&self) -> Option<String> {
+        self.client.as_ref().and_then(|c| c.error())
+    }
+
     /// Pins `node`'s advertised price (what a spot market would do to it), with
     /// `hotspot-node price` when the binary has it, else through the control socket.
     pub fn set_price(&self, node: usize, usd_per_hour: f64) -> Result<(), ClusterError> {
