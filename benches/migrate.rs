@@ -46,12 +46,12 @@ impl Daemon {
         self.0.peers().map_or(0, |p| p.len())
     }
 
-    /// Migrates `workload` to the node of daemon `to`; on failure, panics with both logs.
-    fn migrate(&self, workload: &str, to: &Daemon, mode: MigrationMode) -> Summary {
+    /// Migrates `workload` to the node of daemon `to`; on failure, the error with both logs' tails.
+    fn migrate(&self, workload: &str, to: &Daemon, mode: MigrationMode) -> Result<Summary, String> {
         let req = Request::Migrate { workload: workload.into(), to: Some(to.0.name.clone()), mode: Some(mode) };
         match control::call_stream(&self.0.socket, &req, Duration::from_secs(600), |_| {}).expect("control socket") {
-            Reply::Migrated { summary } => summary,
-            other => panic!("migration to {} failed: {other:?}\n{}{}", to.0.name, self.0.log_tail(40), to.0.log_tail(40)),
+            Reply::Migrated { summary } => Ok(summary),
+            other => Err(format!("migration to {} failed: {other:?}\n{}{}", to.0.name, self.0.log_tail(40), to.0.log_tail(40))),
         }
     }
 }
@@ -161,7 +161,10 @@ fn bench_size(bin: &Path, criu: &Criu, mib: u64, naive_runs: usize, subnet: u32)
     for (from, to, label, mode) in hops {
         let pc = PipeliningClient::start(Some(&client_ns), server, Duration::from_millis(2), label).unwrap();
         assert!(pc.wait_batches(20, Duration::from_secs(10)));
-        let s = from.migrate(&name, to, mode);
+        let s = from.migrate(&name, to, mode).unwrap_or_else(|e| {
+            keep_logs(root, mib);
+            panic!("{label}: {e}")
+        });
         assert!(pc.wait_batches(50, Duration::from_secs(20)), "served after {label}");
         let report = pc.finish();
         assert_eq!(report.error, None, "{label}: the client kept its connection");
@@ -197,7 +200,12 @@ fn bench_size(bin: &Path, criu: &Criu, mib: u64, naive_runs: usize, subnet: u32)
         r.naive_totals_ms.push(total);
     }
     drop((a, b));
-    // For a timeline of each hop: `MIGRATE_BENCH_KEEP_LOGS=DIR` keeps the daemons' logs.
+    keep_logs(root, mib);
+    r
+}
+
+/// For a timeline of each hop: `MIGRATE_BENCH_KEEP_LOGS=DIR` keeps the daemons' and CRIU's logs.
+fn keep_logs(root: &Path, mib: u64) {
     if let Some(keep) = std::env::var_os("MIGRATE_BENCH_KEEP_LOGS") {
         let dest = Path::new(&keep).join(format!("{mib}mib"));
         let _ = std::process::Command::new("sh")
@@ -206,7 +214,6 @@ fn bench_size(bin: &Path, criu: &Criu, mib: u64, naive_runs: usize, subnet: u32)
             .status();
         eprintln!("[{mib} MiB] daemon logs kept in {}", dest.display());
     }
-    r
 }
 
 fn main() {
