@@ -27,6 +27,13 @@ fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     std::fs::read_dir(dir).unwrap().flatten().map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap())).collect()
 }
 
+/// Damages an image the way a bad transfer would: the task's core image is cut short.
+fn cut_core_image(dir: &Path) {
+    let core = std::fs::read_dir(dir).unwrap().flatten().find(|e| e.file_name().to_string_lossy().starts_with("core-")).unwrap().path();
+    let len = std::fs::metadata(&core).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&core).unwrap().set_len(len / 2).unwrap();
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap().flatten() {
@@ -59,9 +66,7 @@ fn host_corrupt_image_restore_rolls_back_to_the_source() {
     let at_dump = testbed::read_counts(&volume.join("count.log"));
     // The "transferred" copy arrives damaged: the task's core image is cut short.
     copy_dir(&src_dir, &dst_dir);
-    let core = std::fs::read_dir(&dst_dir).unwrap().flatten().find(|e| e.file_name().to_string_lossy().starts_with("core-")).unwrap().path();
-    let len = std::fs::metadata(&core).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&core).unwrap().set_len(len / 2).unwrap();
+    cut_core_image(&dst_dir);
 
     let source = Checkpoint::open(&src_dir, &criu).unwrap();
     let target = Checkpoint::open(&dst_dir, &criu).unwrap();
@@ -110,9 +115,7 @@ fn host_failed_restore_in_place_leaves_no_address_up() {
     let criu = Criu::detect().unwrap();
     let images = tmp.path().join("images");
     wls.checkpoint(&criu, &name, &CheckpointOptions::new(&images)).unwrap();
-    let core = std::fs::read_dir(&images).unwrap().flatten().find(|e| e.file_name().to_string_lossy().starts_with("core-")).unwrap().path();
-    let len = std::fs::metadata(&core).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&core).unwrap().set_len(len / 2).unwrap();
+    cut_core_image(&images);
     let cp = Checkpoint::open(&images, &criu).unwrap();
     let spec = RestoreSpec { name: name.clone(), netns: ns.clone(), service_net: ServiceNet::Present, timeout: Duration::from_secs(60) };
     let err = wls.restore(&criu, &cp, &spec).unwrap_err();
