@@ -158,7 +158,8 @@ fn varint(body: &mut &[u8]) -> Option<u64> {
     None
 }
 
-fn push_varint(out: &mut Vec<u8>, mut value: u64) {
+/// Appends `value` as a protobuf varint.
+pub fn push_varint(out: &mut Vec<u8>, mut value: u64) {
     loop {
         let b = (value & 0x7f) as u8;
         value >>= 7;

@@ -44,14 +44,20 @@ async fn bulk_transfer_keeps_jumbo_packets_and_loses_none_on_loopback() {
     assert!(report.lost_packets < 20, "{} packets lost sending 96 MiB over loopback: {report:?}", report.lost_packets);
 }
 
+/// Two dumps of one process under `root`: `a`, then `b` after it grew a new run in front
+/// (shifting every file offset) and changed 4 pages.
+fn grown_image_pair(root: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (a, b) = (root.join("a"), root.join("b"));
+    let page = |v: u64| noise(v, 4096);
+    fake_image(&a, &[(0x10_0000, 512), (0x40_0000, 512)], page);
+    fake_image(&b, &[(0x8_0000, 16), (0x10_0000, 512), (0x40_0000, 512)], |v| if v % (256 * 4096) == 0 { noise(v + 1, 4096) } else { page(v) });
+    (a, b)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grown_process_shares_pages_by_virtual_address() {
     let tmp = tempfile::tempdir().unwrap();
-    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-    let page = |v: u64| noise(v, 4096);
-    fake_image(&a, &[(0x10_0000, 512), (0x40_0000, 512)], page);
-    // The process grew a new run in front (shifting every file offset) and changed 4 pages.
-    fake_image(&b, &[(0x8_0000, 16), (0x10_0000, 512), (0x40_0000, 512)], |v| if v % (256 * 4096) == 0 { noise(v + 1, 4096) } else { page(v) });
+    let (a, b) = grown_image_pair(tmp.path());
     let (r, s) = (key(1), key(2));
     let mut rx = Receiver::start(&r, &[&s], &tmp.path().join("rx"), StoreOptions::default()).await;
     let ep = sender_endpoint(&s, &r, rx.addr);
@@ -94,11 +100,7 @@ fn resolve_pages(dir: &std::path::Path) -> std::collections::BTreeMap<u64, Vec<u
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn final_image_is_rebuilt_on_its_parent_with_only_changed_pages() {
     let tmp = tempfile::tempdir().unwrap();
-    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-    let page = |v: u64| noise(v, 4096);
-    fake_image(&a, &[(0x10_0000, 512), (0x40_0000, 512)], page);
-    // Grown in front (every file offset shifts) and 4 pages changed.
-    fake_image(&b, &[(0x8_0000, 16), (0x10_0000, 512), (0x40_0000, 512)], |v| if v % (256 * 4096) == 0 { noise(v + 1, 4096) } else { page(v) });
+    let (a, b) = grown_image_pair(tmp.path());
     let parent: std::sync::Arc<std::sync::Mutex<Option<(std::path::PathBuf, hotspot_transfer::ManifestId)>>> = Default::default();
     let lookup = parent.clone();
     let (r, s) = (key(1), key(2));

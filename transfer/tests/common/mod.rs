@@ -154,22 +154,11 @@ pub fn noise(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
-fn pb_varint(out: &mut Vec<u8>, mut v: u64) {
-    loop {
-        let b = (v & 0x7f) as u8;
-        v >>= 7;
-        out.push(if v == 0 { b } else { b | 0x80 });
-        if v == 0 {
-            break;
-        }
-    }
-}
-
 fn pb_entry(out: &mut Vec<u8>, fields: &[(u8, u64)]) {
     let mut body = Vec::new();
     for &(n, v) in fields {
         body.push(n << 3);
-        pb_varint(&mut body, v);
+        hotspot_transfer::criu_image::push_varint(&mut body, v);
     }
     out.extend((body.len() as u32).to_le_bytes());
     out.extend(body);
