@@ -109,7 +109,7 @@ struct Sources {
 impl Sources {
     fn open(dir: &Path, manifest: &ImageManifest) -> Result<Sources, SendError> {
         let mut files = Vec::new();
-        let mut at = HashMap::new();
+        let mut at = HashMap::with_capacity(manifest.files.iter().map(|f| f.chunks.len()).sum());
         for (i, f) in manifest.files.iter().enumerate() {
             let path = dir.join(&f.path);
             let file = File::open(&path).map_err(|source| SendError::Read { path: path.clone(), source })?;

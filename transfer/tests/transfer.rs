@@ -44,6 +44,23 @@ async fn bulk_transfer_keeps_jumbo_packets_and_loses_none_on_loopback() {
     assert!(report.lost_packets < 20, "{} packets lost sending 96 MiB over loopback: {report:?}", report.lost_packets);
 }
 
+/// Identical pages (one chunk, many places) are sent once and written to every place, also in
+/// a pages file large enough to be indexed in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_pages_travel_once_and_fill_every_place() {
+    let Setup { src, mut rx, ep, tmp: _tmp, .. } = Setup::new(1, 3, StoreOptions::default()).await;
+    // 20 MiB (over rebuild::LINK_MIN_BYTES) of pages cycling through 8 distinct contents.
+    let pages = 20 * 256;
+    let page = hotspot_transfer::criu_image::PAGE_SIZE;
+    fake_image(&src, &[(0x7f00_0000_0000, pages)], |vaddr| noise((vaddr / page) % 8, page as usize));
+    let report = send_dir(&ep, rx.addr, &src, send_opts(), None).await.unwrap();
+    let got = rx.next().await.unwrap();
+    assert_same_tree(&src, &got.path);
+    assert!(report.distinct_chunks < 16, "8 distinct pages plus the small files: {report:?}");
+    assert_eq!(report.chunks_sent as usize, report.distinct_chunks, "{report:?}");
+    assert!(report.raw_bytes_sent < 1 << 20, "each distinct page travels once: {report:?}");
+}
+
 /// Two dumps of one process under `root`: `a`, then `b` after it grew a new run in front
 /// (shifting every file offset) and changed 4 pages.
 fn grown_image_pair(root: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {

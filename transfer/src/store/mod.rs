@@ -58,9 +58,18 @@ pub enum StoreError {
 pub struct ManifestId(pub [u8; 32]);
 
 impl ManifestId {
+    /// blake3 of the manifest's CBOR encoding, hashed as it is encoded (a 1 GiB image's
+    /// manifest is ~14 MB; building it in memory first only to hash it cost that much memory).
     pub fn of(manifest: &ImageManifest) -> ManifestId {
-        let bytes = serde_cbor::to_vec(manifest).unwrap_or_default();
-        ManifestId(*blake3::hash(&bytes).as_bytes())
+        let mut hasher = blake3::Hasher::new();
+        {
+            // Buffered: CBOR writes a few bytes at a time, the hasher is fastest fed in bulk.
+            // Writing into a hasher cannot fail, and a manifest always encodes.
+            let mut buffered = std::io::BufWriter::with_capacity(64 * 1024, &mut hasher);
+            let _ = serde_cbor::to_writer(&mut buffered, manifest);
+            let _ = std::io::Write::flush(&mut buffered);
+        }
+        ManifestId(*hasher.finalize().as_bytes())
     }
 }
 
@@ -231,9 +240,14 @@ impl Store {
             let rec = ManifestRecord { v: RECORD_VERSION, complete: false, manifest: manifest.clone() };
             self.index.insert(manifest_key(&id), encode(&rec)).map_err(|e| self.sled_error(e))?;
         }
-        let map = self.map();
-        let mut seen = HashSet::with_capacity(manifest.files.iter().map(|f| f.chunks.len()).sum());
-        let missing = manifest.chunks().filter(|c| !map.at.contains_key(&c.hash) && seen.insert(c.hash)).map(|c| c.hash).collect();
+        let missing: Vec<ChunkHash> = {
+            let map = self.map();
+            let mut seen = HashSet::with_capacity(manifest.files.iter().map(|f| f.chunks.len()).sum());
+            manifest.chunks().filter(|c| !map.at.contains_key(&c.hash) && seen.insert(c.hash)).map(|c| c.hash).collect()
+        };
+        // Room for every chunk about to arrive, allocated once: growing the index by doubling
+        // while they arrive touches twice the memory (and rehashes every entry each time).
+        self.map_mut().at.reserve(missing.len());
         Ok((id, missing))
     }
 
