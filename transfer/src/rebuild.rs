@@ -49,7 +49,6 @@ pub const LINK_MIN_BYTES: u64 = 16 * 1024 * 1024;
 /// The first place is kept inline because almost every chunk occurs once: a `Vec` per chunk cost
 /// a heap allocation each, ~300,000 per GiB of pages, on top of a map twice the size. Repeats
 /// (identical pages) are rare and go to `more`.
-#[derive(Default)]
 struct Places {
     first: HashMap<ChunkHash, (u32, u64)>,
     more: HashMap<ChunkHash, Vec<(u32, u64)>>,
@@ -132,15 +131,17 @@ impl ImageWriter {
             std::fs::remove_dir_all(&staging).map_err(|e| io_err(&staging, e))?;
         }
         std::fs::create_dir_all(&staging).map_err(|e| io_err(&staging, e))?;
+        let chunks: usize = manifest.files.iter().map(|f| f.chunks.len()).sum();
         let mut writer = ImageWriter {
             dest: dest.into(),
             staging: staging.clone(),
             files: Vec::with_capacity(manifest.files.len()),
             write_locks: (0..manifest.files.len()).map(|_| Mutex::new(())).collect(),
-            places: Places::with_capacity(manifest.files.iter().map(|f| f.chunks.len()).sum()),
+            places: Places::with_capacity(chunks),
             manifest: manifest.clone(),
             linked: (0..manifest.files.len()).map(|_| OnceLock::new()).collect(),
-            written: Mutex::new(Default::default()),
+            // Sized once for every chunk: growing by doubling touched twice the memory.
+            written: Mutex::new(std::collections::HashSet::with_capacity(chunks)),
             done: AtomicBool::new(false),
         };
         for (i, f) in manifest.files.iter().enumerate() {
@@ -207,10 +208,6 @@ impl ImageWriter {
             i = j;
         }
         let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
-        if written.capacity() == 0 {
-            // Sized once for every distinct chunk: growing by doubling touched twice the memory.
-            written.reserve(self.places.first.len());
-        }
         written.extend(chunks.iter().map(|(h, _)| *h));
         Ok(())
     }
