@@ -19,8 +19,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use hotspot_node::criu::Criu;
-use hotspot_node::testbed::{self, Cleanup, PipeliningClient, Reply};
-use hotspot_node::workload::{netns, Checkpoint, CheckpointOptions, RestoreSpec, ServiceNet, StartOptions, Workloads};
+use hotspot_testkit::testbed::{self, Cleanup, PipeliningClient, Reply};
+use hotspot_node::sys::netns;
+use hotspot_node::workload::{Checkpoint, CheckpointOptions, RestoreSpec, ServiceNet, StartOptions, Workloads};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -40,7 +41,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn redis_options(name: &str, client_ns: &str, subnet: u32, dir: &Path) -> StartOptions {
     StartOptions {
         name: name.into(),
-        command: hotspot_node::testbed::redis_command(&["--appendonly", "no", "--dbfilename", "bench.rdb"]),
+        command: hotspot_testkit::testbed::redis_command(&["--appendonly", "no", "--dbfilename", "bench.rdb"]),
         address: Some(format!("10.77.{subnet}.2/24").parse().unwrap()),
         uplink_netns: Some(client_ns.into()),
         uplink_address: Some(format!("10.77.{subnet}.1/24").parse().unwrap()),
@@ -190,7 +191,7 @@ fn bench_size(criu: &Criu, label: &str, bytes: u64, runs: usize, subnet: u32) ->
 }
 
 fn main() {
-    if let Some(why) = hotspot_node::testing::migration_host_missing() {
+    if let Some(why) = hotspot_testkit::host::migration_host_missing() {
         eprintln!("checkpoint bench needs a migration host: {why}");
         std::process::exit(1);
     }

@@ -14,11 +14,11 @@
 
 use std::time::{Duration, Instant};
 
-use hotspot_node::provider::ec2::cloud_moves::{CloudMoves, WORKLOAD_TAG};
-use hotspot_node::provider::ec2::discovery::DEFAULT_CLUSTER_TAG;
-use hotspot_node::provider::ec2::emulator::{interface, run_instance, subnet_in, tag, volume, MotoServer};
-use hotspot_node::provider::ec2::{build_client, Ec2ClientSettings, Ec2Provider, Ec2ProviderOptions};
-use hotspot_node::provider::MoveStep;
+use hotspot_node::providers::ec2::cloud_moves::{CloudMoves, WORKLOAD_TAG};
+use hotspot_node::providers::ec2::discovery::DEFAULT_CLUSTER_TAG;
+use hotspot_testkit::moto::{interface, run_instance, subnet_in, tag, volume, MotoServer};
+use hotspot_node::providers::ec2::{build_client, Ec2ClientSettings, Ec2Provider, Ec2ProviderOptions};
+use hotspot_node::providers::ec2::MoveStep;
 
 const ROUNDS: usize = 15;
 const ZONE: &str = "us-east-1a";
@@ -93,7 +93,7 @@ async fn main() {
         let target = source.instance_of(if to.0 == &a { "node-a" } else { "node-b" }).await.expect("target instance");
         let mut st = source.plan("bench-workload", Some(&target)).await.expect("plan");
         for until in [MoveStep::Detached, MoveStep::Attached] {
-            let persist = |s: &hotspot_node::provider::ec2::cloud_moves::CloudMoveState| journal.push(s.encode());
+            let persist = |s: &hotspot_node::providers::ec2::cloud_moves::CloudMoveState| journal.push(s.encode());
             source.advance(&mut st, until, persist).await.expect("move");
         }
         let on_target = to.1.attached_volume("bench-workload").await.expect("target sees the volume");

@@ -18,11 +18,12 @@ use std::time::{Duration, Instant};
 use hotspot_node::criu::Criu;
 use hotspot_node::daemon::control::{self, Reply, Request};
 use hotspot_node::lab;
-use hotspot_node::migrate::local::target_netns;
+use hotspot_node::sys::names::restore_netns;
 use hotspot_node::migrate::Summary;
-use hotspot_node::testbed::{self, Cleanup, PipeliningClient};
+use hotspot_testkit::testbed::{self, Cleanup, PipeliningClient};
 use hotspot_protocol::migration::MigrationMode;
-use hotspot_node::workload::{netns, Checkpoint, CheckpointOptions, RestoreSpec, ServiceNet, StartOptions, Workloads};
+use hotspot_node::sys::netns;
+use hotspot_node::workload::{Checkpoint, CheckpointOptions, RestoreSpec, ServiceNet, StartOptions, Workloads};
 
 /// A `hotspot-node run` process on loopback from [`lab::Daemon`] (killed on drop).
 struct Daemon(lab::Daemon);
@@ -128,8 +129,8 @@ fn bench_size(bin: &Path, criu: &Criu, mib: u64, naive_runs: usize, subnet: u32)
     let boot = a.status().unwrap().mesh["listen_addrs"][0].as_str().unwrap().to_string();
     let b = Daemon::start(bin, root, "b", Some(&boot));
     for d in [&a, &b] {
-        let node = d.status().unwrap().node.parse().unwrap();
-        guards[0].netns.push(target_netns(&name, &node));
+        let node = d.status().unwrap().node;
+        guards[0].netns.push(restore_netns(&name, &node));
     }
     let start = Instant::now();
     while a.peers() < 1 || b.peers() < 1 {
@@ -143,7 +144,7 @@ fn bench_size(bin: &Path, criu: &Criu, mib: u64, naive_runs: usize, subnet: u32)
     wls[0]
         .start(&StartOptions {
             name: name.clone(),
-            command: hotspot_node::testbed::redis_command(&["--appendonly", "no"]),
+            command: hotspot_testkit::testbed::redis_command(&["--appendonly", "no"]),
             address: Some(format!("10.77.{subnet}.2/24").parse().unwrap()),
             uplink_netns: Some(client_ns.clone()),
             uplink_address: Some(format!("10.77.{subnet}.1/24").parse().unwrap()),

@@ -136,7 +136,7 @@ fn run(args: &Args, hops: &mut Vec<Hop>) -> Result<(), ClusterError> {
 
 fn main() -> Result<()> {
     let args = parse_args()?;
-    if let Some(why) = hotspot_node::testing::migration_host_missing() {
+    if let Some(why) = hotspot_testkit::host::migration_host_missing() {
         bail!("this demo {why}");
     }
     interrupt::install();

@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use hotspot_mesh::local_cluster::{find_node_bin, migrate_available, LocalCluster, Options};
-use hotspot_node::testing;
+use hotspot_testkit::host;
 
 const TEST: &str = "host_local_cluster_three_hops_keep_the_client_connected";
 
@@ -26,7 +26,7 @@ fn host_local_cluster_three_hops_keep_the_client_connected() {
         eprintln!("SKIPPED {TEST}: `{} migrate --help` fails: the migration (issue 6) has not landed in this build", bin.display());
         return;
     }
-    if !testing::require_migration_host(TEST) {
+    if !host::require_migration_host(TEST) {
         return;
     }
     let mut opts = Options::new(bin);
@@ -68,7 +68,7 @@ fn host_local_cluster_three_hops_keep_the_client_connected() {
 #[test]
 fn host_local_cluster_comes_up_serves_and_leaves_nothing_behind() {
     const NAME: &str = "host_local_cluster_comes_up_serves_and_leaves_nothing_behind";
-    if !testing::require_migration_host(NAME) {
+    if !host::require_migration_host(NAME) {
         return;
     }
     let bin = find_node_bin().unwrap_or_else(|| panic!("{NAME}: hotspot-node is not built next to this test; set HOTSPOT_NODE_BIN"));
@@ -94,10 +94,10 @@ fn host_local_cluster_comes_up_serves_and_leaves_nothing_behind() {
     let namespaces: Vec<String> = cluster.lan.nodes.iter().chain(&cluster.lan.clients).chain([&cluster.lan.hub]).cloned().collect();
     let dir = cluster.dir.path().to_path_buf();
     let image = dir.join("disks").join("redis.img");
-    assert_eq!(hotspot_node::local_provider::loopdev::devices_of(&image).unwrap().len(), 1);
+    assert_eq!(hotspot_node::sys::loopdev::devices_of(&image).unwrap().len(), 1);
     drop(cluster);
     for ns in namespaces {
-        assert!(!hotspot_node::workload::netns::exists(&ns), "{ns} removed");
+        assert!(!hotspot_node::sys::netns::exists(&ns), "{ns} removed");
     }
     assert!(!dir.exists(), "{} removed", dir.display());
     let loops = std::process::Command::new("losetup").arg("-a").output().unwrap();

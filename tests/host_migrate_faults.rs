@@ -2,7 +2,7 @@
 //! namespaces on a bridged LAN, redis on a loop-device volume with a live pipelining client.
 //!
 //! - The source daemon is SIGKILLed at an exact step of the migration (test-only hook
-//!   `HOTSPOT_FAULT=exit-after:<point>`, see `hotspot_node::migrate::fault`), then restarted:
+//!   `--fault crash-after:<point>`, see `hotspot_node::sys::fault`), then restarted:
 //!   its journal must bring the workload back to running on exactly one node, with its volume,
 //!   and the client's connection, counter and keys intact.
 //! - Post-copy (`migrate --post-copy`) moves redis with its volume and the client never notices.
@@ -11,22 +11,20 @@ use std::time::Duration;
 
 use hotspot_mesh::local_cluster::{find_node_bin, migrate_available, LocalCluster, Options};
 use hotspot_node::lab::{self, Daemon};
-use hotspot_node::workload::is_mount_point;
-use hotspot_node::testing;
+use hotspot_node::sys::mounts::is_mount_point;
+use hotspot_testkit::host;
 
 const WORKLOAD: &str = "redis";
 
 fn cluster(test: &str, fault: Option<&str>) -> Option<LocalCluster> {
     let bin = find_node_bin()?;
-    if !migrate_available(&bin) || !testing::require_migration_host(test) {
+    if !migrate_available(&bin) || !host::require_migration_host(test) {
         return None;
     }
-    // Every daemon inherits the hook; only the source ever reaches a source-side crash point.
-    if let Some(f) = fault {
-        std::env::set_var("HOTSPOT_FAULT", f);
-    }
-    let up = LocalCluster::up(&Options::new(bin));
-    std::env::remove_var("HOTSPOT_FAULT");
+    // Every daemon gets the plan; only the source ever reaches a source-side crash point.
+    let mut opts = Options::new(bin);
+    opts.daemon_args = fault.map(|f| vec!["--fault".to_string(), f.to_string()]).unwrap_or_default();
+    let up = LocalCluster::up(&opts);
     let (mut c, _) = up.unwrap();
     c.start_redis(0, 16 << 20).unwrap();
     Some(c)
@@ -85,12 +83,12 @@ fn migrate_cli(c: &LocalCluster, from: usize, to: usize, extra: &[&str]) -> (boo
 }
 
 fn source_crash_recovers(test: &str, point: &str, expect_on: usize) {
-    let Some(mut c) = cluster(test, Some(&format!("exit-after:{point}"))) else { return };
+    let Some(mut c) = cluster(test, Some(&format!("crash-after:{point}"))) else { return };
     let (ok, out) = migrate_cli(&c, 0, 1, &[]);
     assert!(!ok, "the source daemon died mid-migration");
     assert!(out.contains("the daemon stopped answering during the migration"), "the CLI says what happened: {out}");
     let log = std::fs::read_to_string(&c.daemons[0].log).unwrap_or_default();
-    assert!(log.contains("HOTSPOT_FAULT"), "node1 died at the hook, not elsewhere:\n{log}");
+    assert!(log.contains("fault injection: killing this process"), "node1 died at the hook, not elsewhere:\n{log}");
     assert!(running_on(&c).is_empty(), "the final dump stopped the workload before the crash");
     restart(&mut c, 0);
     let took = lab::wait_until("the restarted source to recover the migration", Duration::from_secs(90), || !running_on(&c).is_empty())

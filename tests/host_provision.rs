@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use hotspot_mesh::local_cluster::find_node_bin;
 use hotspot_node::lab::{self, Daemon, Lan};
-use hotspot_node::testing;
+use hotspot_testkit::host;
 
 const TEST: &str = "host_provision_node_in_a_fresh_debian_root_joins_a_mesh";
 const NODE_NAME: &str = "provisioned";
@@ -111,7 +111,7 @@ fn shell_quote(s: &str) -> String {
 
 #[test]
 fn host_provision_node_in_a_fresh_debian_root_joins_a_mesh() {
-    if !testing::require_migration_host(TEST) {
+    if !host::require_migration_host(TEST) {
         return;
     }
     let Some(bin) = find_node_bin() else {

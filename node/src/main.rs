@@ -4,7 +4,7 @@ mod cli;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use hotspot_node::observability::{self, LogFormat};
+use cli::observability::{self, LogFormat};
 
 #[derive(Debug, Parser)]
 #[command(

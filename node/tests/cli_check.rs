@@ -22,13 +22,13 @@ fn exit_code_matches_report() {
 
 #[test]
 fn migration_host_reports_criu_4_2() {
-    if !hotspot_node::testing::require_migration_host("migration_host_reports_criu_4_2") {
+    if !hotspot_testkit::host::require_migration_host("migration_host_reports_criu_4_2") {
         return;
     }
     let (code, report) = check_json();
     assert_eq!(code, 0, "check failed on a migration host: {report:#}");
     let version = report["criu"]["version"].as_str().unwrap();
-    let (major, minor, _) = hotspot_node::hostcheck::parse_criu_version(&format!("Version: {version}")).unwrap();
+    let (major, minor, _) = hotspot_node::criu::version::parse_criu_version(&format!("Version: {version}")).unwrap();
     assert!((major, minor) >= (4, 2), "criu {version}");
 }
 

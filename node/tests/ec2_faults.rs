@@ -6,8 +6,8 @@ mod common;
 
 use common::fault_proxy::FaultProxy;
 use common::{cluster, provider, volume, volume_state, Cluster, MotoServer, ZONE_A};
-use hotspot_node::provider::ec2::Ec2Provider;
-use hotspot_node::provider::{drive_or_roll_back, MoveStep, ProviderError, Resource, VolumePlan};
+use hotspot_node::providers::ec2::Ec2Provider;
+use hotspot_node::providers::ec2::{drive_or_roll_back, MoveStep, ProviderError, Resource, VolumePlan};
 
 const DENIED: &str = "You are not authorized to perform this operation.";
 

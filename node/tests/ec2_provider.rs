@@ -7,9 +7,9 @@ mod common;
 use std::time::Duration;
 
 use common::{cluster, interface, interface_holder, provider, run_instance, volume, volume_state, MotoServer, ZONE_A};
-use hotspot_node::provider::ec2::discovery::discover_peers;
-use hotspot_node::provider::ec2::price::SpotPriceSource;
-use hotspot_node::provider::{
+use hotspot_node::providers::ec2::discovery::discover_peers;
+use hotspot_node::providers::ec2::price::SpotPriceSource;
+use hotspot_node::providers::ec2::{
     drive_or_roll_back, AddressPlan, MoveStep, PersistedStep, Provider, ProviderError, Resource, VolumePlan,
 };
 
@@ -275,7 +275,7 @@ async fn discovery_returns_running_tagged_peers_private_ips() {
 #[tokio::test]
 async fn spot_price_is_read_cached_and_refreshed() {
     let Some(moto) = MotoServer::for_test("spot_price_is_read_cached_and_refreshed") else { return };
-    let client = hotspot_node::provider::ec2::build_client(&common::settings(moto.endpoint())).await;
+    let client = hotspot_node::providers::ec2::build_client(&common::settings(moto.endpoint())).await;
     let source = std::sync::Arc::new(SpotPriceSource::new(client.clone(), "t3.micro", ZONE_A, Duration::from_secs(60)));
     assert_eq!(source.latest(), None);
     let first = source.current_price().await.unwrap();

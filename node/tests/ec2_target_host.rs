@@ -8,11 +8,11 @@ mod common;
 use std::time::Duration;
 
 use common::{cluster, provider, volume, MotoServer, ZONE_A};
-use hotspot_node::provider::ec2::cloud_moves::{CloudMoves, WORKLOAD_TAG};
-use hotspot_node::provider::ec2::discovery::{watch_peers, DEFAULT_CLUSTER_TAG};
-use hotspot_node::provider::ec2::emulator::{self, tag};
-use hotspot_node::provider::ec2::target_host::HostSetup;
-use hotspot_node::provider::ec2::Ec2Provider;
+use hotspot_node::providers::ec2::cloud_moves::{CloudMoves, WORKLOAD_TAG};
+use hotspot_node::providers::ec2::discovery::{watch_peers, DEFAULT_CLUSTER_TAG};
+use hotspot_testkit::moto::{self, tag};
+use hotspot_node::providers::ec2::target_host::HostSetup;
+use hotspot_node::providers::ec2::Ec2Provider;
 use tokio_util::sync::CancellationToken;
 
 fn moves(p: &Ec2Provider, instance: &str) -> CloudMoves {
@@ -31,7 +31,7 @@ async fn attached_resources_are_read_from_the_cloud_with_clear_errors() {
     let c = cluster(p.client()).await;
     let vol = volume(p.client(), ZONE_A, Some(c.source.as_str())).await;
     tag_workload(p.client(), &vol, "db").await;
-    let (eni, mac) = emulator::interface_at(p.client(), &c.subnet_a, "172.31.0.77", &c.source).await;
+    let (eni, mac) = moto::interface_at(p.client(), &c.subnet_a, "172.31.0.77", &c.source).await;
     tag_workload(p.client(), &eni, "db").await;
     let (source, target) = (moves(&p, &c.source), moves(&p, &c.target));
 
@@ -86,8 +86,8 @@ async fn a_device_that_never_appears_times_out_with_the_volume_named() {
 async fn discovery_finds_instances_that_boot_later() {
     let Some(moto) = MotoServer::for_test("discovery_finds_instances_that_boot_later") else { return };
     let p = provider(moto.endpoint()).await;
-    let me = emulator::run_instance(p.client(), ZONE_A, Some("late")).await;
-    let early = emulator::run_instance(p.client(), ZONE_A, Some("late")).await;
+    let me = moto::run_instance(p.client(), ZONE_A, Some("late")).await;
+    let early = moto::run_instance(p.client(), ZONE_A, Some("late")).await;
     let (tx, mut rx) = tokio::sync::mpsc::channel(4);
     let cancel = CancellationToken::new();
     let task = tokio::spawn(watch_peers(
@@ -102,8 +102,8 @@ async fn discovery_finds_instances_that_boot_later() {
     let first = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
     assert_eq!(first.iter().map(|i| i.instance_id.as_str()).collect::<Vec<_>>(), vec![early.as_str()], "this node is left out");
 
-    let late = emulator::run_instance(p.client(), ZONE_A, Some("late")).await;
-    let _other_cluster = emulator::run_instance(p.client(), ZONE_A, Some("elsewhere")).await;
+    let late = moto::run_instance(p.client(), ZONE_A, Some("late")).await;
+    let _other_cluster = moto::run_instance(p.client(), ZONE_A, Some("elsewhere")).await;
     let next = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
     assert_eq!(next.iter().map(|i| i.instance_id.as_str()).collect::<Vec<_>>(), vec![late.as_str()], "only the new one");
     assert!(next[0].private_ip.is_ipv4());

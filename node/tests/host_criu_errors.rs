@@ -7,9 +7,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use hotspot_node::criu::{Criu, CriuError};
-use hotspot_node::testbed::{self, Cleanup};
-use hotspot_node::workload::{netns, Checkpoint, CheckpointOptions, RestoreSpec, ServiceNet, StartOptions, WorkloadError, Workloads, CHECKPOINT_META};
-use hotspot_node::testing;
+use hotspot_testkit::testbed::{self, Cleanup};
+use hotspot_node::sys::netns;
+use hotspot_node::workload::{Checkpoint, CheckpointOptions, RestoreSpec, ServiceNet, StartOptions, WorkloadError, Workloads, CHECKPOINT_META};
+use hotspot_testkit::host;
 
 const NODE: &str = env!("CARGO_BIN_EXE_hotspot-node");
 
@@ -43,7 +44,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 #[test]
 fn host_corrupt_image_restore_rolls_back_to_the_source() {
-    if !testing::require_migration_host("host_corrupt_image_restore_rolls_back_to_the_source") {
+    if !host::require_migration_host("host_corrupt_image_restore_rolls_back_to_the_source") {
         return;
     }
     let id = std::process::id();
@@ -96,7 +97,7 @@ fn host_corrupt_image_restore_rolls_back_to_the_source() {
 /// with no socket behind it would be answered with a reset (seen as a flaky CI failure).
 #[test]
 fn host_failed_restore_in_place_leaves_no_address_up() {
-    if !testing::require_migration_host("host_failed_restore_in_place_leaves_no_address_up") {
+    if !host::require_migration_host("host_failed_restore_in_place_leaves_no_address_up") {
         return;
     }
     let id = std::process::id();
@@ -128,7 +129,7 @@ fn host_failed_restore_in_place_leaves_no_address_up() {
 
 #[test]
 fn host_bad_input_gets_clear_errors() {
-    if !testing::require_migration_host("host_bad_input_gets_clear_errors") {
+    if !host::require_migration_host("host_bad_input_gets_clear_errors") {
         return;
     }
     let id = std::process::id();
@@ -210,7 +211,7 @@ fn host_bad_input_gets_clear_errors() {
 
 #[test]
 fn host_cli_explains_misuse() {
-    if !testing::require_migration_host("host_cli_explains_misuse") {
+    if !host::require_migration_host("host_cli_explains_misuse") {
         return;
     }
     let id = std::process::id();

@@ -41,7 +41,7 @@ fn host_ec2_migration_moves_volume_and_eni_with_the_workload() {
 #[test]
 fn host_ec2_migration_source_crash_between_detach_and_attach_resumes() {
     let test = "host_ec2_migration_source_crash_between_detach_and_attach_resumes";
-    let fault = hotspot_node::daemon::ec2::FAULT_CRASH_AFTER_DETACH;
+    let fault = "crash-after:ec2-detach";
     let Some(mut lab) = Ec2Lab::new(test, Some(fault), None) else { return };
     lab.assert_cloud_on(0);
     let err = lab.migrate(0, "node2").expect_err("node1 crashes in the middle");
@@ -51,7 +51,7 @@ fn host_ec2_migration_source_crash_between_detach_and_attach_resumes() {
     assert!(!lab.runs_on(0) && !lab.runs_on(1), "frozen: runs nowhere");
 
     // node1 comes back (without the fault) and its journal finishes the move.
-    lab.env[0].retain(|(k, _)| k != fault);
+    lab.flags[0].retain(|f| f != "--fault" && f != fault);
     lab.daemons[0].kill();
     lab.daemons[0] = lab.start_daemon(0);
     let took = lab::wait_until("recovery to bring redis up again", Duration::from_secs(120), || lab.runs_on(0) || lab.runs_on(1)).unwrap();

@@ -11,11 +11,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hotspot_node::lab::{self, Daemon, Lan};
-use hotspot_node::local_provider::workload_netns;
-use hotspot_node::testbed::{self, Cleanup, PipeliningClient};
-use hotspot_node::testing;
-use hotspot_node::workload::cgroup::Cgroup;
-use hotspot_node::workload::{netns, StartOptions, Workloads};
+use hotspot_node::sys::names::restore_netns;
+use hotspot_testkit::testbed::{self, Cleanup, PipeliningClient};
+use hotspot_testkit::host;
+use hotspot_node::sys::cgroup::Cgroup;
+use hotspot_node::sys::netns;
+use hotspot_node::workload::{StartOptions, Workloads};
 
 const BIN: &str = env!("CARGO_BIN_EXE_hotspot-node");
 const TEST: &str = "host_lan_provider_moves_redis_and_its_address_between_nodes_and_back";
@@ -110,7 +111,7 @@ fn lab_with_two_nodes() -> Lab {
         .map(|n| {
             let mut c = Cleanup::new(n.workloads());
             c.names.extend([WORKLOAD.into(), WITH_VOLUME.into()]);
-            c.netns.extend([workload_netns(WORKLOAD, &n.id8), workload_netns(WITH_VOLUME, &n.id8)]);
+            c.netns.extend([restore_netns(WORKLOAD, &n.id8), restore_netns(WITH_VOLUME, &n.id8)]);
             c
         })
         .collect();
@@ -121,7 +122,7 @@ fn lab_with_two_nodes() -> Lab {
 
 #[test]
 fn host_lan_provider_moves_redis_and_its_address_between_nodes_and_back() {
-    if !testing::require_migration_host(TEST) {
+    if !host::require_migration_host(TEST) {
         return;
     }
     let Lab { nodes, client_ns, lan, .. } = &lab_with_two_nodes();
@@ -135,7 +136,7 @@ fn host_lan_provider_moves_redis_and_its_address_between_nodes_and_back() {
         name: WORKLOAD.into(),
         command: testbed::redis_command(&[]),
         address: Some(address),
-        netns: Some(workload_netns(WORKLOAD, &nodes[0].id8)),
+        netns: Some(restore_netns(WORKLOAD, &nodes[0].id8)),
         ..Default::default()
     };
     let wls = nodes[0].workloads();
@@ -178,7 +179,7 @@ fn host_lan_provider_moves_redis_and_its_address_between_nodes_and_back() {
 /// workload keeps running on node1 and node1 answers ARP for its address again.
 #[test]
 fn host_lan_provider_refuses_a_workload_with_a_volume_and_rolls_back() {
-    if !testing::require_migration_host("host_lan_provider_refuses_a_workload_with_a_volume_and_rolls_back") {
+    if !host::require_migration_host("host_lan_provider_refuses_a_workload_with_a_volume_and_rolls_back") {
         return;
     }
     let Lab { nodes, client_ns, lan, root, .. } = &lab_with_two_nodes();
@@ -191,7 +192,7 @@ fn host_lan_provider_refuses_a_workload_with_a_volume_and_rolls_back() {
         command: testbed::redis_command(&[]),
         address: Some(address),
         volume: Some(data),
-        netns: Some(workload_netns(WITH_VOLUME, &nodes[0].id8)),
+        netns: Some(restore_netns(WITH_VOLUME, &nodes[0].id8)),
         ..Default::default()
     };
     let wls = nodes[0].workloads();

@@ -10,12 +10,14 @@ use std::time::Duration;
 
 use hotspot_node::criu::Criu;
 use hotspot_node::lab::Lan;
-use hotspot_node::local_provider::loopdev::{self, VolumeCleanup};
-use hotspot_node::local_provider::{workload_netns, ClusterDir, LocalProvider, NodeEntry};
+use hotspot_node::sys::loopdev::{self, VolumeCleanup};
+use hotspot_node::providers::local::{ClusterDir, LocalProvider, NodeEntry};
+use hotspot_node::sys::names::restore_netns;
 use hotspot_node::migrate::ResourceMover;
-use hotspot_node::testbed::{self, Cleanup, PipeliningClient};
-use hotspot_node::workload::{netns, Checkpoint, CheckpointOptions, RestoreSpec, ServiceNet, StartOptions};
-use hotspot_node::testing;
+use hotspot_testkit::testbed::{self, Cleanup, PipeliningClient};
+use hotspot_node::sys::netns;
+use hotspot_node::workload::{Checkpoint, CheckpointOptions, RestoreSpec, ServiceNet, StartOptions};
+use hotspot_testkit::host;
 use hotspot_protocol::migration::WorkloadSpec;
 use hotspot_protocol::NodeId;
 
@@ -66,7 +68,7 @@ fn set_up(tag: &str) -> Setup {
     for node in [&node_a, &node_b] {
         let mut g = Cleanup::new(node.workloads());
         g.names.push(name.clone());
-        g.netns.push(workload_netns(&name, &node.node_id));
+        g.netns.push(restore_netns(&name, &node.node_id));
         guards.push(g);
     }
     guards[0].netns.push(format!("hs-{name}"));
@@ -91,7 +93,7 @@ fn set_up(tag: &str) -> Setup {
     let w = wls
         .start(&StartOptions {
             name: name.clone(),
-            command: hotspot_node::testbed::redis_command(&["--appendonly", "yes", "--appendfsync", "always", "--dir", &dir]),
+            command: hotspot_testkit::testbed::redis_command(&["--appendonly", "yes", "--appendfsync", "always", "--dir", &dir]),
             address: Some(address),
             uplink_netns: Some(lan.hub.clone()),
             uplink_address: None,
@@ -102,7 +104,7 @@ fn set_up(tag: &str) -> Setup {
         })
         .unwrap();
     lan.bridge_port(&w.record.uplink.as_ref().unwrap().interface).unwrap();
-    assert!(!hotspot_node::workload::is_mount_point(&mount_point), "the volume is mounted only inside the workload");
+    assert!(!hotspot_node::sys::mounts::is_mount_point(&mount_point), "the volume is mounted only inside the workload");
     assert!(testbed::wait_listening(Some(&client_ns), server, Duration::from_secs(10)), "redis came up");
     let pid = w.pid().unwrap();
     Command::new("nsenter").args(["-t", &pid.to_string(), "-m", "sh", "-c"]).arg(format!("echo written-before-the-move > {dir}/marker")).status().unwrap();
@@ -161,7 +163,7 @@ fn finish_client(s: &mut Setup) {
 
 #[test]
 fn host_local_provider_moves_volume_and_address_to_the_target() {
-    if !testing::require_migration_host("host_local_provider_moves_volume_and_address_to_the_target") {
+    if !host::require_migration_host("host_local_provider_moves_volume_and_address_to_the_target") {
         return;
     }
     let mut s = set_up("m");
@@ -173,10 +175,10 @@ fn host_local_provider_moves_volume_and_address_to_the_target() {
     // Every step repeated is harmless: same state, resources stay where they are.
     rt.block_on(s.a.move_to_target(&s.spec, &s.b_id, &mut state)).unwrap();
     assert_eq!(state, after_first);
-    let b_ns = workload_netns(&s.name, &s.node_b.node_id);
+    let b_ns = restore_netns(&s.name, &s.node_b.node_id);
     assert!(netns::has_service_if(&b_ns) && !netns::has_service_if(&format!("hs-{}", s.name)), "the address moved");
     let b_mount = s.node_b.workloads().volume_mount_dir(&s.name);
-    assert!(hotspot_node::workload::is_mount_point(&b_mount), "the volume is mounted on the target");
+    assert!(hotspot_node::sys::mounts::is_mount_point(&b_mount), "the volume is mounted on the target");
     assert_eq!(std::fs::read_to_string(b_mount.join("marker")).unwrap(), "written-before-the-move\n");
 
     let pid = restore_on(&s, &s.node_b, b_ns);
@@ -193,7 +195,7 @@ fn host_local_provider_moves_volume_and_address_to_the_target() {
 
 #[test]
 fn host_local_provider_move_back_restores_the_source() {
-    if !testing::require_migration_host("host_local_provider_move_back_restores_the_source") {
+    if !host::require_migration_host("host_local_provider_move_back_restores_the_source") {
         return;
     }
     let mut s = set_up("b");
@@ -211,9 +213,9 @@ fn host_local_provider_move_back_restores_the_source() {
     rt.block_on(s.a.move_back(&s.spec, &mut state)).unwrap();
     let src_ns = format!("hs-{}", s.name);
     assert!(netns::has_service_if(&src_ns), "the address is back on the source");
-    assert!(!netns::exists(&workload_netns(&s.name, &s.node_b.node_id)), "the target's namespace is gone");
-    assert!(!hotspot_node::workload::is_mount_point(&s.node_b.workloads().volume_mount_dir(&s.name)));
-    assert!(hotspot_node::workload::is_mount_point(&s.node_a.workloads().volume_mount_dir(&s.name)), "the volume is on the source");
+    assert!(!netns::exists(&restore_netns(&s.name, &s.node_b.node_id)), "the target's namespace is gone");
+    assert!(!hotspot_node::sys::mounts::is_mount_point(&s.node_b.workloads().volume_mount_dir(&s.name)));
+    assert!(hotspot_node::sys::mounts::is_mount_point(&s.node_a.workloads().volume_mount_dir(&s.name)), "the volume is on the source");
 
     let pid = restore_on(&s, &s.node_a, src_ns);
     let inside = s.node_a.workloads().get(&s.name).unwrap().volume().unwrap().to_path_buf();
@@ -223,7 +225,7 @@ fn host_local_provider_move_back_restores_the_source() {
 
 #[test]
 fn host_loop_volume_steps_are_idempotent() {
-    if !testing::require_migration_host("host_loop_volume_steps_are_idempotent") {
+    if !host::require_migration_host("host_loop_volume_steps_are_idempotent") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

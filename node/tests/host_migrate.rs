@@ -12,11 +12,12 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use hotspot_node::migrate::local::target_netns;
+use hotspot_node::sys::names::restore_netns;
 use hotspot_node::migrate::{Progress, Summary};
-use hotspot_node::testbed::{self, Cleanup, PipeliningClient};
-use hotspot_node::workload::{netns, StartOptions, Workloads};
-use hotspot_node::testing;
+use hotspot_testkit::testbed::{self, Cleanup, PipeliningClient};
+use hotspot_node::sys::netns;
+use hotspot_node::workload::{StartOptions, Workloads};
+use hotspot_testkit::host;
 use mesh_support::{wait_for, Node, BIN};
 
 struct Cluster {
@@ -33,12 +34,15 @@ struct Cluster {
 
 const LOCAL: [&str; 10] = ["--mdns", "false", "--listen", "/ip4/127.0.0.1/tcp/0", "--advert-interval-ms", "500", "--cpu-millis", "4000", "--memory-bytes", "8589934592"];
 
-fn start_node(root: &Path, name: &str, bootstrap: Option<&str>) -> Node {
+fn start_node(root: &Path, name: &str, bootstrap: Option<&str>, fault: Option<&str>) -> Node {
     let wdir = root.join(format!("{name}-workloads")).display().to_string();
     let mut flags: Vec<&str> = LOCAL.to_vec();
     flags.extend(["--workloads-dir", wdir.as_str(), "--transfer-listen", "127.0.0.1:0"]);
     if let Some(b) = bootstrap {
         flags.extend(["--bootstrap", b]);
+    }
+    if let Some(f) = fault {
+        flags.extend(["--fault", f]);
     }
     Node::start(root, name, None, &flags)
 }
@@ -46,6 +50,11 @@ fn start_node(root: &Path, name: &str, bootstrap: Option<&str>) -> Node {
 impl Cluster {
     /// node1 and node2 meshed; redis (with `fill` random bytes) on node1 behind a client netns.
     fn new(tag: &str, fill: u64) -> Cluster {
+        Self::with_node2_fault(tag, fill, None)
+    }
+
+    /// [`Cluster::new`] with node2's daemon started with `--fault PLAN`.
+    fn with_node2_fault(tag: &str, fill: u64, node2_fault: Option<&str>) -> Cluster {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().to_path_buf();
         let id = std::process::id();
@@ -58,13 +67,13 @@ impl Cluster {
         }
         guards[0].netns.extend([format!("hs-{name}"), client_ns.clone()]);
         let mut c = Cluster { nodes: Vec::new(), wls, guards, name, client_ns, server: "0.0.0.0:0".parse().unwrap(), filled_keys: 0, _tmp: tmp };
-        let n1 = start_node(&root, "node1", None);
+        let n1 = start_node(&root, "node1", None, None);
         let addr = n1.status().mesh["listen_addrs"][0].as_str().expect("node1 listens").to_string();
-        let n2 = start_node(&root, "node2", Some(&addr));
+        let n2 = start_node(&root, "node2", Some(&addr), node2_fault);
         c.nodes = vec![n1, n2];
         for n in &c.nodes {
-            let node = n.status().node.parse().unwrap();
-            c.guards[0].netns.push(target_netns(&c.name, &node));
+            let node = n.status().node;
+            c.guards[0].netns.push(restore_netns(&c.name, &node));
         }
         wait_for("the two daemons to see each other", Duration::from_secs(30), || c.nodes.iter().all(|n| n.peers().len() == 1));
         std::thread::sleep(Duration::from_secs(1)); // trust sets follow the peer table
@@ -75,7 +84,7 @@ impl Cluster {
         c.wls[0]
             .start(&StartOptions {
                 name: c.name.clone(),
-                command: hotspot_node::testbed::redis_command(&["--appendonly", "no"]),
+                command: hotspot_testkit::testbed::redis_command(&["--appendonly", "no"]),
                 address: Some(format!("10.77.{subnet}.2/24").parse().unwrap()),
                 uplink_netns: Some(c.client_ns.clone()),
                 uplink_address: Some(format!("10.77.{subnet}.1/24").parse().unwrap()),
@@ -130,7 +139,7 @@ fn check_client(client: PipeliningClient, filled_keys: u64) {
 
 #[test]
 fn host_migrate_redis_to_peer_and_back() {
-    if !testing::require_migration_host("host_migrate_redis_to_peer_and_back") {
+    if !host::require_migration_host("host_migrate_redis_to_peer_and_back") {
         return;
     }
     let c = Cluster::new("mig", 32 << 20);
@@ -158,13 +167,10 @@ fn host_migrate_redis_to_peer_and_back() {
 
 #[test]
 fn host_migrate_failed_restore_rolls_back() {
-    if !testing::require_migration_host("host_migrate_failed_restore_rolls_back") {
+    if !host::require_migration_host("host_migrate_failed_restore_rolls_back") {
         return;
     }
-    // The fault hook is read by node2's daemon at start (nextest runs each test in its own process).
-    std::env::set_var("HOTSPOT_FAULT_CORRUPT_IMAGE", "1");
-    let c = Cluster::new("rb", 8 << 20);
-    std::env::remove_var("HOTSPOT_FAULT_CORRUPT_IMAGE");
+    let c = Cluster::with_node2_fault("rb", 8 << 20, Some("corrupt-received-images"));
     let client = c.client();
     let err = c.migrate(0, "node2").expect_err("restore on node2 must fail");
     assert!(err.contains("rolled back"), "{err}");
@@ -175,7 +181,7 @@ fn host_migrate_failed_restore_rolls_back() {
 
 #[test]
 fn host_migrate_target_killed_mid_transfer() {
-    if !testing::require_migration_host("host_migrate_target_killed_mid_transfer") {
+    if !host::require_migration_host("host_migrate_target_killed_mid_transfer") {
         return;
     }
     let mut c = Cluster::new("kill", 256 << 20);
@@ -209,7 +215,7 @@ fn host_migrate_target_killed_mid_transfer() {
 
 #[test]
 fn host_migrate_post_copy_keeps_the_client() {
-    if !testing::require_migration_host("host_migrate_post_copy_keeps_the_client") {
+    if !host::require_migration_host("host_migrate_post_copy_keeps_the_client") {
         return;
     }
     let c = Cluster::new("pc", 64 << 20);
@@ -231,12 +237,10 @@ fn host_migrate_post_copy_keeps_the_client() {
 
 #[test]
 fn host_migrate_post_copy_failed_restore_resumes_the_source() {
-    if !testing::require_migration_host("host_migrate_post_copy_failed_restore_resumes_the_source") {
+    if !host::require_migration_host("host_migrate_post_copy_failed_restore_resumes_the_source") {
         return;
     }
-    std::env::set_var("HOTSPOT_FAULT_CORRUPT_IMAGE", "1");
-    let c = Cluster::new("pcrb", 8 << 20);
-    std::env::remove_var("HOTSPOT_FAULT_CORRUPT_IMAGE");
+    let c = Cluster::with_node2_fault("pcrb", 8 << 20, Some("corrupt-received-images"));
     let client = c.client();
     let err = c.migrate_with(0, "node2", &["--post-copy"]).expect_err("restore on node2 must fail");
     assert!(err.contains("rolled back"), "{err}");

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use hotspot_node::criu::{Criu, LazyPages};
-use hotspot_node::testbed::Cleanup;
-use hotspot_node::testing;
+use hotspot_testkit::testbed::Cleanup;
+use hotspot_testkit::host;
 use hotspot_node::workload::{Checkpoint, RestoreSpec, ServiceNet, StartOptions, Workloads};
 
 /// Holds 32 MiB of random bytes; every 10 ticks logs their SHA-256, every tick a counter.
@@ -26,7 +26,7 @@ fn lines(p: &std::path::Path) -> Vec<String> {
 
 #[test]
 fn host_post_copy_restore_fetches_pages_lazily() {
-    if !testing::require_migration_host("host_post_copy_restore_fetches_pages_lazily") {
+    if !host::require_migration_host("host_post_copy_restore_fetches_pages_lazily") {
         return;
     }
     let criu = Criu::detect().unwrap();

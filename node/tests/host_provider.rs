@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use hotspot_node::provider::host::{configure_route, ec2_device_candidates, mount, wait_for_block_device};
-use hotspot_node::provider::{MountSpec, RouteSpec};
-use hotspot_node::testing::require_migration_host;
+use hotspot_node::providers::ec2::host::{configure_route, ec2_device_candidates, mount, wait_for_block_device};
+use hotspot_node::providers::ec2::{MountSpec, RouteSpec};
+use hotspot_testkit::host::require_migration_host;
 
 fn sh(args: &[&str]) -> String {
     let out = Command::new(args[0]).args(&args[1..]).output().unwrap();

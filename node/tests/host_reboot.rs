@@ -14,9 +14,10 @@ use std::time::Duration;
 
 use hotspot_node::daemon::control::StatusReport;
 use hotspot_node::lab::{self, Daemon, Lan};
-use hotspot_node::testing;
-use hotspot_node::workload::cgroup::Cgroup;
-use hotspot_node::workload::{netns, record};
+use hotspot_testkit::host;
+use hotspot_node::sys::cgroup::Cgroup;
+use hotspot_node::sys::netns;
+use hotspot_node::workload::{record};
 
 const BIN: &str = env!("CARGO_BIN_EXE_hotspot-node");
 const TEST: &str = "host_reboot_restores_checkpointed_workloads_and_reports_the_rest";
@@ -104,7 +105,7 @@ fn lost_names(s: &StatusReport) -> Vec<&str> {
 
 #[test]
 fn host_reboot_restores_checkpointed_workloads_and_reports_the_rest() {
-    if !testing::require_migration_host(TEST) {
+    if !host::require_migration_host(TEST) {
         return;
     }
     Lan::sweep_stale();
@@ -121,7 +122,7 @@ fn host_reboot_restores_checkpointed_workloads_and_reports_the_rest() {
 
     let address = setup.lan.service_address(1).to_string();
     let mut start = vec!["start", &setup.kept, "--address", &address, "--"];
-    let redis = hotspot_node::testbed::redis_command(&[]);
+    let redis = hotspot_testkit::testbed::redis_command(&[]);
     start.extend(redis.iter().map(String::as_str));
     setup.workload(&start);
     setup.workload(&["start", &setup.lost, "--", "sleep", "100000"]);

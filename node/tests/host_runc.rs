@@ -4,16 +4,16 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use hotspot_node::criu::Criu;
-use hotspot_node::testbed::{self, Cleanup};
-use hotspot_node::testing;
+use hotspot_testkit::testbed::{self, Cleanup};
+use hotspot_testkit::host;
 use hotspot_node::workload::{Checkpoint, CheckpointOptions, RestoreSpec, ServiceNet, WorkloadKind, Workloads};
 
 #[test]
 fn host_runc_container_is_adopted_checkpointed_and_restored() {
-    if !testing::require_migration_host("host_runc_container_is_adopted_checkpointed_and_restored") {
+    if !host::require_migration_host("host_runc_container_is_adopted_checkpointed_and_restored") {
         return;
     }
-    let (Some(_), Ok(busybox)) = (hotspot_node::hostcheck::find_program("runc"), which_busybox()) else {
+    let (Some(_), Ok(busybox)) = (hotspot_node::sys::program::find_program("runc"), which_busybox()) else {
         panic!("runc and busybox are installed by scripts/install-deps");
     };
     let id = std::process::id();
@@ -71,7 +71,7 @@ fn host_runc_container_is_adopted_checkpointed_and_restored() {
 }
 
 fn which_busybox() -> Result<std::path::PathBuf, ()> {
-    hotspot_node::hostcheck::find_program("busybox").ok_or(())
+    hotspot_node::sys::program::find_program("busybox").ok_or(())
 }
 
 /// Deletes the runc container even if the test fails half-way.

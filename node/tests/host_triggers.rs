@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use hotspot_node::daemon::control::{Reply, Request, ReserveParams};
 use hotspot_node::daemon::evacuate::EvacuationReport;
 use hotspot_node::lab::Daemon;
-use hotspot_node::migrate::local::target_netns;
-use hotspot_node::testbed::Cleanup;
-use hotspot_node::testing;
+use hotspot_node::sys::names::restore_netns;
+use hotspot_testkit::testbed::Cleanup;
+use hotspot_testkit::host;
 use hotspot_node::workload::{StartOptions, Workloads};
 use hotspot_protocol::{NodeState, Resources};
 use mesh_support::{wait_for, Node, BIN};
@@ -73,11 +73,11 @@ impl Cluster {
         let name = self.workload_name(k);
         for (g, n) in self.guards.iter_mut().zip(&self.nodes) {
             g.names.push(name.clone());
-            g.netns.push(target_netns(&name, &n.status().node.parse().unwrap()));
+            g.netns.push(restore_netns(&name, &n.status().node));
         }
         self.guards[i].netns.push(format!("hs-{name}"));
         self.wls[i]
-            .start(&StartOptions { name: name.clone(), command: hotspot_node::testbed::redis_command(&["--appendonly", "no"]), ..Default::default() })
+            .start(&StartOptions { name: name.clone(), command: hotspot_testkit::testbed::redis_command(&["--appendonly", "no"]), ..Default::default() })
             .unwrap();
         wait_for("the workload to be advertised", Duration::from_secs(10), || self.nodes[i].status().workloads.iter().any(|w| w.name == name));
         name
@@ -115,7 +115,7 @@ const SMALL: Resources = Resources { cpu_millis: 100, memory_bytes: 1 << 20, dis
 
 #[test]
 fn host_triggers_drain_moves_workloads_off_and_refuses_reservations() {
-    if !testing::require_migration_host("host_triggers_drain_moves_workloads_off_and_refuses_reservations") {
+    if !host::require_migration_host("host_triggers_drain_moves_workloads_off_and_refuses_reservations") {
         return;
     }
     let mut c = Cluster::new("drn", &[(0.10, CPUS4), (0.10, CPUS4)], &[]);
@@ -125,7 +125,7 @@ fn host_triggers_drain_moves_workloads_off_and_refuses_reservations() {
     let server = "127.0.0.1:6379".parse().unwrap();
     // redis is advertised as soon as its process starts, a moment before it listens.
     let ns = format!("hs-{large}");
-    wait_for("redis to take the data", Duration::from_secs(10), || hotspot_node::testbed::fill_random(Some(&ns), server, 16 << 20, 4096).is_ok());
+    wait_for("redis to take the data", Duration::from_secs(10), || hotspot_testkit::testbed::fill_random(Some(&ns), server, 16 << 20, 4096).is_ok());
     wait_for("the larger workload to be advertised as larger", Duration::from_secs(10), || {
         let s = c.nodes[0].status();
         let mem = |n: &str| s.workloads.iter().find(|w| w.name == n).map_or(0, |w| w.needs.memory_bytes);
@@ -166,7 +166,7 @@ fn host_triggers_drain_moves_workloads_off_and_refuses_reservations() {
 
 #[test]
 fn host_triggers_notice_evacuates_before_the_deadline() {
-    if !testing::require_migration_host("host_triggers_notice_evacuates_before_the_deadline") {
+    if !host::require_migration_host("host_triggers_notice_evacuates_before_the_deadline") {
         return;
     }
     let mut c = Cluster::new("ntc", &[(0.10, CPUS4), (0.30, CPUS4), (0.20, CPUS4)], &[]);
@@ -195,7 +195,7 @@ fn host_triggers_notice_evacuates_before_the_deadline() {
 
 #[test]
 fn host_triggers_price_trigger_hops_once_and_not_back() {
-    if !testing::require_migration_host("host_triggers_price_trigger_hops_once_and_not_back") {
+    if !host::require_migration_host("host_triggers_price_trigger_hops_once_and_not_back") {
         return;
     }
     let mut c = Cluster::new("prc", &[(0.10, CPUS4), (0.10, CPUS4)], &["--hop-cooldown-ms", "3000", "--hop-check-interval-ms", "500"]);
@@ -230,7 +230,7 @@ fn host_triggers_price_trigger_hops_once_and_not_back() {
 
 #[test]
 fn host_triggers_two_sources_one_slot_one_goes_elsewhere() {
-    if !testing::require_migration_host("host_triggers_two_sources_one_slot_one_goes_elsewhere") {
+    if !host::require_migration_host("host_triggers_two_sources_one_slot_one_goes_elsewhere") {
         return;
     }
     // node3 is the cheapest but has room for one workload (a tenth of a CPU each); node4 is

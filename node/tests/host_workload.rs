@@ -7,9 +7,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use hotspot_node::criu::Criu;
-use hotspot_node::testbed::{Cleanup, PipeliningClient};
-use hotspot_node::workload::{netns, Checkpoint, CheckpointOptions, RestoreSpec, ServiceNet, StartOptions, Workloads};
-use hotspot_node::{testbed, testing};
+use hotspot_testkit::testbed::{Cleanup, PipeliningClient};
+use hotspot_node::sys::netns;
+use hotspot_node::workload::{Checkpoint, CheckpointOptions, RestoreSpec, ServiceNet, StartOptions, Workloads};
+use hotspot_testkit::{host, testbed};
 
 fn ns_inode(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
@@ -24,7 +25,7 @@ fn inner_pid(pid: i32) -> String {
 
 #[test]
 fn host_counter_continues_in_a_new_namespace() {
-    if !testing::require_migration_host("host_counter_continues_in_a_new_namespace") {
+    if !host::require_migration_host("host_counter_continues_in_a_new_namespace") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -81,7 +82,7 @@ fn host_counter_continues_in_a_new_namespace() {
 
 #[test]
 fn host_redis_keeps_its_live_client_across_namespaces() {
-    if !testing::require_migration_host("host_redis_keeps_its_live_client_across_namespaces") {
+    if !host::require_migration_host("host_redis_keeps_its_live_client_across_namespaces") {
         return;
     }
     let id = std::process::id();
@@ -96,7 +97,7 @@ fn host_redis_keeps_its_live_client_across_namespaces() {
     let server: SocketAddr = format!("10.77.{subnet}.2:6379").parse().unwrap();
     wls.start(&StartOptions {
         name: a.clone(),
-        command: hotspot_node::testbed::redis_command(&["--appendonly", "no"]),
+        command: hotspot_testkit::testbed::redis_command(&["--appendonly", "no"]),
         address: Some(format!("10.77.{subnet}.2/24").parse().unwrap()),
         uplink_netns: Some(client_ns.clone()),
         uplink_address: Some(format!("10.77.{subnet}.1/24").parse().unwrap()),
@@ -134,10 +135,10 @@ fn host_redis_keeps_its_live_client_across_namespaces() {
 
 #[test]
 fn host_rootfs_workload_with_volume_moves() {
-    if !testing::require_migration_host("host_rootfs_workload_with_volume_moves") {
+    if !host::require_migration_host("host_rootfs_workload_with_volume_moves") {
         return;
     }
-    let busybox = hotspot_node::hostcheck::find_program("busybox").expect("busybox-static is installed by scripts/install-deps");
+    let busybox = hotspot_node::sys::program::find_program("busybox").expect("busybox-static is installed by scripts/install-deps");
     let id = std::process::id();
     let tmp = tempfile::tempdir().unwrap();
     let rootfs = tmp.path().join("rootfs");
@@ -190,8 +191,8 @@ fn host_rootfs_workload_with_volume_moves() {
 /// mount it cannot recreate, so the new workload would be stuck where it is.
 #[test]
 fn host_foreign_volume_mounts_do_not_make_a_workload_undumpable() {
-    use hotspot_node::local_provider::loopdev;
-    if !testing::require_migration_host("host_foreign_volume_mounts_do_not_make_a_workload_undumpable") {
+    use hotspot_node::sys::loopdev;
+    if !host::require_migration_host("host_foreign_volume_mounts_do_not_make_a_workload_undumpable") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -234,7 +235,7 @@ fn host_foreign_volume_mounts_do_not_make_a_workload_undumpable() {
 /// are not the workload's to carry to another node.
 #[test]
 fn host_workload_has_its_own_dev_shm() {
-    if !testing::require_migration_host("host_workload_has_its_own_dev_shm") {
+    if !host::require_migration_host("host_workload_has_its_own_dev_shm") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -2,9 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use hotspot_node::imds::fake_server::FakeImds;
-use hotspot_node::imds::watcher::{self, Notice};
-use hotspot_node::imds::{IdentityOverrides, Imds, ImdsSettings, InstanceIdentity};
+use hotspot_node::providers::ec2::imds::fake_server::FakeImds;
+use hotspot_node::providers::ec2::imds::watcher::{self, Notice};
+use hotspot_node::providers::ec2::imds::{IdentityOverrides, Imds, ImdsSettings, InstanceIdentity};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;

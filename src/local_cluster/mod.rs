@@ -17,9 +17,10 @@ use std::time::Duration;
 
 use hotspot_node::daemon::control::Request;
 use hotspot_node::lab::{self, Daemon, LabError, Lan};
-use hotspot_node::local_provider::loopdev::{self, VolumeCleanup};
-use hotspot_node::local_provider::{workload_netns, ClusterDir, NodeEntry};
-use hotspot_node::testbed::{self, Cleanup, ClientReport, PipeliningClient};
+use hotspot_node::sys::loopdev::{self, VolumeCleanup};
+use hotspot_node::providers::local::{ClusterDir, NodeEntry};
+use hotspot_node::sys::names::restore_netns;
+use hotspot_testkit::testbed::{self, Cleanup, ClientReport, PipeliningClient};
 use hotspot_node::workload::{StartOptions, Workloads};
 use hotspot_protocol::NodeId;
 
@@ -34,9 +35,9 @@ pub enum ClusterError {
     #[error(transparent)]
     Lab(#[from] LabError),
     #[error(transparent)]
-    Provider(#[from] hotspot_node::local_provider::LocalProviderError),
+    Provider(#[from] hotspot_node::providers::local::LocalProviderError),
     #[error(transparent)]
-    Volume(#[from] hotspot_node::local_provider::LoopError),
+    Volume(#[from] hotspot_node::providers::local::LoopError),
     #[error(transparent)]
     Workload(#[from] hotspot_node::workload::WorkloadError),
     #[error("{0}")]
@@ -60,11 +61,13 @@ pub struct Options {
     pub fill_bytes: u64,
     /// Keep the working directory (logs) after the cluster is dropped.
     pub keep_dir: bool,
+    /// Extra arguments for every daemon's `run` (tests: `--fault PLAN`).
+    pub daemon_args: Vec<String>,
 }
 
 impl Options {
     pub fn new(bin: PathBuf) -> Self {
-        Options { bin, nodes: 3, fill_bytes: 64 << 20, keep_dir: false }
+        Options { bin, nodes: 3, fill_bytes: 64 << 20, keep_dir: false, daemon_args: Vec::new() }
     }
 }
 
@@ -100,7 +103,7 @@ struct CgroupParents(Vec<String>);
 impl Drop for CgroupParents {
     fn drop(&mut self) {
         for rel in &self.0 {
-            let _ = hotspot_node::workload::cgroup::Cgroup::at(rel).destroy(Duration::from_secs(1));
+            let _ = hotspot_node::sys::cgroup::Cgroup::at(rel).destroy(Duration::from_secs(1));
         }
     }
 }
@@ -193,6 +196,7 @@ impl LocalCluster {
             if has_transfer {
                 flags.extend(["--transfer-listen", &transfer]);
             }
+            flags.extend(opts.daemon_args.iter().map(String::as_str));
             let daemon = Daemon::start_with_env(
                 &opts.bin,
                 cluster.dir.path(),
@@ -207,7 +211,7 @@ impl LocalCluster {
             ClusterDir::new(&cluster_dir).register(&entry)?;
             let mut guard = Cleanup::new(Workloads::new(&state_dir));
             guard.names.push(WORKLOAD.into());
-            guard.netns.push(workload_netns(WORKLOAD, &entry.node_id));
+            guard.netns.push(restore_netns(WORKLOAD, &entry.node_id));
             cluster.workloads.push(guard);
             cluster.cgroup_parents.0.push(format!("hotspot-{}", &entry.node_id[..8]));
             cluster.daemons.push(daemon);
@@ -234,7 +238,7 @@ impl LocalCluster {
         let data = self.dir.path().join("redis-data");
         std::fs::create_dir_all(&data).map_err(|e| ClusterError::Setup(format!("{}: {e}", data.display())))?;
         let d = data.display().to_string();
-        let command = hotspot_node::testbed::redis_command(&["--appendonly", "yes", "--appendfsync", "everysec", "--dir", &d]);
+        let command = hotspot_testkit::testbed::redis_command(&["--appendonly", "yes", "--appendfsync", "everysec", "--dir", &d]);
         let w = self.workloads(node).start(&StartOptions {
             name: WORKLOAD.into(),
             command,
@@ -243,7 +247,7 @@ impl LocalCluster {
             volume: Some(data),
             volume_device: Some(device),
             volume_handle: Some(image.display().to_string()),
-            netns: Some(workload_netns(WORKLOAD, &self.nodes[node].entry.node_id)),
+            netns: Some(restore_netns(WORKLOAD, &self.nodes[node].entry.node_id)),
             ..Default::default()
         })?;
         let uplink = w.record.uplink.as_ref().map(|u| u.interface.clone()).ok_or_else(|| ClusterError::Setup("redis has no service interface".into()))?;

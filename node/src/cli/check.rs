@@ -1,5 +1,5 @@
 use anyhow::Result;
-use hotspot_node::hostcheck;
+use hotspot_node::daemon::check;
 
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
@@ -10,11 +10,11 @@ pub struct CheckArgs {
 
 /// Returns the process exit code: 0 when migration can work here, 1 otherwise.
 pub fn run(args: &CheckArgs) -> Result<i32> {
-    let report = hostcheck::run_checks();
+    let report = check::run_checks();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", hostcheck::render_table(&report));
+        print!("{}", check::render_table(&report));
     }
     Ok(if report.ok { 0 } else { 1 })
 }

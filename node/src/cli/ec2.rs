@@ -5,13 +5,13 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use hotspot_node::imds::fake_server::FakeImds;
-use hotspot_node::imds::{
+use hotspot_node::providers::ec2::imds::fake_server::FakeImds;
+use hotspot_node::providers::ec2::imds::{
     region_of_zone, IdentityOverrides, Imds, ImdsSettings, InstanceIdentity, INSTANCE_TYPE, ZONE,
 };
-use hotspot_node::provider::ec2::discovery::{discover_peers, DEFAULT_CLUSTER_TAG};
-use hotspot_node::provider::ec2::price::SpotPriceSource;
-use hotspot_node::provider::ec2::{build_client, Ec2ClientSettings};
+use hotspot_node::providers::ec2::discovery::{discover_peers, DEFAULT_CLUSTER_TAG};
+use hotspot_node::providers::ec2::price::SpotPriceSource;
+use hotspot_node::providers::ec2::{build_client, Ec2ClientSettings};
 
 #[derive(Debug, clap::Args)]
 pub struct Ec2Args {

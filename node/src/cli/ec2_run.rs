@@ -2,7 +2,7 @@
 //! EC2 side on; `--ec2` alone turns it on with every default (on an instance, all it needs).
 
 use hotspot_node::daemon::config::Config;
-use hotspot_node::provider::ec2::Ec2NodeSettings;
+use hotspot_node::providers::ec2::Ec2NodeSettings;
 
 #[derive(Debug, Clone, Default, clap::Args)]
 #[command(next_help_heading = "EC2 (identity from IMDSv2, spot price in the advert, peers by tag, EBS/ENI moves)")]

@@ -10,3 +10,4 @@ pub mod transfer;
 pub mod ec2;
 pub mod triggers;
 pub mod ec2_run;
+pub mod observability;

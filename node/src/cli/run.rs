@@ -88,6 +88,10 @@ pub struct RunArgs {
     pub imds_endpoint: Option<String>,
     #[command(flatten)]
     pub ec2: super::ec2_run::Ec2RunArgs,
+    /// Test builds only: faults to inject, e.g. crash-after:final-dump (see sys/fault.rs).
+    #[cfg(feature = "fault-injection")]
+    #[arg(long, value_name = "PLAN")]
+    pub fault: Option<hotspot_node::sys::fault::FaultPlan>,
 }
 
 impl RunArgs {
@@ -149,6 +153,8 @@ impl RunArgs {
 
 pub fn run(args: &RunArgs) -> Result<i32> {
     let config = args.config()?;
+    #[cfg(feature = "fault-injection")]
+    hotspot_node::sys::fault::install(args.fault.clone().unwrap_or_default());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(8)

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use hotspot_node::criu::Criu;
-use hotspot_node::local_provider::loopdev;
+use hotspot_node::sys::loopdev;
 use hotspot_node::workload::{Checkpoint, CheckpointOptions, IfAddr, RestoreSpec, ServiceNet, StartOptions, Workloads, DEFAULT_STATE_DIR};
 
 #[derive(Debug, clap::Args)]
@@ -154,7 +154,7 @@ pub fn run(args: &WorkloadArgs) -> Result<i32> {
             let cp = Checkpoint::open(images, &criu)?;
             let src = cp.meta.workload.clone();
             let name = name.clone().unwrap_or_else(|| src.name.clone());
-            let target_ns = netns.clone().unwrap_or_else(|| format!("hs-{name}-r"));
+            let target_ns = netns.clone().unwrap_or_else(|| format!("{}-r", hotspot_node::sys::names::workload_netns(&name)));
             let spec = RestoreSpec {
                 name: name.clone(),
                 netns: target_ns.clone(),

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::image::{self, CriuDumpStats, CriuRestoreStats};
 use super::options::{DumpOptions, PageServer, RestoreOptions};
-use super::process::{self, RunError};
+use crate::sys::process::{self, RunError};
 use super::{netlock, Criu, CriuError, LazyPages};
 
 pub const DUMP_LOG: &str = "dump.log";

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use super::driver::{dir_bytes, DumpStats, DUMP_LOG};
 use super::options::{DumpOptions, PageServer};
-use super::{last_error_lines, netlock, process, Criu, CriuError};
+use super::{last_error_lines, netlock, Criu, CriuError};
+use crate::sys::process;
 
 const LAZY_LOG: &str = "lazy-pages.log";
 /// Descriptor number the status pipe gets in CRIU.

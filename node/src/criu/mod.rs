@@ -23,7 +23,7 @@ pub mod image;
 mod lazy;
 pub mod netlock;
 mod options;
-pub(crate) mod process;
+pub mod version;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -34,10 +34,10 @@ pub use image::{CriuDumpStats, CriuRestoreStats};
 pub use lazy::{LazyDump, LazyPagesDaemon};
 pub use options::{DumpOptions, PageServer, RestoreOptions};
 
-use crate::hostcheck;
+use crate::sys::process;
 
 /// Oldest CRIU that can dump inet sockets on kernels >= 6.16.
-pub const MIN_VERSION: (u32, u32) = hostcheck::MIN_CRIU;
+pub const MIN_VERSION: (u32, u32) = version::MIN_CRIU;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CriuError {
@@ -80,8 +80,8 @@ impl LazyPages {
             LazyPages::Available => None,
             LazyPages::PipeTooSmall { pipe_max_size } => Some(format!(
                 "fs.pipe-max-size={pipe_max_size} < {}: enable post-copy with `sysctl -w fs.pipe-max-size={}`",
-                hostcheck::LAZY_PAGES_PIPE_SIZE,
-                hostcheck::LAZY_PAGES_PIPE_SIZE
+                version::LAZY_PAGES_PIPE_SIZE,
+                version::LAZY_PAGES_PIPE_SIZE
             )),
             LazyPages::NoUserfaultfd => Some("the kernel lacks non-cooperative userfaultfd".into()),
         }
@@ -111,7 +111,7 @@ impl Criu {
     /// Finds CRIU (`$HOTSPOT_CRIU`, `PATH`, `/usr/local/sbin`), checks it is >= 4.2 and probes
     /// memory tracking and lazy pages.
     pub fn detect() -> Result<Self, CriuError> {
-        let path = hostcheck::criu_path().ok_or_else(|| CriuError::NotFound {
+        let path = version::criu_path().ok_or_else(|| CriuError::NotFound {
             looked: "$HOTSPOT_CRIU, PATH, /usr/local/sbin, /usr/sbin, /sbin".into(),
         })?;
         Self::at(path)
@@ -124,7 +124,7 @@ impl Criu {
         }
         let out = process::run_bounded(Command::new(&path).arg("--version"), PROBE_TIMEOUT)
             .map_err(|source| CriuError::Run { action: "--version", source })?;
-        let version = hostcheck::parse_criu_version(&out.stdout)
+        let version = version::parse_criu_version(&out.stdout)
             .ok_or_else(|| CriuError::NoVersion { path: path.clone(), output: out.complaint() })?;
         if (version.0, version.1) < MIN_VERSION {
             return Err(CriuError::TooOld { path, found: format!("{}.{}.{}", version.0, version.1, version.2) });
@@ -141,7 +141,7 @@ impl Criu {
                 .ok()
                 .and_then(|s| s.trim().parse().ok())
                 .unwrap_or(0);
-            if pipe_max_size >= hostcheck::LAZY_PAGES_PIPE_SIZE {
+            if pipe_max_size >= version::LAZY_PAGES_PIPE_SIZE {
                 LazyPages::Available
             } else {
                 LazyPages::PipeTooSmall { pipe_max_size }

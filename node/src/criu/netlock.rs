@@ -12,8 +12,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use super::process::{self, RunError};
-use crate::hostcheck::find_program;
+use crate::sys::process::{self, RunError};
+use crate::sys::program::find_program;
 
 /// File next to the images holding the rules (one `-A CHAIN ...` line each).
 pub const RULES_FILE: &str = "hotspot-netlock.rules";

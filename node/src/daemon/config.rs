@@ -83,14 +83,14 @@ pub struct Config {
     pub workloads_dir: PathBuf,
     pub transfer_listen: String,
     pub transfer_advertise: Option<String>,
-    pub provider: crate::lan_provider::ProviderKind,
+    pub provider: crate::daemon::providers::ProviderKind,
     pub lan_interface: Option<String>,
     pub mesh: MeshConfig,
     pub price: PriceConfig,
     pub capacity: CapacityConfig,
     pub triggers: super::triggers::TriggerConfig,
     /// `[ec2]`: run as an EC2 instance (see [`super::ec2`]). Absent: not on EC2.
-    pub ec2: Option<crate::provider::ec2::Ec2NodeSettings>,
+    pub ec2: Option<crate::providers::ec2::Ec2NodeSettings>,
 }
 
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/hotspot-mesh/control.sock";

@@ -116,7 +116,7 @@ impl Triggers {
         self.service.record_move(MoveRecord {
             trigger: trigger.into(),
             workload: workload.into(),
-            at_ms: crate::mesh::now_ms(),
+            at_ms: crate::sys::clock::now_ms(),
             summary: result.as_ref().ok().cloned(),
             error: result.as_ref().err().cloned(),
         });

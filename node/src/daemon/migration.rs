@@ -24,14 +24,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::config::Config;
-use super::ec2::NodeMover;
+use super::providers::{node_mover, node_restorer, select, NodeMover};
 use super::control::{Handler, Reply, Request, ReserveParams};
-use super::service::NodeService;
+use super::service::{BookReservations, NodeService};
 use crate::criu::Criu;
-use crate::journal::{Journal, MigrationRecord, Role};
+use crate::migrate::journal::{Journal, MigrationRecord, Role};
 use crate::mesh::MeshClient;
-use crate::lan_provider;
-use crate::migrate::local::{images_root, needs_of, BookReservations, WorkloadCheckpointer, WorkloadRestorer};
+use crate::migrate::checkpointer::{images_root, needs_of, WorkloadCheckpointer, WorkloadRestorer};
 use crate::migrate::precopy_images::PrecopyImages;
 use crate::migrate::quic::{self, unhex16, QuicLink};
 use crate::migrate::source::{self, Parts, SourcePlan};
@@ -66,7 +65,7 @@ pub fn start(
     key: &NodeKey,
     service: Arc<NodeService>,
     mesh: MeshClient,
-    ec2: Option<&super::ec2::Ec2Node>,
+    ec2: Option<&crate::providers::ec2::node::Ec2Node>,
     tasks: &mut JoinSet<()>,
     cancel: CancellationToken,
 ) -> Result<Option<Arc<Migrations>>, BoxError> {
@@ -108,12 +107,11 @@ pub fn start(
         workloads: workloads.clone(),
         criu: criu.clone(),
         node: service.node(),
-        corrupt_images: std::env::var("HOTSPOT_FAULT_CORRUPT_IMAGE").is_ok_and(|v| v == "1"),
     };
     // The resource provider (`provider` in the config): local cluster directory or LAN.
-    let (mover, restorer) = lan_provider::select(config, &service, &workloads, restorer, tasks, cancel.clone())?;
-    // On EC2 the restore first mounts the arrived volume and routes the ENI (see `ec2_target`).
-    let restorer = super::ec2_target::Ec2Restorer::new(restorer, ec2);
+    let (mover, restorer) = select(config, &service, &workloads, restorer, tasks, cancel.clone())?;
+    // On EC2 the restore first mounts the arrived volume and routes the ENI.
+    let restorer = node_restorer(restorer, ec2, service.node(), workloads.clone());
     let target = Arc::new(TargetService { journal: journal.clone(), restorer, reservations: BookReservations(service.clone()) });
     recover_targets(&target.journal, &workloads, &service);
 
@@ -127,7 +125,7 @@ pub fn start(
 
     // Post-copy's page relay listens on the address peers reach this node's transfers at.
     let page_relay_ip = advertise.as_deref().and_then(|a| a.parse::<SocketAddr>().ok()).map_or(bound.ip(), |a| a.ip());
-    let mover = NodeMover::new(mover, ec2, workloads.clone());
+    let mover = node_mover(mover, ec2, workloads.clone());
     let m = Arc::new(Migrations {
         service,
         mesh,
@@ -178,7 +176,7 @@ fn recover_targets(journal: &Journal, workloads: &Workloads, service: &NodeServi
             }
         }
         info!(migration = %rec.migration, workload = %rec.workload, ?phase, ?to, "recovered incoming migration");
-        let _ = journal.set_target_phase(&rec.migration, to, crate::mesh::now_ms());
+        let _ = journal.set_target_phase(&rec.migration, to, crate::sys::clock::now_ms());
     }
 }
 
@@ -258,7 +256,7 @@ impl Migrations {
         let progress_of = |phase: &str| Reply::Progress { progress: Progress::Phase { phase: phase.into() } };
         let _ = out.try_send(progress_of("Reserving"));
         // An EBS volume attaches only within its zone: the election must stay there.
-        let volume_zone = self.mover.volume_zone(name).await?;
+        let volume_zone = self.mover.volume_zone(name).await?.map(|(volume, zone)| super::control::VolumeZone { volume, zone });
         let params = ReserveParams { peer: to, workload: name.to_string(), needs, ttl_ms: RESERVATION_TTL_MS, volume_zone };
         let held = match self.service.reserve(params).await {
             Reply::Reserve(outcome) => match outcome.granted {

@@ -8,16 +8,16 @@
 //! - [`control`]: the control socket protocol, server and client.
 //! - [`service`]: the node's state and behaviour behind the control API and the mesh.
 
+pub mod check;
 pub mod config;
-pub mod control;
 pub mod ec2;
-pub mod ec2_target;
+pub mod control;
 pub mod evacuate;
 pub mod hop;
 pub mod host;
 pub mod ledger;
 pub mod migration;
-pub mod price;
+pub mod providers;
 pub mod reboot;
 pub mod service;
 pub mod triggers;
@@ -32,7 +32,7 @@ use tracing::{info, warn};
 
 use crate::mesh::{self, MeshOptions};
 use config::{Config, PriceSourceKind};
-use price::PriceSource;
+use crate::providers::price::{self, PriceSource};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -53,7 +53,7 @@ pub enum DaemonError {
     #[error("migration endpoint: {0}")]
     Migration(crate::migrate::BoxError),
     #[error(transparent)]
-    Ec2(#[from] ec2::Ec2NodeError),
+    Ec2(#[from] crate::providers::ec2::node::Ec2NodeError),
     #[error("invalid multiaddr {addr:?} in {field}: {reason}")]
     Multiaddr { field: &'static str, addr: String, reason: String },
 }

@@ -15,6 +15,7 @@
 //! Workloads whose record has no PID (checkpointed, being migrated) are the migration
 //! journal's business (`daemon::migration` recovers those) and are left alone here.
 
+use crate::sys::clock::now_ms;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -23,7 +24,8 @@ use tracing::{info, info_span, warn};
 
 use super::config::Config;
 use crate::criu::Criu;
-use crate::workload::{netns, Checkpoint, RestoreSpec, ServiceNet, Workload, WorkloadRecord, Workloads};
+use crate::sys::netns;
+use crate::workload::{Checkpoint, RestoreSpec, ServiceNet, Workload, WorkloadRecord, Workloads};
 
 /// Format of a lost-workload report; bump when fields change meaning.
 pub const LOST_FORMAT: u32 = 1;
@@ -55,9 +57,6 @@ fn lost_dir(workloads: &Workloads) -> PathBuf {
     workloads.state_dir().join("lost")
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
 
 /// Wall-clock time of the current boot (`btime` in /proc/stat), in ms since the epoch.
 fn boot_time_ms() -> Option<u64> {

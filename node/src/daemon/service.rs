@@ -1,6 +1,7 @@
 //! The node's state and behaviour: what it advertises, how it answers reservations, and what the
 //! control API can ask of it.
 
+use crate::sys::clock::now_ms;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -17,7 +18,7 @@ use super::config::{CapacityConfig, Config};
 use super::control::{self, Attempt, HeldReservation, PeerRow, ReserveOutcome, ReserveParams, Reply, Request, StatusReport};
 use super::host;
 use super::ledger::{LedgerError, LedgerStore, ReservationBook};
-use super::price::PriceSource;
+use crate::providers::price::PriceSource;
 use crate::mesh::{MeshClient, MeshEvent, PeerSnapshot};
 
 /// How often the advert is rebuilt from fresh measurements (sent only when it changed).
@@ -69,9 +70,6 @@ fn parse_reservation_id(s: &str) -> Option<ReservationId> {
     Some(ReservationId(out))
 }
 
-fn now_ms() -> u64 {
-    crate::mesh::now_ms()
-}
 
 impl NodeService {
     pub fn new(
@@ -203,7 +201,7 @@ impl NodeService {
             .flatten()
             .filter(|w| w.is_running())
             .take(NodeAdvert::MAX_WORKLOADS)
-            .map(|w| hotspot_protocol::advert::WorkloadSummary { name: w.name().to_string(), needs: crate::migrate::local::needs_of(&w) })
+            .map(|w| hotspot_protocol::advert::WorkloadSummary { name: w.name().to_string(), needs: crate::migrate::checkpointer::needs_of(&w) })
             .collect()
     }
 
@@ -552,6 +550,29 @@ impl control::Handler for NodeService {
         }
     }
 }
+
+/// The reservation ledger as the target side of a migration sees it.
+#[derive(Clone)]
+pub struct BookReservations(pub Arc<NodeService>);
+
+impl crate::migrate::target::Reservations for BookReservations {
+    fn held_by(&self, id: &ReservationId, source: &NodeId) -> bool {
+        let now = crate::sys::clock::now_ms();
+        self.0.book().snapshot().get(id).is_some_and(|r| r.request.source == *source && (r.committed || r.expires_at_ms > now))
+    }
+    fn commit(&self, id: &ReservationId) -> bool {
+        self.0.book().commit(id, crate::sys::clock::now_ms()).unwrap_or_else(|e| {
+            warn!(error = %e, "reservation commit not persisted");
+            false
+        })
+    }
+    fn release(&self, id: &ReservationId) {
+        if let Err(e) = self.0.book().release(id) {
+            warn!(error = %e, "reservation release not persisted");
+        }
+    }
+}
+
 
 #[cfg(test)]
 mod tests {

@@ -36,7 +36,7 @@ use tracing::{info, warn};
 use super::control::{Handler, Reply, Request};
 use super::evacuate::Triggers;
 use super::migration::DaemonHandler;
-use crate::imds::watcher::Notice;
+use crate::providers::ec2::imds::watcher::Notice;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -162,7 +162,7 @@ pub fn secs_until(time: &str, now_unix_secs: u64) -> Option<u64> {
 }
 
 fn now_unix_secs() -> u64 {
-    crate::mesh::now_ms() / 1000
+    crate::sys::clock::now_ms() / 1000
 }
 
 /// Notices that do not come through the control socket: a notice file and EC2's metadata
@@ -171,14 +171,14 @@ pub async fn watch_notices(triggers: Arc<Triggers>, cancel: CancellationToken) {
     let (tx, mut rx) = mpsc::channel::<Notice>(4);
     let mut watchers = tokio::task::JoinSet::new();
     if triggers.config.imds {
-        let mut settings = crate::imds::ImdsSettings::default();
+        let mut settings = crate::providers::ec2::imds::ImdsSettings::default();
         if let Some(e) = &triggers.config.imds_endpoint {
             settings.endpoint = e.clone();
         }
-        match crate::imds::Imds::new(&settings) {
+        match crate::providers::ec2::imds::Imds::new(&settings) {
             Ok(imds) => {
                 info!(endpoint = %settings.endpoint, "watching the metadata service for spot notices");
-                watchers.spawn(crate::imds::watcher::watch(imds, crate::imds::watcher::DEFAULT_POLL_INTERVAL, tx.clone(), cancel.clone()));
+                watchers.spawn(crate::providers::ec2::imds::watcher::watch(imds, crate::providers::ec2::imds::watcher::DEFAULT_POLL_INTERVAL, tx.clone(), cancel.clone()));
             }
             Err(e) => warn!(error = %e, "cannot watch the metadata service for spot notices"),
         }

@@ -3,8 +3,9 @@
 
 mod links;
 
+use crate::sys::clock::now_ms;
 use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use hotspot_protocol::reservation::ReservationMessage;
@@ -50,9 +51,6 @@ pub(super) struct EventLoop {
     stats: MeshStats,
 }
 
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
 
 /// Our addresses for the advert: concrete ones only (no 0.0.0.0), non-loopback first, bounded.
 fn advertised_addrs<'a>(addrs: impl Iterator<Item = &'a Multiaddr>) -> Vec<String> {

@@ -28,7 +28,6 @@ use tokio_util::sync::CancellationToken;
 
 pub use advert_check::{node_id_of, peer_id_of};
 pub use peer_table::PeerEntry;
-pub(crate) use event_loop::now_ms;
 
 /// Everything the mesh needs to start. Built by the daemon from its config.
 #[derive(Debug, Clone)]

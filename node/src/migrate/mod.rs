@@ -7,12 +7,12 @@
 //! - [`ResourceMover`]: the volume and service address (local loop devices and netns
 //!   interfaces, or EBS and ENI on EC2).
 //!
-//! Every phase is journaled before it starts (see [`crate::journal`]); a node restarted mid-way
+//! Every phase is journaled before it starts (see [`crate::migrate::journal`]); a node restarted mid-way
 //! runs [`recovery::recover`], which applies [`hotspot_protocol::handoff::recover_source`].
 
-pub mod local;
-pub mod local_lazy;
-pub mod fault;
+pub mod checkpointer;
+pub mod journal;
+pub mod lazy_dump;
 pub mod page_relay;
 mod post_copy;
 pub mod precopy_images;
@@ -180,7 +180,7 @@ impl Summary {
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
     #[error("journal: {0}")]
-    Journal(#[from] crate::journal::JournalError),
+    Journal(#[from] crate::migrate::journal::JournalError),
     /// The migration failed and the workload runs on the source again.
     #[error("migration of {workload} failed during {phase}, rolled back to this node: {cause}")]
     RolledBack { workload: String, phase: &'static str, cause: BoxError },

@@ -30,10 +30,12 @@ use std::time::Instant;
 use hotspot_protocol::handoff::SourcePhase;
 use tracing::{info, warn};
 
-use super::local_lazy::PAGE_STREAM_TIMEOUT;
-use super::source::{finish, fresh_dir, journal_final_dump, now_ms, restore_failed, roll_back_running, roll_back_stopped, summary_saved, Parts, SourcePlan};
+use super::lazy_dump::PAGE_STREAM_TIMEOUT;
+use super::source::{finish, fresh_dir, journal_final_dump, restore_failed, roll_back_running, roll_back_stopped, summary_saved, Parts, SourcePlan};
 use super::{Checkpointer, MigrateError, Progress, ResourceMover, Summary, TargetLink};
-use crate::journal::{JournalError, MigrationRecord};
+use super::journal::{JournalError, MigrationRecord};
+use crate::sys::clock::now_ms;
+use crate::sys::fault::CrashPoint;
 
 pub(crate) async fn run<C: Checkpointer, L: TargetLink, R: ResourceMover>(
     plan: &SourcePlan,
@@ -58,7 +60,7 @@ pub(crate) async fn run<C: Checkpointer, L: TargetLink, R: ResourceMover>(
     };
     summary.image_bytes = dump.image_bytes;
     summary.lap("dump", &mut step);
-    super::fault::point("final-dump");
+    crate::sys::fault::crash_point(CrashPoint::FinalDump);
     let (transfer_id, ship) = match p.link.ship(plan.migration, &final_dir).await {
         Ok(x) => x,
         Err(e) => return roll_back_stopped(plan, p, &final_dir, false, "final transfer", e).await,
@@ -76,7 +78,7 @@ pub(crate) async fn run<C: Checkpointer, L: TargetLink, R: ResourceMover>(
         return roll_back_stopped(plan, p, &final_dir, true, "resource move", e).await;
     }
     summary.lap("move", &mut step);
-    super::fault::point("resources-moved");
+    crate::sys::fault::crash_point(CrashPoint::ResourcesMoved);
 
     p.journal.advance_source(&plan.migration, SourcePhase::RestoreRequested, now_ms())?;
     p.phase(SourcePhase::RestoreRequested);

@@ -6,9 +6,10 @@ use hotspot_protocol::handoff::{recover_source, SourcePhase, SourceRecovery};
 use hotspot_protocol::migration::{MigrationId, WorkloadSpec};
 use tracing::{info, warn};
 
-use super::source::{finish, now_ms, Parts};
+use super::source::{finish, Parts};
+use crate::sys::clock::now_ms;
 use super::{BoxError, Checkpointer, MigrateError, ResourceMover, TargetLink};
-use crate::journal::{JournalError, MigrationRecord, Role};
+use crate::migrate::journal::{JournalError, MigrationRecord, Role};
 
 /// The outcome for one journaled migration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +37,7 @@ pub async fn recover<C: Checkpointer, L: TargetLink, R: ResourceMover>(
     let mut action = recover_source(phase, report);
     // A post-copy migration cut short by a crash cannot go forward: its page relay died with the
     // old process. Before the target restored, it goes back (the frozen tree resumes).
-    let post_copy = rec.image_dir.as_deref().is_some_and(super::local_lazy::is_lazy_image);
+    let post_copy = rec.image_dir.as_deref().is_some_and(super::lazy_dump::is_lazy_image);
     if post_copy && action == SourceRecovery::ResumeForward {
         action = SourceRecovery::RestoreLocally { resources_moved: true };
     }

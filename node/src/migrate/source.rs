@@ -1,8 +1,10 @@
 //! The source side of a migration: pre-copy rounds, freeze, final dump, resource move, restore
 //! on the target, clean-up — journaled write-ahead, rolled back on failure.
 
+use crate::sys::clock::now_ms;
+use crate::sys::fault::CrashPoint;
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use hotspot_protocol::handoff::{another_precopy_round, SourcePhase, TargetPhase, TargetReport};
 use hotspot_protocol::migration::{MigrationId, MigrationMode, WorkloadSpec};
@@ -13,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
 use super::{BoxError, Checkpointer, MigrateError, Progress, ResourceMover, Summary, TargetLink};
-use crate::journal::{Journal, MigrationRecord, Role};
+use crate::migrate::journal::{Journal, MigrationRecord, Role};
 
 /// Everything decided before the migration starts (target elected, reservation granted).
 #[derive(Debug, Clone)]
@@ -36,9 +38,6 @@ pub struct SourcePlan {
     pub target_addr: Option<String>,
 }
 
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
 
 /// The parts a migration drives; borrowed for its duration.
 pub struct Parts<'a, C, L, R> {
@@ -171,7 +170,7 @@ async fn run_inner<C: Checkpointer, L: TargetLink, R: ResourceMover>(plan: &Sour
     };
     summary.image_bytes = dump.image_bytes;
     summary.lap("dump", &mut step);
-    super::fault::point("final-dump");
+    crate::sys::fault::crash_point(CrashPoint::FinalDump);
     let (transfer_id, ship) = match p.link.ship(plan.migration, &final_dir).await {
         Ok(x) => x,
         Err(e) => return roll_back_stopped(plan, p, &final_dir, false, "final transfer", e).await,
@@ -184,14 +183,14 @@ async fn run_inner<C: Checkpointer, L: TargetLink, R: ResourceMover>(plan: &Sour
     p.phase(SourcePhase::MovingResources);
     let mut state = rec.provider_state.clone();
     let moved = p.mover.move_to_target(&plan.workload, &plan.target, &mut state).await;
-    rec = p.journal.get(&plan.migration)?.ok_or(crate::journal::JournalError::Missing(plan.migration))?;
+    rec = p.journal.get(&plan.migration)?.ok_or(crate::migrate::journal::JournalError::Missing(plan.migration))?;
     rec.provider_state = state;
     p.journal.put(&rec)?;
     if let Err(e) = moved {
         return roll_back_stopped(plan, p, &final_dir, true, "resource move", e).await;
     }
     summary.lap("move", &mut step);
-    super::fault::point("resources-moved");
+    crate::sys::fault::crash_point(CrashPoint::ResourcesMoved);
 
     p.journal.advance_source(&plan.migration, SourcePhase::RestoreRequested, now_ms())?;
     p.phase(SourcePhase::RestoreRequested);
@@ -291,7 +290,7 @@ pub(crate) async fn roll_back_stopped<C: Checkpointer, L: TargetLink, R: Resourc
         // Pre-copy asks the mover even when nothing moved: the dead workload's volume may need
         // staging on this node before the local restore (the mover's move_back is idempotent).
         if resources_moved || !post_copy {
-            let mut rec = p.journal.get(&plan.migration)?.ok_or(crate::journal::JournalError::Missing(plan.migration))?;
+            let mut rec = p.journal.get(&plan.migration)?.ok_or(crate::migrate::journal::JournalError::Missing(plan.migration))?;
             let back = match post_copy {
                 true => p.mover.move_back_shared(&plan.workload, &mut rec.provider_state).await,
                 false => p.mover.move_back(&plan.workload, &mut rec.provider_state).await,

@@ -16,9 +16,9 @@ use hotspot_protocol::reservation::ReservationId;
 use hotspot_protocol::NodeId;
 use tracing::{debug, info, warn};
 
-use super::source::now_ms;
+use crate::sys::clock::now_ms;
 use super::BoxError;
-use crate::journal::{Journal, JournalError, MigrationRecord, Role};
+use crate::migrate::journal::{Journal, JournalError, MigrationRecord, Role};
 
 /// Restores workloads on this node.
 pub trait Restorer: Send + Sync {

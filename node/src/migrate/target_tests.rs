@@ -12,7 +12,7 @@ use hotspot_protocol::{NodeId, Resources};
 
 use super::target::{Reservations, Restorer, TargetService};
 use super::BoxError;
-use crate::journal::{Journal, Role};
+use crate::migrate::journal::{Journal, Role};
 
 #[derive(Default)]
 struct Book {

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::source::{run, Parts, SourcePlan};
 use super::*;
-use crate::journal::{Journal, Role};
+use crate::migrate::journal::{Journal, Role};
 
 #[derive(Default)]
 struct Script {
@@ -283,7 +283,7 @@ async fn recovery_after_crash_in_final_dump_restores_locally() {
     let final_dir = f.plan.images_root.join("x/final");
     std::fs::create_dir_all(&final_dir).unwrap();
     std::fs::write(final_dir.join("pages-1.img"), b"x").unwrap();
-    let rec = crate::journal::MigrationRecord {
+    let rec = crate::migrate::journal::MigrationRecord {
         migration: f.plan.migration,
         workload: "redis".into(),
         peer: f.plan.target,

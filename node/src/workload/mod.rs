@@ -8,22 +8,23 @@
 //! namespace or a given one: the local stand-in for an ENI. Its volume is a host directory
 //! (the stand-in for an EBS disk), the working directory of the workload.
 
-pub mod cgroup;
 mod checkpoint;
-pub mod netns;
+mod image;
 pub mod record;
 pub mod runc;
 mod spawn;
 
+use crate::sys::clock::now_ms;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-pub use checkpoint::{is_mount_point, Checkpoint, CheckpointMeta, CheckpointOptions, RestoreSpec, ServiceNet, CHECKPOINT_FORMAT, CHECKPOINT_META};
-pub use netns::{IfAddr, NetError};
+pub use image::{Checkpoint, CheckpointMeta, CheckpointOptions, RestoreSpec, ServiceNet, CHECKPOINT_FORMAT, CHECKPOINT_META};
+pub use crate::sys::netns::{IfAddr, NetError};
 pub use record::{Uplink, WorkloadKind, WorkloadRecord};
 
 use crate::criu::CriuError;
-use cgroup::{Cgroup, CgroupError};
+use crate::sys::cgroup::{Cgroup, CgroupError};
+use crate::sys::netns;
 use record::RecordError;
 
 /// Console file of a pivot_root'ed workload, inside its rootfs.
@@ -171,9 +172,6 @@ fn require_root() -> Result<(), WorkloadError> {
     Ok(())
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
 
 /// Host end of the service veth: short (IFNAMSIZ) and stable per workload name.
 pub(crate) fn uplink_if_name(name: &str) -> String {
@@ -298,7 +296,7 @@ impl Workloads {
         if !command_exists(argv0, opts.rootfs.as_deref()) {
             return Err(WorkloadError::CommandMissing(argv0.clone()));
         }
-        let ns = opts.netns.clone().unwrap_or_else(|| format!("hs-{}", opts.name));
+        let ns = opts.netns.clone().unwrap_or_else(|| crate::sys::names::workload_netns(&opts.name));
         if netns::exists(&ns) {
             return Err(WorkloadError::NetnsTaken(ns));
         }

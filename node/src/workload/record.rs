@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::netns::IfAddr;
+use crate::sys::netns::IfAddr;
 
 /// Current record format. Bump it (and add a migration arm in [`load`]) when fields change
 /// meaning; adding an optional field with a serde default needs no bump.

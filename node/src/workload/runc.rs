@@ -9,11 +9,12 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use super::checkpoint::{write_meta, Checkpoint, CheckpointMeta, CheckpointOptions, RestoreSpec, CHECKPOINT_FORMAT};
-use super::{netns, now_ms, record, require_root, validate_name, Workload, WorkloadError, WorkloadKind, WorkloadRecord, Workloads};
-use crate::criu::process;
+use super::image::{write_meta, Checkpoint, CheckpointMeta, CheckpointOptions, RestoreSpec, CHECKPOINT_FORMAT};
+use crate::sys::{clock::now_ms, netns};
+use super::{record, require_root, validate_name, Workload, WorkloadError, WorkloadKind, WorkloadRecord, Workloads};
+use crate::sys::process;
 use crate::criu::{Criu, RestoreOutcome};
-use crate::hostcheck::find_program;
+use crate::sys::program::find_program;
 
 const TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -71,7 +72,7 @@ impl Workloads {
         if st.status != "running" {
             return Err(WorkloadError::Runc(format!("container {id} is {}, not running", st.status)));
         }
-        let ns = format!("hs-{name}");
+        let ns = crate::sys::names::workload_netns(name);
         attach_netns(&ns, st.pid)?;
         let rec = WorkloadRecord {
             format: record::RECORD_FORMAT,

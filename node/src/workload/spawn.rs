@@ -49,7 +49,7 @@ fn foreign_volume_mounts(volumes_dir: Option<&Path>) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = mountinfo
         .lines()
         .filter_map(|line| {
-            let mount_point = PathBuf::from(super::checkpoint::unescape_mountinfo(line.split(' ').nth(4)?));
+            let mount_point = PathBuf::from(crate::sys::mounts::unescape_mountinfo(line.split(' ').nth(4)?));
             let source = line.split(" - ").nth(1)?.split(' ').nth(1)?;
             let foreign = source.starts_with("/dev/loop") || volumes_dir.is_some_and(|d| mount_point.starts_with(d) && mount_point != d);
             foreign.then_some(mount_point)

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use hotspot_node::imds::fake_server::{read_request, write_response, HttpRequest};
+use hotspot_node::providers::ec2::imds::fake_server::{read_request, write_response, HttpRequest};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;

@@ -5,13 +5,13 @@
 pub mod fault_proxy;
 
 #[allow(unused_imports)] // not every test binary seeds every kind
-pub use hotspot_node::provider::ec2::emulator::{interface, run_instance, subnet_in, volume};
-use hotspot_node::provider::ec2::{build_client, Ec2ClientSettings, Ec2Provider, Ec2ProviderOptions};
+pub use hotspot_testkit::moto::{interface, run_instance, subnet_in, volume};
+use hotspot_node::providers::ec2::{build_client, Ec2ClientSettings, Ec2Provider, Ec2ProviderOptions};
 
 pub const ZONE_A: &str = "us-east-1a";
 pub const ZONE_B: &str = "us-east-1b";
 
-pub use hotspot_node::provider::ec2::emulator::MotoServer;
+pub use hotspot_testkit::moto::MotoServer;
 
 pub fn settings(endpoint: &str) -> Ec2ClientSettings {
     Ec2ClientSettings {

@@ -19,18 +19,18 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hotspot_node::imds::fake_server::FakeImds;
-use hotspot_node::imds::InstanceIdentity;
+use hotspot_node::providers::ec2::imds::fake_server::FakeImds;
+use hotspot_node::providers::ec2::imds::InstanceIdentity;
 use hotspot_node::lab::{self, Daemon, Lan};
-use hotspot_node::local_provider::loopdev::{self, VolumeCleanup};
-use hotspot_node::local_provider::workload_netns;
+use hotspot_node::sys::loopdev::{self, VolumeCleanup};
+use hotspot_node::sys::names::restore_netns;
 use hotspot_node::migrate::{Progress, Summary};
-use hotspot_node::provider::ec2::cloud_moves::WORKLOAD_TAG;
-use hotspot_node::provider::ec2::discovery::DEFAULT_CLUSTER_TAG;
-use hotspot_node::provider::ec2::emulator::{self, bind_in_netns, MotoServer, NetnsRelay};
-use hotspot_node::provider::ec2::{build_client, Ec2ClientSettings};
-use hotspot_node::testbed::{self, Cleanup, PipeliningClient};
-use hotspot_node::testing;
+use hotspot_node::providers::ec2::cloud_moves::WORKLOAD_TAG;
+use hotspot_node::providers::ec2::discovery::DEFAULT_CLUSTER_TAG;
+use hotspot_testkit::moto::{self, bind_in_netns, MotoServer, NetnsRelay};
+use hotspot_node::providers::ec2::{build_client, Ec2ClientSettings};
+use hotspot_testkit::testbed::{self, Cleanup, PipeliningClient};
+use hotspot_testkit::host;
 use hotspot_node::workload::{StartOptions, Workloads};
 
 pub const ZONE: &str = "us-east-1a";
@@ -68,7 +68,7 @@ impl Ec2Lab {
     ///
     /// `node2_zone`: the zone node2's metadata service reports (default: the volume's zone).
     pub fn new(test: &str, fault_on_node1: Option<&str>, node2_zone: Option<&str>) -> Option<Ec2Lab> {
-        if !testing::require_migration_host(test) {
+        if !host::require_migration_host(test) {
             return None;
         }
         let moto = MotoServer::for_test(test)?;
@@ -88,10 +88,10 @@ impl Ec2Lab {
         let name = format!("e2{}", pid % 100_000);
         let s = lan.subnet;
         let (instances, subnet) = rt.block_on(async {
-            let subnet = emulator::subnet_with_cidr(&ec2, &format!("10.77.{s}.0/24"), ZONE).await;
+            let subnet = moto::subnet_with_cidr(&ec2, &format!("10.77.{s}.0/24"), ZONE).await;
             let mut ids = Vec::new();
             for i in 0..2 {
-                ids.push(emulator::run_instance_at(&ec2, &subnet, &lan.node_ip(i).to_string(), &cluster).await);
+                ids.push(moto::run_instance_at(&ec2, &subnet, &lan.node_ip(i).to_string(), &cluster).await);
             }
             (ids, subnet)
         });
@@ -112,6 +112,7 @@ impl Ec2Lab {
                 FakeImds::start(tokio::net::TcpListener::from_std(listener).unwrap(), identity).unwrap()
             };
             let state_dir = root.path().join(format!("node{}", i + 1)).join("state");
+            let fault = fault_on_node1.filter(|_| i == 0).map(|f| vec!["--fault".to_string(), f.to_string()]).unwrap_or_default();
             flags.push(
                 [
                     "--mdns", "false", "--listen", "/ip4/0.0.0.0/tcp/7946", "--advert-interval-ms", "1000",
@@ -131,9 +132,10 @@ impl Ec2Lab {
                     "--ec2-device-dir".into(),
                     root.path().join("dev").display().to_string(),
                 ])
+                .chain(fault)
                 .collect::<Vec<String>>(),
             );
-            let mut e: Vec<(String, String)> = [
+            let e: Vec<(String, String)> = [
                 ("HOTSPOT_STATE_DIR", state_dir.display().to_string()),
                 ("HOTSPOT_LOCAL_CLUSTER", cluster_dir.display().to_string()),
                 ("AWS_ACCESS_KEY_ID", "testing".into()),
@@ -142,11 +144,6 @@ impl Ec2Lab {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect();
-            if i == 0 {
-                if let Some(fault) = fault_on_node1 {
-                    e.push((fault.into(), "1".into()));
-                }
-            }
             env.push(e);
             state_dirs.push(state_dir);
             relays.push(relay);
@@ -182,7 +179,7 @@ impl Ec2Lab {
             let id = d.status().unwrap().node;
             let mut guard = Cleanup::new(Workloads::new(&lab.state_dirs[i]));
             guard.names.push(lab.name.clone());
-            guard.netns.push(workload_netns(&lab.name, &id));
+            guard.netns.push(restore_netns(&lab.name, &id));
             lab._guards.push(guard);
             lab.cgroup_parents.push(format!("hotspot-{}", &id[..8]));
             lab.daemons.push(d);
@@ -209,11 +206,11 @@ impl Ec2Lab {
         let (ec2, name, inst) = (&self.ec2, &self.name, &self.instances[0]);
         let service_ip = self.lan.service_address(1).ip.to_string();
         let (vol, (eni, mac)) = self.rt.block_on(async {
-            let vol = emulator::volume(ec2, ZONE, Some(inst.as_str())).await;
-            let eni = emulator::interface_at(ec2, subnet, &service_ip, inst).await;
+            let vol = moto::volume(ec2, ZONE, Some(inst.as_str())).await;
+            let eni = moto::interface_at(ec2, subnet, &service_ip, inst).await;
             for id in [&vol, &eni.0] {
-                emulator::tag(ec2, id, WORKLOAD_TAG, name).await;
-                emulator::tag(ec2, id, DEFAULT_CLUSTER_TAG, cluster).await;
+                moto::tag(ec2, id, WORKLOAD_TAG, name).await;
+                moto::tag(ec2, id, DEFAULT_CLUSTER_TAG, cluster).await;
             }
             (vol, eni)
         });
@@ -244,12 +241,12 @@ impl Ec2Lab {
                 volume: Some(data),
                 volume_device: Some(device),
                 volume_handle: Some(vol.clone()),
-                netns: Some(workload_netns(name, &node1)),
+                netns: Some(restore_netns(name, &node1)),
                 ..Default::default()
             })
             .unwrap();
         // The workload's interface is the ENI: it has the ENI's MAC (the target finds it by it).
-        hotspot_node::workload::netns::ip(&["-n", &w.record.netns, "link", "set", "eth0", "address", &mac]).unwrap();
+        hotspot_node::sys::netns::ip(&["-n", &w.record.netns, "link", "set", "eth0", "address", &mac]).unwrap();
         self.lan.bridge_port(&w.record.uplink.as_ref().unwrap().interface).unwrap();
         self.server = SocketAddr::new(self.lan.service_address(1).ip, 6379);
         assert!(testbed::wait_listening(Some(&self.client_ns), self.server, Duration::from_secs(20)), "redis came up");
@@ -261,7 +258,7 @@ impl Ec2Lab {
 
     /// The namespace node `i` runs the workload in.
     pub fn workload_ns(&self, i: usize) -> String {
-        workload_netns(&self.name, &self.daemons[i].status().unwrap().node)
+        restore_netns(&self.name, &self.daemons[i].status().unwrap().node)
     }
 
     /// Node `i` did the EC2 host steps before its restore: the EBS volume's device mounted at
@@ -269,13 +266,13 @@ impl Ec2Lab {
     /// (table 100, through the subnet's router); the other node let go of its mount.
     pub fn assert_host_prepared_on(&self, i: usize) {
         let staged = |n: usize| Workloads::new(&self.state_dirs[n]).volume_mount_dir(&self.name);
-        assert!(hotspot_node::workload::is_mount_point(&staged(i)), "volume mounted on node{} for the restore", i + 1);
-        assert!(!hotspot_node::workload::is_mount_point(&staged(1 - i)), "node{} unmounted it before the detach", 2 - i);
+        assert!(hotspot_node::sys::mounts::is_mount_point(&staged(i)), "volume mounted on node{} for the restore", i + 1);
+        assert!(!hotspot_node::sys::mounts::is_mount_point(&staged(1 - i)), "node{} unmounted it before the detach", 2 - i);
         let ns = self.workload_ns(i);
         let ip = self.lan.service_address(1).ip;
-        let rules = hotspot_node::workload::netns::ip(&["-n", &ns, "rule", "show"]).unwrap();
+        let rules = hotspot_node::sys::netns::ip(&["-n", &ns, "rule", "show"]).unwrap();
         assert_eq!(rules.lines().filter(|l| l.contains(&format!("from {ip} lookup 100"))).count(), 1, "{rules}");
-        let table = hotspot_node::workload::netns::ip(&["-n", &ns, "route", "show", "table", "100"]).unwrap();
+        let table = hotspot_node::sys::netns::ip(&["-n", &ns, "route", "show", "table", "100"]).unwrap();
         let gateway = self.lan.node_ip(0); // the subnet's first address
         assert!(table.contains(&format!("default via {gateway} dev eth0")), "{table}");
         assert!(table.contains(&format!("10.77.{}.0/24 dev eth0", self.lan.subnet)), "{table}");
@@ -341,7 +338,7 @@ impl Drop for Ec2Lab {
         // Daemons first (the rest drops in field order), then their empty cgroup parents.
         self.daemons.clear();
         for rel in &self.cgroup_parents {
-            let _ = hotspot_node::workload::cgroup::Cgroup::at(rel).destroy(Duration::from_secs(1));
+            let _ = hotspot_node::sys::cgroup::Cgroup::at(rel).destroy(Duration::from_secs(1));
         }
     }
 }

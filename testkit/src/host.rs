@@ -1,0 +1,67 @@
+//! Helpers for tests that need a real migration host (root, CRIU >= 4.2).
+//!
+//! On a developer machine without them the test is skipped with a clear reason. Under CI
+//! (`CI=true`, where both are installed by the test command) a missing prerequisite fails the
+//! test instead, so CI can never pass by skipping.
+
+use hotspot_node::workload::Workloads;
+
+use crate::testbed::Cleanup;
+
+/// Why this host cannot run real-CRIU tests, if it cannot.
+pub fn migration_host_missing() -> Option<String> {
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("needs root (CRIU, namespaces)".into());
+    }
+    // The driver's own detection: the same binary, version floor and probes the node uses.
+    hotspot_node::criu::Criu::detect().err().map(|e| e.to_string())
+}
+
+/// True when the test may run; false (after printing why) when it must be skipped.
+/// Panics under CI, where skipping would hide a broken set-up.
+pub fn require_migration_host(test: &str) -> bool {
+    match migration_host_missing() {
+        None => true,
+        Some(why) if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") => {
+            panic!("{test}: {why}; CI must run this test")
+        }
+        Some(why) => {
+            eprintln!("SKIPPED {test}: {why}");
+            false
+        }
+    }
+}
+
+/// The preamble every host test shares, as one fixture: the host check, a temporary state
+/// directory, a [`Workloads`] registry in it and a clean-up guard that removes what the test
+/// started (also when it panics).
+///
+/// ```ignore
+/// let Some(mut t) = HostTest::new("host_something") else { return };
+/// let name = t.name("web");
+/// t.guard.names.push(name.clone());
+/// ```
+pub struct HostTest {
+    pub tmp: tempfile::TempDir,
+    pub workloads: Workloads,
+    pub guard: Cleanup,
+}
+
+impl HostTest {
+    /// `None` (after printing why) when the host cannot run real-CRIU tests; panics under CI.
+    pub fn new(test: &str) -> Option<HostTest> {
+        if !require_migration_host(test) {
+            return None;
+        }
+        let tmp = tempfile::tempdir().expect("temporary directory");
+        let workloads = Workloads::new(tmp.path().join("state"));
+        let guard = Cleanup::new(workloads.clone());
+        Some(HostTest { tmp, workloads, guard })
+    }
+
+    /// A workload name unique to this test process (`PREFIX-<pid>`), so parallel runs and
+    /// leftovers of a crashed run never collide.
+    pub fn name(&self, prefix: &str) -> String {
+        format!("{prefix}-{}", std::process::id())
+    }
+}
