@@ -36,11 +36,18 @@ fn cache() -> PathBuf {
 }
 
 /// Runs a bash script (with `set -euo pipefail`), failing the test with its output on error.
-fn bash(what: &str, script: &str) -> String {
+/// Runs `script`; returns its stdout and stderr (both shown in the panic message on failure).
+fn bash_output(what: &str, script: &str) -> (String, String) {
     let out = Command::new("bash").args(["-euo", "pipefail", "-c", script]).output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{what} failed ({}):\n{text}", out.status);
-    text
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    assert!(out.status.success(), "{what} failed ({}):\n{stdout}{stderr}", out.status);
+    (stdout, stderr)
+}
+
+/// [`bash_output`] with stdout and stderr as one text.
+fn bash(what: &str, script: &str) -> String {
+    let (stdout, stderr) = bash_output(what, script);
+    stdout + &stderr
 }
 
 /// A per-run overlay on the cached root: `upper` holds everything this run wrote.
@@ -123,7 +130,9 @@ fn host_provision_node_in_a_fresh_debian_root_joins_a_mesh() {
     let started = Instant::now();
     lab::Lan::sweep_stale();
 
-    let base = bash("scripts/debian-root", &format!("{}/scripts/debian-root", repo().display())).trim().lines().last().unwrap().to_string();
+    // The root's path is the last line of stdout; the first run's progress goes to stderr.
+    let (stdout, _) = bash_output("scripts/debian-root", &format!("{}/scripts/debian-root", repo().display()));
+    let base = stdout.trim().lines().last().expect("debian-root printed the root's path").to_string();
     let base_done = started.elapsed();
     let root = Root::new(PathBuf::from(&base));
     let lan = Lan::new(2).unwrap();

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hotspot_protocol::ids::CONTROL_PROTOCOL_VERSION;
-use hotspot_protocol::{NodeState, Resources};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
@@ -30,142 +29,10 @@ pub struct Envelope<T> {
     pub body: T,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "command", rename_all = "snake_case")]
-pub enum Request {
-    Status,
-    Peers,
-    Reserve(ReserveParams),
-    Release { peer: String, id: String },
-    /// Pins the advertised price (`None` returns to the configured source). For operators and tests.
-    SetPrice { price_per_hour: Option<f64> },
-    /// Migrates a workload to `to` (peer name or node id prefix; `None` elects one). Answered
-    /// by a stream of `Progress` lines and a final `Migrated` or `Error`.
-    /// `mode` defaults to pre-copy; absent in requests from older clients.
-    Migrate {
-        workload: String,
-        to: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        mode: Option<hotspot_protocol::migration::MigrationMode>,
-    },
-    /// Stops taking workloads (advert `draining`, reservations denied) and moves every workload
-    /// off, streaming `Evacuation` lines and a final `Evacuated`. `cancel` returns to healthy.
-    Drain { cancel: bool },
-    /// A spot interruption notice given by hand: announce `leaving` at once and move every
-    /// workload off before `deadline_secs` (default: the configured notice deadline). Streams
-    /// like `Drain`.
-    Notice { deadline_secs: Option<u64> },
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ReserveParams {
-    /// Peer name or node id (prefix); `None` elects the best target by price and capacity.
-    pub peer: Option<String>,
-    pub workload: String,
-    pub needs: Resources,
-    pub ttl_ms: u64,
-    /// The workload's volume and its zone (EC2: the EBS volume's availability zone): a target in
-    /// another zone cannot attach it, so it is not elected and `peer` naming one is refused.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub volume_zone: Option<VolumeZone>,
-}
-
-/// A volume and the zone it can be attached in.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VolumeZone {
-    pub volume: String,
-    pub zone: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "result", rename_all = "snake_case")]
-pub enum Reply {
-    Status(Box<StatusReport>),
-    Peers { peers: Vec<PeerRow> },
-    Reserve(ReserveOutcome),
-    Released { released: bool },
-    PriceSet { price_per_hour: f64 },
-    Progress { progress: crate::migrate::Progress },
-    Migrated { summary: crate::migrate::Summary },
-    Error { message: String },
-    /// One step of a drain or notice evacuation.
-    Evacuation { event: super::evacuate::EvacuationEvent },
-    /// The end of a drain or notice evacuation.
-    Evacuated { report: super::evacuate::EvacuationReport },
-    /// The node's state after `Drain { cancel: true }`.
-    State { state: NodeState },
-}
-
-/// One row of `hotspot-node peers`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PeerRow {
-    pub node: String,
-    pub name: String,
-    pub price_per_hour: f64,
-    pub free: Resources,
-    pub total: Resources,
-    pub state: NodeState,
-    pub zone: String,
-    pub arch: String,
-    pub workloads: usize,
-    pub seq: u64,
-    /// Time since the last advert from this peer.
-    pub age_ms: u64,
-    /// Wall clock (ms since the epoch) when that advert arrived.
-    pub received_at_ms: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct HeldReservation {
-    pub id: String,
-    /// Source node (held here) or target node (obtained elsewhere).
-    pub peer: String,
-    pub workload: String,
-    pub needs: Resources,
-    pub expires_at_ms: u64,
-    pub committed: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StatusReport {
-    pub node: String,
-    pub name: String,
-    pub zone: String,
-    pub arch: String,
-    pub state: NodeState,
-    pub price_per_hour: f64,
-    pub price_source: String,
-    pub total: Resources,
-    pub free: Resources,
-    pub uptime_ms: u64,
-    pub workloads: Vec<hotspot_protocol::advert::WorkloadSummary>,
-    /// Capacity this node promised to sources.
-    pub reservations_held: Vec<HeldReservation>,
-    /// Capacity this node reserved on targets.
-    pub reservations_obtained: Vec<HeldReservation>,
-    pub mesh: serde_json::Value,
-    /// Workloads that were running before a reboot and could not be restored (daemon::reboot).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub lost_at_reboot: Vec<super::reboot::LostWorkload>,
-    /// Moves this node made by itself (price, drain, notice), newest last.
-    #[serde(default)]
-    pub moves: Vec<super::evacuate::MoveRecord>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Attempt {
-    pub peer: String,
-    pub name: String,
-    /// "granted", or why not.
-    pub outcome: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ReserveOutcome {
-    pub granted: Option<HeldReservation>,
-    /// Targets tried, best first.
-    pub attempts: Vec<Attempt>,
-}
+pub use super::api::{
+    Attempt, EvacuationEvent, EvacuationReport, FailedMove, HeldReservation, LostWorkload, MoveRecord, PeerRow, Reply, Request, ReserveOutcome,
+    ReserveParams, StatusReport, VolumeZone,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -349,6 +216,18 @@ async fn serve_one<H: Handler>(stream: tokio::net::UnixStream, handler: &H) -> s
 
 #[cfg(test)]
 mod tests {
+    use hotspot_protocol::migration::MigrationMode;
+
+    #[test]
+    fn migrate_request_mode_is_optional_on_the_wire() {
+        let old: Request = serde_json::from_str(r#"{"command":"migrate","workload":"redis","to":"node2"}"#).unwrap();
+        assert_eq!(old, Request::Migrate { workload: "redis".into(), to: Some("node2".into()), mode: None });
+        let new = Request::Migrate { workload: "redis".into(), to: None, mode: Some(MigrationMode::PostCopy) };
+        let json = serde_json::to_string(&new).unwrap();
+        assert!(json.contains(r#""mode":"post_copy""#), "{json}");
+        assert_eq!(serde_json::from_str::<Request>(&json).unwrap(), new);
+    }
+
     use super::*;
 
     struct Echo;

@@ -19,54 +19,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::{info, info_span, warn, Instrument};
 
+use super::api::{EvacuationEvent, EvacuationReport, FailedMove, MoveRecord};
 use super::control::Reply;
 use super::migration::Migrations;
 use super::service::NodeService;
-use super::triggers::TriggerConfig;
+use super::config::TriggerConfig;
 use crate::migrate::{Progress, Summary};
-
-/// One step of an evacuation, streamed to `hotspot-node drain` / `notice`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
-pub enum EvacuationEvent {
-    Started { trigger: String, workloads: Vec<String>, deadline_ms: Option<u64> },
-    Moving { workload: String, index: usize, total: usize },
-    Progress { workload: String, progress: Progress },
-    Moved { workload: String, summary: Summary },
-    Failed { workload: String, error: String },
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FailedMove {
-    pub workload: String,
-    pub error: String,
-}
-
-/// How an evacuation ended.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EvacuationReport {
-    pub trigger: String,
-    /// The node's state at the end (stays `draining` until `drain --cancel`).
-    pub state: NodeState,
-    pub moved: Vec<Summary>,
-    pub failed: Vec<FailedMove>,
-    /// Not attempted: the deadline passed, or the drain was cancelled.
-    pub left_behind: Vec<String>,
-    pub took_ms: u64,
-    /// Whether every move finished before the deadline (`None` without a deadline).
-    pub deadline_met: Option<bool>,
-}
-
-/// One move this node made by itself, shown by `hotspot-node status`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MoveRecord {
-    /// "price", "drain", "notice" or "imds".
-    pub trigger: String,
-    pub workload: String,
-    pub at_ms: u64,
-    pub summary: Option<Summary>,
-    pub error: Option<String>,
-}
 
 /// The node's automatic triggers: evacuations and the price trigger share it.
 pub struct Triggers {

@@ -32,7 +32,9 @@ use crate::migrate::journal::{Journal, MigrationRecord, Role};
 use crate::mesh::MeshClient;
 use crate::migrate::checkpointer::{images_root, needs_of, WorkloadCheckpointer, WorkloadRestorer};
 use crate::migrate::precopy_images::PrecopyImages;
-use crate::migrate::quic::{self, unhex16, QuicLink};
+use crate::migrate::link::QuicLink;
+use crate::migrate::serve;
+use crate::migrate::wire::unhex16;
 use crate::migrate::source::{self, Parts, SourcePlan};
 use crate::migrate::target::TargetService;
 use crate::migrate::{recovery, BoxError, Progress};
@@ -118,8 +120,8 @@ pub fn start(
     let (done_tx, done_rx) = mpsc::channel(16);
     let (ctl_tx, ctl_rx) = mpsc::channel(16);
     tasks.spawn(hotspot_transfer::serve_dispatch(receiver, store, receive, done_tx, Some(ctl_tx), cancel.clone()));
-    tasks.spawn(quic::record_images(done_rx, target.clone(), precopy_images));
-    tasks.spawn(quic::serve_control(ctl_rx, target, cancel.clone()));
+    tasks.spawn(serve::record_images(done_rx, target.clone(), precopy_images));
+    tasks.spawn(serve::serve_control(ctl_rx, target, cancel.clone()));
     tasks.spawn(sync_trust(mesh.clone(), trust.clone(), cancel.clone()));
     info!(transfer = %bound, advertised = ?advertise, workloads = %config.workloads_dir.display(), "migration endpoint up");
 

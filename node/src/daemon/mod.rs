@@ -8,6 +8,7 @@
 //! - [`control`]: the control socket protocol, server and client.
 //! - [`service`]: the node's state and behaviour behind the control API and the mesh.
 
+pub mod api;
 pub mod check;
 pub mod config;
 pub mod ec2;

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::config::Config;
+use super::config::{Config, ProviderKind};
 use super::service::NodeService;
 use crate::migrate::checkpointer::WorkloadRestorer;
 use crate::migrate::target::Restorer;
@@ -22,17 +22,6 @@ use crate::providers::lan::restorer::LanRestorer;
 use crate::providers::lan::{interface_with, LanError, LanProvider};
 use crate::providers::local::{ClusterDir, LocalProvider, DEFAULT_CLUSTER_DIR};
 use crate::workload::Workloads;
-
-/// The `provider` setting.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ProviderKind {
-    /// Nodes of one machine (network namespaces; shared cluster directory and disk).
-    #[default]
-    Local,
-    /// Machines on one Ethernet segment: the service address moves by proxy ARP, no volumes.
-    Lan,
-}
 
 /// The source side's resource mover.
 #[derive(Debug, Clone)]

@@ -22,6 +22,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tracing::{info, info_span, warn};
 
+use super::api::LostWorkload;
 use super::config::Config;
 use crate::criu::Criu;
 use crate::sys::netns;
@@ -32,21 +33,6 @@ pub const LOST_FORMAT: u32 = 1;
 /// How long one restore may take before it counts as failed.
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// A workload that was running here before the host went down and could not be brought back.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LostWorkload {
-    pub format: u32,
-    pub name: String,
-    /// Host PID it had before the reboot.
-    pub pid: Option<i32>,
-    pub started_unix_ms: u64,
-    /// When this node first found it gone.
-    pub detected_unix_ms: u64,
-    /// The process was started before the current boot, or its runtime state in /run is gone.
-    pub at_reboot: bool,
-    /// Why it was not restored (no checkpoint, unusable checkpoint, failed restore).
-    pub reason: String,
-}
 
 /// Where the checkpoint that a reboot restores workload `name` from lives.
 pub fn checkpoint_dir(workloads: &Workloads, name: &str) -> PathBuf {

@@ -46,7 +46,7 @@ pub struct NodeService {
     /// the ledger answers new reservations with.
     state: Mutex<NodeState>,
     /// Moves this node made by itself, newest last (bounded by [`MAX_MOVES`]).
-    moves: Mutex<std::collections::VecDeque<super::evacuate::MoveRecord>>,
+    moves: Mutex<std::collections::VecDeque<super::api::MoveRecord>>,
     /// Node keys the transfer endpoint accepts: mesh peers, and at once every source we grant
     /// a reservation to (its offer may arrive before its advert has reached us).
     trust: hotspot_transfer::TrustSet,
@@ -150,7 +150,7 @@ impl NodeService {
         now
     }
 
-    pub(crate) fn record_move(&self, record: super::evacuate::MoveRecord) {
+    pub(crate) fn record_move(&self, record: super::api::MoveRecord) {
         let mut moves = self.moves.lock().unwrap_or_else(|p| p.into_inner());
         if moves.len() == MAX_MOVES {
             moves.pop_front();

@@ -1,25 +1,29 @@
 //! Migration of one workload from this node (the source) to a target.
 //!
-//! The driver ([`source::run`]) is written against three small traits so each piece is the real
-//! thing in production and can be swapped in tests that inject faults:
+//! The driver ([`source::run`]: pre-copy rounds, then the freeze written once for both modes) is
+//! written against small traits so each piece is the real thing in production and can be
+//! swapped in tests that inject faults:
 //! - [`Checkpointer`]: CRIU dumps and local (rollback) restores of the workload;
 //! - [`TargetLink`]: the connection to the target node (offer, ship an image, restore, status);
 //! - [`ResourceMover`]: the volume and service address (local loop devices and netns
 //!   interfaces, or EBS and ENI on EC2).
 //!
-//! Every phase is journaled before it starts (see [`crate::migrate::journal`]); a node restarted mid-way
+//! Every phase is journaled before it starts (see [`journal`]); a node restarted mid-way
 //! runs [`recovery::recover`], which applies [`hotspot_protocol::handoff::recover_source`].
 
 pub mod checkpointer;
 pub mod journal;
 pub mod lazy_dump;
+pub mod link;
+pub mod outcome;
 pub mod page_relay;
-mod post_copy;
+pub mod plan;
 pub mod precopy_images;
-pub mod quic;
 pub mod recovery;
+pub mod serve;
 pub mod source;
 pub mod target;
+pub mod wire;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};

@@ -10,7 +10,7 @@ use hotspot_protocol::migration::MigrationId;
 use hotspot_transfer::{ManifestId, ParentLookup};
 use tracing::debug;
 
-use super::quic::parse_image_label;
+use super::wire::parse_image_label;
 
 /// At most this many pre-copy images wait for their final round (older ones, e.g. of
 /// migrations that were rolled back, are removed).
@@ -78,7 +78,7 @@ pub(super) fn remove_dir(path: PathBuf) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::migrate::quic::image_label;
+    use crate::migrate::wire::image_label;
     use std::path::Path;
 
     #[test]

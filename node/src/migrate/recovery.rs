@@ -6,7 +6,8 @@ use hotspot_protocol::handoff::{recover_source, SourcePhase, SourceRecovery};
 use hotspot_protocol::migration::{MigrationId, WorkloadSpec};
 use tracing::{info, warn};
 
-use super::source::{finish, Parts};
+use super::outcome::finish;
+use super::plan::Parts;
 use crate::sys::clock::now_ms;
 use super::{BoxError, Checkpointer, MigrateError, ResourceMover, TargetLink};
 use crate::migrate::journal::{JournalError, MigrationRecord, Role};

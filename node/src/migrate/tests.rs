@@ -356,16 +356,6 @@ async fn post_copy_stream_broken_after_restore_is_reported_lost_not_rolled_back(
     assert!(!s.calls().iter().any(|c| c == "abort_lazy" || c == "move_back_shared"), "after the restore there is no going back: {:?}", s.calls());
 }
 
-#[test]
-fn migrate_request_mode_is_optional_on_the_wire() {
-    use crate::daemon::control::Request;
-    let old: Request = serde_json::from_str(r#"{"command":"migrate","workload":"redis","to":"node2"}"#).unwrap();
-    assert_eq!(old, Request::Migrate { workload: "redis".into(), to: Some("node2".into()), mode: None });
-    let new = Request::Migrate { workload: "redis".into(), to: None, mode: Some(MigrationMode::PostCopy) };
-    let json = serde_json::to_string(&new).unwrap();
-    assert!(json.contains(r#""mode":"post_copy""#), "{json}");
-    assert_eq!(serde_json::from_str::<Request>(&json).unwrap(), new);
-}
 
 #[tokio::test]
 async fn a_node_that_must_leave_skips_pre_copy() {

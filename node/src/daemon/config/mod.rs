@@ -62,6 +62,9 @@ use serde::Deserialize;
 
 use crate::mesh::MeshOptions;
 
+mod triggers;
+pub use triggers::TriggerConfig;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -83,12 +86,12 @@ pub struct Config {
     pub workloads_dir: PathBuf,
     pub transfer_listen: String,
     pub transfer_advertise: Option<String>,
-    pub provider: crate::daemon::providers::ProviderKind,
+    pub provider: ProviderKind,
     pub lan_interface: Option<String>,
     pub mesh: MeshConfig,
     pub price: PriceConfig,
     pub capacity: CapacityConfig,
-    pub triggers: super::triggers::TriggerConfig,
+    pub triggers: TriggerConfig,
     /// `[ec2]`: run as an EC2 instance (see [`super::ec2`]). Absent: not on EC2.
     pub ec2: Option<crate::providers::ec2::Ec2NodeSettings>,
 }
@@ -218,6 +221,17 @@ impl Config {
     pub fn node_name(&self) -> String {
         self.name.clone().unwrap_or_else(super::host::hostname)
     }
+}
+
+/// The `provider` setting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// Nodes of one machine (network namespaces; shared cluster directory and disk).
+    #[default]
+    Local,
+    /// Machines on one Ethernet segment: the service address moves by proxy ARP, no volumes.
+    Lan,
 }
 
 #[cfg(test)]
