@@ -1,7 +1,6 @@
 //! Content-addressed CRIU image transfer over QUIC.
 //!
 //! - [`identity`]: the node's long-lived ed25519 key (shared with the mesh).
-//! - [`criu_image`]: the bits of CRIU's image format needed to cut pages by virtual address.
 //! - [`chunker`]: image directory -> manifest of blake3-addressed chunks.
 //! - [`store`]: chunk store (packs + versioned sled index, refcounts, GC, disk limits).
 //! - [`rebuild`]: manifest + store -> image directory, every chunk verified.
@@ -12,7 +11,6 @@
 
 mod buffers;
 pub mod chunker;
-pub mod criu_image;
 pub mod endpoint;
 pub mod identity;
 pub mod parent;

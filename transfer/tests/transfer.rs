@@ -51,7 +51,7 @@ async fn repeated_pages_travel_once_and_fill_every_place() {
     let Setup { src, mut rx, ep, tmp: _tmp, .. } = Setup::new(1, 3, StoreOptions::default()).await;
     // 20 MiB (over rebuild::LINK_MIN_BYTES) of pages cycling through 8 distinct contents.
     let pages = 20 * 256;
-    let page = hotspot_transfer::criu_image::PAGE_SIZE;
+    let page = hotspot_criu_image::PAGE_SIZE;
     fake_image(&src, &[(0x7f00_0000_0000, pages)], |vaddr| noise((vaddr / page) % 8, page as usize));
     let report = send_dir(&ep, rx.addr, &src, send_opts(), None).await.unwrap();
     let got = rx.next().await.unwrap();
@@ -91,7 +91,7 @@ async fn grown_process_shares_pages_by_virtual_address() {
 /// Every page of a CRIU image directory by virtual address, following `parent/` for runs
 /// flagged `PE_PARENT` the way CRIU's restore does.
 fn resolve_pages(dir: &std::path::Path) -> std::collections::BTreeMap<u64, Vec<u8>> {
-    use hotspot_transfer::criu_image::{parse_pagemap, PAGE_SIZE, PE_PARENT};
+    use hotspot_criu_image::{parse_pagemap, PAGE_SIZE, PE_PARENT};
     let pm = parse_pagemap(&std::fs::read(dir.join("pagemap-1.img")).unwrap()).unwrap();
     let pages = std::fs::read(dir.join(format!("pages-{}.img", pm.pages_id))).unwrap();
     let parent = dir.join("parent");
