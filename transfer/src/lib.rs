@@ -6,12 +6,14 @@
 //! - [`rebuild`]: manifest + store -> image directory, every chunk verified.
 //! - [`parent`]: the same as a CRIU incremental image on top of an earlier image here.
 //! - [`tls`], [`endpoint`]: QUIC endpoints authenticated by node keys against a trust set.
-//! - [`wire`]: message framing on QUIC streams.
+//! - [`framing`]: length-prefixed wire messages on streams (transfer and migration control).
+//! - [`wire`]: the transfer protocol's messages, frame limits and compressed offers.
 //! - [`send`], [`receive`]: the two sides of a transfer (dedup, zstd, parallel streams, resume).
 
 mod buffers;
 pub mod chunker;
 pub mod endpoint;
+pub mod framing;
 pub mod identity;
 pub mod parent;
 pub mod rebuild;
