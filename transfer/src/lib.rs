@@ -28,3 +28,4 @@ pub use receive::{receive_one, serve, serve_dispatch, ParentLookup, ReceiveError
 pub use send::{send_dir, SendError, SendOptions, SendProgress, SendReport};
 pub use store::{ManifestId, Store, StoreError, StoreOptions};
 pub use tls::TrustSet;
+pub use wire::TransferId;

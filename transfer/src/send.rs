@@ -225,8 +225,7 @@ async fn run(
     progress: Option<watch::Sender<SendProgress>>,
 ) -> Result<u64, SendError> {
     let (mut ctl_tx, mut ctl_rx) = conn.open_bi().await.map_err(connection_error)?;
-    let mut transfer_id = [0u8; 16];
-    getrandom::getrandom(&mut transfer_id).map_err(|e| SendError::Task(e.to_string()))?;
+    let transfer_id = wire::TransferId::random().map_err(|e| SendError::Task(e.to_string()))?;
     let offer = tokio::task::spawn_blocking(move || wire::compressed_offer(transfer_id, &manifest)).await.map_err(task_err)??;
     if let Err(e) = framing::write_frame(&mut ctl_tx, &offer).await {
         return Err(match e {

@@ -18,11 +18,26 @@ pub const MAX_CONTROL_FRAME: usize = hotspot_protocol::Limit::MANIFEST.0;
 /// Largest data-stream header (a `ChunkBatch` lists at most a few thousand chunks).
 pub const MAX_DATA_HEADER: usize = 512 * 1024;
 
+/// The id a sender gives one transfer (the `transfer_id` of its offer; random, so a resumed or
+/// repeated transfer of the same image is a new transfer).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TransferId(pub [u8; 16]);
+
+hotspot_protocol::hex_id!(TransferId, "transfer id", debug = 8);
+
+impl TransferId {
+    pub fn random() -> Result<TransferId, getrandom::Error> {
+        let mut id = [0u8; 16];
+        getrandom::getrandom(&mut id)?;
+        Ok(TransferId(id))
+    }
+}
+
 /// An `OfferCompressed` carrying `manifest` (blocking: compresses a few MB).
-pub fn compressed_offer(transfer_id: [u8; 16], manifest: &ImageManifest) -> Result<TransferMessage, FrameError> {
+pub fn compressed_offer(transfer_id: TransferId, manifest: &ImageManifest) -> Result<TransferMessage, FrameError> {
     let raw = serde_cbor::to_vec(manifest).map_err(|e| FrameError::Encode(EncodeError::Cbor(e)))?;
     let compressed = zstd::bulk::compress(&raw, 3)?;
-    Ok(TransferMessage::OfferCompressed { transfer_id, raw_len: raw.len() as u32, manifest: compressed })
+    Ok(TransferMessage::OfferCompressed { transfer_id: transfer_id.0, raw_len: raw.len() as u32, manifest: compressed })
 }
 
 /// The manifest of an `Offer` or `OfferCompressed`, decompressed within its declared size and
