@@ -7,39 +7,39 @@ use hotspot_protocol::migration::MigrationId;
 use hotspot_protocol::reservation::ReservationId;
 use proptest::prelude::*;
 
-fn lower_hex(bytes: &[u8]) -> bool {
-    bytes.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+/// `id`'s text is `digits` lowercase hex digits and parses back to `id`.
+fn round_trips<T>(id: T, digits: usize) -> Result<String, TestCaseError>
+where
+    T: std::fmt::Display + std::str::FromStr<Err = ParseIdError> + PartialEq + std::fmt::Debug,
+{
+    let text = id.to_string();
+    prop_assert_eq!(text.len(), digits);
+    prop_assert!(text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "{}", text);
+    prop_assert_eq!(text.parse::<T>(), Ok(id));
+    Ok(text)
 }
 
 proptest! {
     #[test]
     fn node_ids_round_trip(bytes in any::<[u8; 32]>()) {
-        let text = NodeId(bytes).to_string();
-        prop_assert!(text.len() == 64 && lower_hex(text.as_bytes()));
-        prop_assert_eq!(text.parse::<NodeId>(), Ok(NodeId(bytes)));
+        let text = round_trips(NodeId(bytes), 64)?;
         prop_assert_eq!(text.to_uppercase().parse::<NodeId>(), Ok(NodeId(bytes)));
         prop_assert_eq!(NodeId(bytes).short(), text[..12].to_string());
     }
 
     #[test]
     fn chunk_hashes_round_trip(bytes in any::<[u8; 32]>()) {
-        let text = ChunkHash(bytes).to_string();
-        prop_assert!(text.len() == 64 && lower_hex(text.as_bytes()));
-        prop_assert_eq!(text.parse::<ChunkHash>(), Ok(ChunkHash(bytes)));
+        round_trips(ChunkHash(bytes), 64)?;
     }
 
     #[test]
     fn migration_ids_round_trip(bytes in any::<[u8; 16]>()) {
-        let text = MigrationId(bytes).to_string();
-        prop_assert!(text.len() == 32 && lower_hex(text.as_bytes()));
-        prop_assert_eq!(text.parse::<MigrationId>(), Ok(MigrationId(bytes)));
+        round_trips(MigrationId(bytes), 32)?;
     }
 
     #[test]
     fn reservation_ids_round_trip(bytes in any::<[u8; 16]>()) {
-        let text = ReservationId(bytes).to_string();
-        prop_assert!(text.len() == 32 && lower_hex(text.as_bytes()));
-        prop_assert_eq!(text.parse::<ReservationId>(), Ok(ReservationId(bytes)));
+        round_trips(ReservationId(bytes), 32)?;
     }
 
     /// No text that is not the id's exact length in hex parses, and none panics.
