@@ -23,6 +23,10 @@ use hotspot_testkit::testbed::{self, Cleanup, PipeliningClient, Reply};
 use hotspot_node::sys::netns;
 use hotspot_node::workload::{Checkpoint, CheckpointOptions, RestoreSpec, ServiceNet, StartOptions, Workloads};
 
+#[path = "support/mod.rs"]
+mod support;
+use support::median;
+
 const MIB: u64 = 1024 * 1024;
 
 struct Run {
@@ -31,11 +35,6 @@ struct Run {
     restore_ms: f64,
     image_mb: f64,
     gap_ms: f64,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 fn redis_options(name: &str, client_ns: &str, subnet: u32, dir: &Path) -> StartOptions {

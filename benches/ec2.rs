@@ -20,15 +20,14 @@ use hotspot_testkit::moto::{interface, run_instance, subnet_in, tag, volume, Mot
 use hotspot_node::providers::ec2::{build_client, Ec2ClientSettings, Ec2Provider, Ec2ProviderOptions};
 use hotspot_node::providers::ec2::MoveStep;
 
+#[path = "support/mod.rs"]
+mod support;
+use support::median;
+
 const ROUNDS: usize = 15;
 const ZONE: &str = "us-east-1a";
 const RAW_DEVICE: &str = "/dev/sdg";
 const RAW_INDEX: i32 = 2;
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3

@@ -10,12 +10,16 @@
 //!
 //! Last line: `mesh idle_rss_mb=<n> idle_cpu_pct=<n> advert_spread_ms=<n>`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hotspot_node::daemon::control::{self, Reply, Request};
 use hotspot_node::lab;
+
+#[path = "support/mod.rs"]
+mod support;
+use support::{daemon_binary, median};
 
 const PEERS: usize = 5;
 const IDLE_SECS: u64 = 60;
@@ -88,30 +92,11 @@ fn idle(d: &Daemon, secs: u64) -> (f64, f64) {
     (rss as f64 / (1 << 20) as f64, (cpu1 - cpu0) / t0.elapsed().as_secs_f64() * 100.0)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-/// Builds the daemon with this bench's own profile and target selection, so cargo resolves the
-/// same features as for `cargo bench --bench mesh` and reuses everything it just built.
-fn daemon_binary() -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--profile", "bench", "--quiet", "--bench", "mesh", "--bin", "hotspot-node"])
-        .status()
-        .expect("run cargo build");
-    assert!(status.success(), "building hotspot-node failed");
-    // This bench runs from <target>/release/deps/.
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().join("hotspot-node")
-}
-
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let bin = daemon_binary();
+    let bin = daemon_binary("mesh");
     // Kept (with the daemons' logs) if the bench fails; removed on success.
     let root = tempfile::Builder::new().prefix("hotspot-mesh-bench-").tempdir().unwrap().keep();
     let root = &root;

@@ -11,7 +11,7 @@
 //! `MIGRATE_BENCH_KEEP_LOGS=DIR` keeps the daemons' logs (a timeline of every hop).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,10 @@ use hotspot_testkit::testbed::{self, Cleanup, PipeliningClient};
 use hotspot_protocol::migration::MigrationMode;
 use hotspot_node::sys::netns;
 use hotspot_node::workload::{Checkpoint, CheckpointOptions, RestoreSpec, ServiceNet, StartOptions, Workloads};
+
+#[path = "support/mod.rs"]
+mod support;
+use support::{daemon_binary, median};
 
 /// A `hotspot-node run` process on loopback from [`lab::Daemon`] (killed on drop).
 struct Daemon(lab::Daemon);
@@ -55,22 +59,6 @@ impl Daemon {
             other => Err(format!("migration to {} failed: {other:?}\n{}{}", to.0.name, self.0.log_tail(40), to.0.log_tail(40))),
         }
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn daemon_binary() -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--release", "--quiet", "-p", "hotspot-node", "--bin", "hotspot-node"])
-        .status()
-        .expect("run cargo build");
-    assert!(status.success(), "building hotspot-node failed");
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().join("hotspot-node")
 }
 
 fn sh(script: &str) -> Child {
@@ -228,7 +216,7 @@ fn main() {
         .filter_map(|s| s.trim().parse().ok())
         .collect();
     let naive_runs: usize = std::env::var("MIGRATE_BENCH_NAIVE_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
-    let bin = daemon_binary();
+    let bin = daemon_binary("migrate");
     let criu = Criu::detect().expect("criu");
     let mut last = None;
     for (i, mib) in sizes.iter().enumerate() {

@@ -27,6 +27,10 @@ use std::time::{Duration, Instant};
 use hotspot_transfer::identity::NodeKey;
 use hotspot_transfer::{build_manifest, endpoint, send_dir, ChunkerConfig, ReceiveOptions, SendOptions, Store, StoreOptions, TrustSet};
 
+#[path = "support/mod.rs"]
+mod support;
+use support::median;
+
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
@@ -115,11 +119,6 @@ fn main() {
         wire_pct,
         image_bytes as f64 / 1e6 / ours.as_secs_f64()
     );
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
 }
 
 /// Sends each dir in turn to one fresh receiver; returns the time of the first and all reports.

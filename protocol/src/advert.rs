@@ -2,7 +2,6 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
@@ -13,30 +12,12 @@ use crate::codec::{check_len, check_str, Limit, WireMessage};
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct NodeId(#[serde(with = "serde_bytes")] pub [u8; 32]);
 
-crate::hex_id!(NodeId, display = 32, debug = 6);
+crate::hex_id!(NodeId, "node id", debug = 6);
 
 impl NodeId {
     /// First 12 hex digits: enough to tell nodes apart in tables and logs.
     pub fn short(&self) -> String {
         self.to_string()[..12].to_string()
-    }
-}
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("node id must be 64 hex digits")]
-pub struct ParseNodeIdError;
-
-impl FromStr for NodeId {
-    type Err = ParseNodeIdError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.len() != 64 || !s.is_ascii() {
-            return Err(ParseNodeIdError);
-        }
-        let mut out = [0u8; 32];
-        for (i, byte) in out.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| ParseNodeIdError)?;
-        }
-        Ok(NodeId(out))
     }
 }
 

@@ -6,6 +6,7 @@
 //!
 //! Layout:
 //! - [`ids`]: versioned names of every wire protocol and topic.
+//! - [`hex`]: ids as text (lowercase hex `Display`/`FromStr`, [`hex_id!`]).
 //! - [`codec`]: the versioned envelope every message travels in, with hard size limits.
 //! - [`advert`]: node identity, capacity and the gossiped node advert.
 //! - [`reservation`]: reservation messages and the target-side [`reservation::Ledger`].
@@ -15,31 +16,12 @@
 //! - [`handoff`]: the migration state machine and its crash-recovery rules.
 //! - [`error`]: error codes carried on the wire.
 
-/// Implements `Display` (the first `$display` bytes as hex) and `Debug` (`Name(first $debug
-/// bytes as hex)`) for a newtype over a byte array: ids read the same in logs, tables and paths.
-macro_rules! hex_id {
-    ($ty:ident, display = $display:expr, debug = $debug:expr) => {
-        impl std::fmt::Display for $ty {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                self.0[..$display].iter().try_for_each(|b| write!(f, "{b:02x}"))
-            }
-        }
-        impl std::fmt::Debug for $ty {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                write!(f, concat!(stringify!($ty), "("))?;
-                self.0[..$debug].iter().try_for_each(|b| write!(f, "{b:02x}"))?;
-                write!(f, ")")
-            }
-        }
-    };
-}
-pub(crate) use hex_id;
-
 pub mod advert;
 pub mod codec;
 pub mod election;
 pub mod error;
 pub mod handoff;
+pub mod hex;
 pub mod ids;
 pub mod manifest;
 pub mod migration;

@@ -14,7 +14,7 @@ use crate::error::WireError;
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ChunkHash(#[serde(with = "serde_bytes")] pub [u8; 32]);
 
-crate::hex_id!(ChunkHash, display = 32, debug = 6);
+crate::hex_id!(ChunkHash, "chunk hash", debug = 6);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ChunkRef {

@@ -13,7 +13,7 @@ use crate::reservation::ReservationId;
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct MigrationId(#[serde(with = "serde_bytes")] pub [u8; 16]);
 
-crate::hex_id!(MigrationId, display = 8, debug = 8);
+crate::hex_id!(MigrationId, "migration id", debug = 8);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -14,7 +14,7 @@ use crate::codec::{check_str, Limit, WireMessage};
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ReservationId(#[serde(with = "serde_bytes")] pub [u8; 16]);
 
-crate::hex_id!(ReservationId, display = 8, debug = 8);
+crate::hex_id!(ReservationId, "reservation id", debug = 8);
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReserveRequest {

@@ -1,6 +1,6 @@
 //! Turns a CRIU image directory into an [`ImageManifest`] of blake3-addressed chunks.
 //!
-//! - `pages-N.img` is cut by virtual address using its `pagemap-*.img` ([`criu_image::vaddr_cuts`]),
+//! - `pages-N.img` is cut by virtual address using its `pagemap-*.img` ([`hotspot_criu_image::vaddr_cuts`]),
 //!   so unchanged pages keep their hashes between successive dumps of a process that grew.
 //! - Every other file is one chunk when small, else cut at content-defined boundaries (a gear
 //!   rolling hash), so an insertion shifts only the chunks around it.
@@ -16,9 +16,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+use hotspot_criu_image::{self as criu_image, Pagemap};
 use hotspot_protocol::manifest::{ChunkHash, ChunkRef, ImageManifest, ManifestFile};
-
-use crate::criu_image::{self, Pagemap};
 
 /// Chunk size of page data: one page. On a re-dump of redis after 1 % of its data changed, 4 KiB
 /// chunks leave 2.0 % of the image to send, 8 KiB 2.7 %, 16 KiB 4.0 %, 64 KiB 10.3 %; the

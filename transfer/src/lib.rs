@@ -1,19 +1,19 @@
 //! Content-addressed CRIU image transfer over QUIC.
 //!
 //! - [`identity`]: the node's long-lived ed25519 key (shared with the mesh).
-//! - [`criu_image`]: the bits of CRIU's image format needed to cut pages by virtual address.
 //! - [`chunker`]: image directory -> manifest of blake3-addressed chunks.
 //! - [`store`]: chunk store (packs + versioned sled index, refcounts, GC, disk limits).
 //! - [`rebuild`]: manifest + store -> image directory, every chunk verified.
 //! - [`parent`]: the same as a CRIU incremental image on top of an earlier image here.
 //! - [`tls`], [`endpoint`]: QUIC endpoints authenticated by node keys against a trust set.
-//! - [`wire`]: message framing on QUIC streams.
+//! - [`framing`]: length-prefixed wire messages on streams (transfer and migration control).
+//! - [`wire`]: the transfer protocol's messages, frame limits and compressed offers.
 //! - [`send`], [`receive`]: the two sides of a transfer (dedup, zstd, parallel streams, resume).
 
 mod buffers;
 pub mod chunker;
-pub mod criu_image;
 pub mod endpoint;
+pub mod framing;
 pub mod identity;
 pub mod parent;
 pub mod rebuild;
@@ -28,3 +28,4 @@ pub use receive::{receive_one, serve, serve_dispatch, ParentLookup, ReceiveError
 pub use send::{send_dir, SendError, SendOptions, SendProgress, SendReport};
 pub use store::{ManifestId, Store, StoreError, StoreOptions};
 pub use tls::TrustSet;
+pub use wire::TransferId;

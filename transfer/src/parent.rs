@@ -14,9 +14,9 @@ use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use hotspot_criu_image::{self as criu_image, Image, PageRun, Pagemap, PAGEMAP_MAGIC, PAGE_SIZE, PE_PARENT, PE_PRESENT};
 use hotspot_protocol::manifest::{ChunkHash, ChunkRef, ImageManifest, ManifestFile};
 
-use crate::criu_image::{self, PageRun, Pagemap, PAGE_SIZE, PE_PARENT, PE_PRESENT};
 use crate::rebuild::{io_err, ImageWriter, RebuildError};
 use crate::store::Store;
 
@@ -37,8 +37,8 @@ pub struct ParentRebuild {
 struct PagesPlan {
     pagemap_rel: String,
     pages_rel: String,
-    /// The original pagemap file bytes (for its magic and head entry).
-    original: Vec<u8>,
+    /// The magic words and head entry of the original pagemap, kept as they are.
+    head: Vec<u8>,
     pagemap: Pagemap,
     /// Per chunk of the pages file, in file order: whether the parent holds it.
     in_parent: Vec<bool>,
@@ -71,7 +71,7 @@ pub fn rebuild_on_parent(store: &Store, manifest: &ImageManifest, parent: &Path,
     let staging = writer.staging().to_path_buf();
     let mut written_bytes = derived.total_bytes();
     for p in &plans {
-        let bytes = rewrite_pagemap(&p.original, &p.pagemap, chunks_of(manifest, &p.pages_rel), &p.in_parent);
+        let bytes = rewrite_pagemap(&p.head, &p.pagemap, chunks_of(manifest, &p.pages_rel), &p.in_parent);
         let path = staging.join(&p.pagemap_rel);
         std::fs::write(&path, &bytes).map_err(|e| io_err(&path, e))?;
         let mode = manifest.files.iter().find(|f| f.path == p.pagemap_rel).map_or(0o600, |f| f.mode & 0o7777);
@@ -148,8 +148,9 @@ fn plan(store: &Store, manifest: &ImageManifest, parent_manifest: &ImageManifest
     let mut plans = Vec::new();
     for f in manifest.files.iter().filter(|f| task_pagemap(&f.path)) {
         let Some(pf) = parent_manifest.files.iter().find(|p| p.path == f.path) else { continue };
-        let original = file_bytes(store, f)?;
-        let (Ok(pagemap), Ok(parent_map)) = (criu_image::parse_pagemap(&original), criu_image::parse_pagemap(&file_bytes(store, pf)?)) else { continue };
+        let (original, parent_original) = (file_bytes(store, f)?, file_bytes(store, pf)?);
+        let Ok(image) = Image::parse(&original, PAGEMAP_MAGIC) else { continue };
+        let (Ok(pagemap), Ok(head), Ok(parent_map)) = (Pagemap::from_image(&image), image.leading(1), criu_image::parse_pagemap(&parent_original)) else { continue };
         let pages_rel = format!("pages-{}.img", pagemap.pages_id);
         let parent_pages_rel = format!("pages-{}.img", parent_map.pages_id);
         let (chunks, parent_chunks) = (chunks_of(manifest, &pages_rel), chunks_of(parent_manifest, &parent_pages_rel));
@@ -158,19 +159,15 @@ fn plan(store: &Store, manifest: &ImageManifest, parent_manifest: &ImageManifest
         }
         let parent_at: HashMap<u64, (ChunkHash, u32)> = chunk_vaddrs(&parent_map, parent_chunks).into_iter().zip(parent_chunks).filter_map(|(v, c)| Some((v?, (c.hash, c.len)))).collect();
         let in_parent = chunk_vaddrs(&pagemap, chunks).into_iter().zip(chunks).map(|(v, c)| v.is_some_and(|v| parent_at.get(&v) == Some(&(c.hash, c.len)))).collect();
-        plans.push(PagesPlan { pagemap_rel: f.path.clone(), pages_rel, original, pagemap, in_parent });
+        plans.push(PagesPlan { pagemap_rel: f.path.clone(), pages_rel, head: head.to_vec(), pagemap, in_parent });
     }
     Ok(plans)
 }
 
-/// The pagemap with every run split where chunks switch between "in the parent" and "here".
-fn rewrite_pagemap(original: &[u8], pagemap: &Pagemap, chunks: &[ChunkRef], in_parent: &[bool]) -> Vec<u8> {
-    let magic_len = match original.get(..4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])) {
-        Some(criu_image::IMG_COMMON_MAGIC) | Some(criu_image::IMG_SERVICE_MAGIC) => 8,
-        _ => 4,
-    };
-    let head_len = original.get(magic_len..magic_len + 4).map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
-    let mut out = original[..(magic_len + 4 + head_len).min(original.len())].to_vec();
+/// The pagemap with every run split where chunks switch between "in the parent" and "here",
+/// after `head` (the original's magic words and head entry).
+fn rewrite_pagemap(head: &[u8], pagemap: &Pagemap, chunks: &[ChunkRef], in_parent: &[bool]) -> Vec<u8> {
+    let mut out = head.to_vec();
     // Pieces of present runs, in file order: (bytes, in parent).
     let mut pieces = chunks.iter().zip(in_parent).map(|(c, &p)| (c.len as u64, p));
     let mut piece = pieces.next();
@@ -231,11 +228,11 @@ mod tests {
     #[test]
     fn pagemap_is_split_where_parent_and_present_alternate() {
         let map = pm(&[(0x10000, 4), (0x40000, 1)]);
-        let mut original = criu_image::IMG_COMMON_MAGIC.to_le_bytes().to_vec();
-        original.extend(criu_image::PAGEMAP_MAGIC.to_le_bytes());
-        original.extend([2, 0, 0, 0, 0x08, 0x01]); // head { pages_id: 1 }
+        let mut head = criu_image::IMG_COMMON_MAGIC.to_le_bytes().to_vec();
+        head.extend(PAGEMAP_MAGIC.to_le_bytes());
+        criu_image::push_entry(&mut head, &[(1, 1)]); // head { pages_id: 1 }
         let chunks = [c(4096, 1), c(4096, 2), c(8192, 3), c(4096, 4)];
-        let bytes = rewrite_pagemap(&original, &map, &chunks, &[true, true, false, true]);
+        let bytes = rewrite_pagemap(&head, &map, &chunks, &[true, true, false, true]);
         let back = criu_image::parse_pagemap(&bytes).unwrap();
         assert_eq!(back.pages_id, 1);
         let runs: Vec<(u64, u64, u32)> = back.runs.iter().map(|r| (r.vaddr, r.nr_pages, r.flags)).collect();

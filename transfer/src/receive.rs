@@ -21,7 +21,8 @@ use crate::buffers::BufferPool;
 use crate::rebuild::{ImageWriter, RebuildError};
 use crate::store::{ManifestId, Store, StoreError};
 use crate::tls;
-use crate::wire::{self, FrameError, MAX_CONTROL_FRAME, MAX_DATA_HEADER};
+use crate::framing::{self, FrameError};
+use crate::wire::{self, MAX_CONTROL_FRAME, MAX_DATA_HEADER};
 
 /// Largest payload of one batch on the wire.
 const MAX_BATCH_WIRE: usize = 2 * TransferMessage::MAX_BATCH_BYTES as usize;
@@ -195,7 +196,7 @@ pub async fn receive_one(conn: quinn::Connection, store: Arc<Store>, opts: Recei
         Err(e) => {
             let msg = e.to_string();
             tracing::warn!(error = %msg, "transfer failed");
-            let _ = tokio::time::timeout(Duration::from_secs(1), wire::write_msg(&mut ctl_tx, &wire::error_msg(e.code(), &msg))).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), framing::write_frame(&mut ctl_tx, &wire::error_msg(e.code(), &msg))).await;
             let _ = ctl_tx.finish();
             // As on success, the sender closes first once it read why: a close of ours could
             // reach it only as a stateless reset ("reset by peer") while its data is still in
@@ -216,7 +217,7 @@ async fn run(
     opts: ReceiveOptions,
 ) -> Result<Received, ReceiveError> {
     let start = Instant::now();
-    let offer = wire::read_msg(ctl_rx, MAX_CONTROL_FRAME).await?.ok_or_else(|| ReceiveError::Protocol("no offer before end of stream".into()))?;
+    let offer = framing::read_frame(ctl_rx, MAX_CONTROL_FRAME).await?.ok_or_else(|| ReceiveError::Protocol("no offer before end of stream".into()))?;
     let manifest = tokio::task::spawn_blocking(move || wire::offered_manifest(offer)).await.map_err(task_err)??;
     tracing::debug!(ms = start.elapsed().as_millis() as u64, "offer read");
     let (files, bytes, label) = (manifest.files.len(), manifest.total_bytes(), manifest.label.clone());
@@ -242,7 +243,7 @@ async fn run(
     let mut outstanding: HashSet<ChunkHash> = missing.iter().copied().collect();
     let expected = Arc::new(std::sync::Mutex::new(outstanding.clone()));
     for piece in missing.chunks(opts.want_piece.max(1)) {
-        wire::write_msg(ctl_tx, &TransferMessage::Want { missing: piece.to_vec() }).await?;
+        framing::write_frame(ctl_tx, &TransferMessage::Want { missing: piece.to_vec() }).await?;
     }
 
     let (events_tx, mut events) = mpsc::channel::<DataEvent>(256);
@@ -268,7 +269,7 @@ async fn run(
                 Some(DataEvent::Rejected { hash, reason }) => {
                     rejected += 1;
                     tracing::warn!(chunk = %hash, %reason, "chunk failed verification; asking again");
-                    wire::write_msg(ctl_tx, &TransferMessage::Rejected { hash, reason }).await?;
+                    framing::write_frame(ctl_tx, &TransferMessage::Rejected { hash, reason }).await?;
                 }
                 Some(DataEvent::Failed(e)) => return Err(e),
                 None => return Err(ReceiveError::Connection(conn.closed().await)),
@@ -290,7 +291,7 @@ async fn run(
                 tracing::warn!(chunks = again.len(), "stored chunks failed verification; fetching them again");
                 expected.lock().unwrap_or_else(|e| e.into_inner()).extend(again.iter().copied());
                 outstanding.extend(again.iter().copied());
-                wire::write_msg(ctl_tx, &TransferMessage::Want { missing: again }).await?;
+                framing::write_frame(ctl_tx, &TransferMessage::Want { missing: again }).await?;
             }
             Err(e) => return Err(e.into()),
         }
@@ -314,7 +315,7 @@ async fn run(
     })
     .await
     .map_err(task_err)??;
-    wire::write_msg(ctl_tx, &TransferMessage::Complete { files: files as u32, bytes }).await?;
+    framing::write_frame(ctl_tx, &TransferMessage::Complete { files: files as u32, bytes }).await?;
     let _ = ctl_tx.finish();
     let elapsed = start.elapsed();
     tracing::info!(path = %path.display(), chunks_received, bytes_received, rejected, ms = elapsed.as_millis() as u64, "image received");
@@ -423,7 +424,7 @@ impl DataStreams {
     /// semaphore bounds how much is outstanding).
     async fn read_stream(self: &Arc<Self>, mut recv: quinn::RecvStream) -> Result<(), ReceiveError> {
         let mut verifying = JoinSet::new();
-        while let Some(msg) = wire::read_msg(&mut recv, MAX_DATA_HEADER).await? {
+        while let Some(msg) = framing::read_frame(&mut recv, MAX_DATA_HEADER).await? {
             let TransferMessage::ChunkBatch { chunks, compressed_len, compression } = msg else {
                 return Err(ReceiveError::Protocol(format!("expected a chunk batch on a data stream, got {msg:?}")));
             };

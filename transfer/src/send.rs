@@ -25,7 +25,8 @@ use crate::buffers::{BufferPool, Pooled};
 use crate::chunker::{build_manifest, ChunkError, ChunkerConfig};
 use crate::store::ManifestId;
 use crate::tls;
-use crate::wire::{self, FrameError, MAX_CONTROL_FRAME};
+use crate::framing::{self, FrameError};
+use crate::wire::{self, MAX_CONTROL_FRAME};
 
 #[derive(Debug, Clone)]
 pub struct SendOptions {
@@ -224,10 +225,9 @@ async fn run(
     progress: Option<watch::Sender<SendProgress>>,
 ) -> Result<u64, SendError> {
     let (mut ctl_tx, mut ctl_rx) = conn.open_bi().await.map_err(connection_error)?;
-    let mut transfer_id = [0u8; 16];
-    getrandom::getrandom(&mut transfer_id).map_err(|e| SendError::Task(e.to_string()))?;
+    let transfer_id = wire::TransferId::random().map_err(|e| SendError::Task(e.to_string()))?;
     let offer = tokio::task::spawn_blocking(move || wire::compressed_offer(transfer_id, &manifest)).await.map_err(task_err)??;
-    if let Err(e) = wire::write_msg(&mut ctl_tx, &offer).await {
+    if let Err(e) = framing::write_frame(&mut ctl_tx, &offer).await {
         return Err(match e {
             FrameError::Io(_) => connection_error(conn.closed().await),
             other => other.into(),
@@ -248,7 +248,7 @@ async fn run(
     let mut rejected = 0u64;
     loop {
         tokio::select! {
-            msg = wire::read_msg(&mut ctl_rx, MAX_CONTROL_FRAME) => match msg {
+            msg = framing::read_frame(&mut ctl_rx, MAX_CONTROL_FRAME) => match msg {
                 Ok(Some(TransferMessage::Want { missing })) => {
                     let mut bytes = 0u64;
                     for h in &missing {
@@ -396,7 +396,7 @@ fn build_frame(sources: &Sources, chunks: Vec<ChunkRef>, level: i32, counters: &
     };
     let header = TransferMessage::ChunkBatch { chunks, compressed_len: payload.len() as u32, compression };
     let mut head = Vec::new();
-    frame_into(&mut head, &header)?;
+    framing::frame_into(&mut head, &header)?;
     let n = match &header {
         TransferMessage::ChunkBatch { chunks, .. } => chunks.len() as u64,
         _ => 0,
@@ -404,14 +404,6 @@ fn build_frame(sources: &Sources, chunks: Vec<ChunkRef>, level: i32, counters: &
     counters.compressed.fetch_add(payload.len() as u64, Ordering::Relaxed);
     let payload = Bytes::from_owner(Pooled { buf: payload, pool: &SEND_BUFFERS });
     Ok(Frame { parts: [Bytes::from(head), payload], chunks: n, raw: raw_len as u64 })
-}
-
-/// Frames `msg` into `out` (the synchronous twin of [`wire::write_msg`]).
-fn frame_into(out: &mut Vec<u8>, msg: &TransferMessage) -> Result<(), SendError> {
-    let body = hotspot_protocol::codec::encode(msg).map_err(FrameError::from)?;
-    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    out.extend_from_slice(&body);
-    Ok(())
 }
 
 async fn write_stream(

@@ -51,7 +51,7 @@ async fn repeated_pages_travel_once_and_fill_every_place() {
     let Setup { src, mut rx, ep, tmp: _tmp, .. } = Setup::new(1, 3, StoreOptions::default()).await;
     // 20 MiB (over rebuild::LINK_MIN_BYTES) of pages cycling through 8 distinct contents.
     let pages = 20 * 256;
-    let page = hotspot_transfer::criu_image::PAGE_SIZE;
+    let page = hotspot_criu_image::PAGE_SIZE;
     fake_image(&src, &[(0x7f00_0000_0000, pages)], |vaddr| noise((vaddr / page) % 8, page as usize));
     let report = send_dir(&ep, rx.addr, &src, send_opts(), None).await.unwrap();
     let got = rx.next().await.unwrap();
@@ -91,7 +91,7 @@ async fn grown_process_shares_pages_by_virtual_address() {
 /// Every page of a CRIU image directory by virtual address, following `parent/` for runs
 /// flagged `PE_PARENT` the way CRIU's restore does.
 fn resolve_pages(dir: &std::path::Path) -> std::collections::BTreeMap<u64, Vec<u8>> {
-    use hotspot_transfer::criu_image::{parse_pagemap, PAGE_SIZE, PE_PARENT};
+    use hotspot_criu_image::{parse_pagemap, PAGE_SIZE, PE_PARENT};
     let pm = parse_pagemap(&std::fs::read(dir.join("pagemap-1.img")).unwrap()).unwrap();
     let pages = std::fs::read(dir.join(format!("pages-{}.img", pm.pages_id))).unwrap();
     let parent = dir.join("parent");
@@ -344,9 +344,8 @@ async fn malformed_messages_are_refused_without_panic() {
     let evil = ImageManifest { label: "x".into(), files: vec![ManifestFile { path: "../escape".into(), mode: 0o644, size: 1, chunks: vec![ChunkRef { hash: ChunkHash([1; 32]), len: 1 }] }] };
     let conn = raw_connection(&s, &r, &rx).await;
     let (mut tx, _rx) = conn.open_bi().await.unwrap();
-    let msg = hotspot_protocol::codec::encode(&TransferMessage::Offer { transfer_id: [0; 16], manifest: evil }).unwrap();
-    tx.write_all(&(msg.len() as u32).to_be_bytes()).await.unwrap();
-    tx.write_all(&msg).await.unwrap();
+    // (Framing does not validate: a hostile sender's manifest arrives as it was written.)
+    hotspot_transfer::framing::write_frame(&mut tx, &TransferMessage::Offer { transfer_id: [0; 16], manifest: evil }).await.unwrap();
     assert!(matches!(rx.next().await.unwrap_err(), ReceiveError::Frame(_)));
     assert!(!tmp.path().join("escape").exists());
 
@@ -356,12 +355,12 @@ async fn malformed_messages_are_refused_without_panic() {
     let manifest = build_manifest(&src, "t", &Default::default()).unwrap();
     let conn = raw_connection(&s, &r, &rx).await;
     let (mut tx, mut ctl_rx) = conn.open_bi().await.unwrap();
-    hotspot_transfer::wire::write_msg(&mut tx, &TransferMessage::Offer { transfer_id: [0; 16], manifest }).await.unwrap();
-    let _want = hotspot_transfer::wire::read_msg(&mut ctl_rx, 64 << 20).await.unwrap();
+    hotspot_transfer::framing::write_frame(&mut tx, &TransferMessage::Offer { transfer_id: [0; 16], manifest }).await.unwrap();
+    let _want = hotspot_transfer::framing::read_frame::<_, TransferMessage>(&mut ctl_rx, 64 << 20).await.unwrap();
     let mut data = conn.open_uni().await.unwrap();
     let bogus = TransferMessage::ChunkBatch { chunks: vec![ChunkRef { hash: ChunkHash([9; 32]), len: 4 }], compressed_len: 4, compression: Compression::None };
     // The receiver may refuse on the header alone and close before the payload is written.
-    let _ = hotspot_transfer::wire::write_msg(&mut data, &bogus).await;
+    let _ = hotspot_transfer::framing::write_frame(&mut data, &bogus).await;
     let _ = data.write_all(b"abcd").await;
     assert!(matches!(rx.next().await.unwrap_err(), ReceiveError::Protocol(_)));
 

@@ -17,7 +17,6 @@ mod index;
 mod pack;
 
 use std::collections::HashSet;
-use std::fmt;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
@@ -73,17 +72,7 @@ impl ManifestId {
     }
 }
 
-impl fmt::Display for ManifestId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
-    }
-}
-
-impl fmt::Debug for ManifestId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ManifestId({})", &self.to_string()[..12])
-    }
-}
+hotspot_protocol::hex_id!(ManifestId, "manifest id", debug = 6);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct ManifestRecord {

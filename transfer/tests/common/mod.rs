@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hotspot_transfer::criu_image::{IMG_COMMON_MAGIC, PAGEMAP_MAGIC, PAGE_SIZE, PE_PRESENT};
+use hotspot_criu_image::{push_entry, IMG_COMMON_MAGIC, PAGEMAP_MAGIC, PAGE_SIZE, PE_PRESENT};
 use hotspot_transfer::identity::NodeKey;
 use hotspot_transfer::{endpoint, serve, ReceiveError, ReceiveOptions, Received, SendOptions, Store, StoreOptions, TrustSet};
 use tokio::sync::mpsc;
@@ -154,16 +154,6 @@ pub fn noise(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
-fn pb_entry(out: &mut Vec<u8>, fields: &[(u8, u64)]) {
-    let mut body = Vec::new();
-    for &(n, v) in fields {
-        body.push(n << 3);
-        hotspot_transfer::criu_image::push_varint(&mut body, v);
-    }
-    out.extend((body.len() as u32).to_le_bytes());
-    out.extend(body);
-}
-
 /// Writes a CRIU-shaped image: `pagemap-1.img` with `runs` (vaddr, pages), `pages-1.img` with
 /// their data from `page`, and a couple of other files.
 pub fn fake_image(dir: &Path, runs: &[(u64, u64)], page: impl Fn(u64) -> Vec<u8>) {
@@ -171,10 +161,10 @@ pub fn fake_image(dir: &Path, runs: &[(u64, u64)], page: impl Fn(u64) -> Vec<u8>
     let mut pm = Vec::new();
     pm.extend(IMG_COMMON_MAGIC.to_le_bytes());
     pm.extend(PAGEMAP_MAGIC.to_le_bytes());
-    pb_entry(&mut pm, &[(1, 1)]);
+    push_entry(&mut pm, &[(1, 1)]);
     let mut pages = Vec::new();
     for &(vaddr, n) in runs {
-        pb_entry(&mut pm, &[(1, vaddr), (2, 0), (4, PE_PRESENT as u64), (5, n)]);
+        push_entry(&mut pm, &[(1, vaddr), (2, 0), (4, PE_PRESENT as u64), (5, n)]);
         for p in 0..n {
             let data = page(vaddr + p * PAGE_SIZE);
             assert_eq!(data.len() as u64, PAGE_SIZE);
