@@ -90,7 +90,7 @@ fn main() {
         let mut seen = HashSet::new();
         let unshared: u64 = b.chunks().filter(|c| !have.contains(&c.hash) && seen.insert(c.hash)).map(|c| c.len as u64).sum();
         let manifest = hotspot_protocol::codec::encode(&b).unwrap().len();
-        let zst = match hotspot_transfer::wire::compressed_offer([0; 16], &b).unwrap() {
+        let zst = match hotspot_transfer::wire::compressed_offer(hotspot_transfer::TransferId([0; 16]), &b).unwrap() {
             hotspot_protocol::manifest::TransferMessage::OfferCompressed { manifest, .. } => manifest.len(),
             _ => unreachable!("compressed_offer returns OfferCompressed"),
         };

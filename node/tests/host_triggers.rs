@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use hotspot_node::daemon::control::{Reply, Request, ReserveParams};
-use hotspot_node::daemon::evacuate::EvacuationReport;
+use hotspot_node::daemon::api::EvacuationReport;
 use hotspot_node::lab::Daemon;
 use hotspot_node::sys::names::restore_netns;
 use hotspot_testkit::testbed::Cleanup;

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use hotspot_node::daemon::control::{self, Reply, Request};
-use hotspot_node::daemon::evacuate::{EvacuationEvent, EvacuationReport};
+use hotspot_node::daemon::api::{EvacuationEvent, EvacuationReport};
 use hotspot_node::migrate::Progress;
 
 use super::migrate::summary_text;

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::image::{self, CriuDumpStats, CriuRestoreStats};
+use hotspot_criu_image::{self as image, CriuDumpStats, CriuRestoreStats};
 use super::options::{DumpOptions, PageServer, RestoreOptions};
 use crate::sys::process::{self, RunError};
 use super::{netlock, Criu, CriuError, LazyPages};

@@ -19,7 +19,6 @@
 //! service address.
 
 mod driver;
-pub mod image;
 mod lazy;
 pub mod netlock;
 mod options;
@@ -30,7 +29,7 @@ use std::process::Command;
 use std::time::Duration;
 
 pub use driver::{dir_bytes, DumpStats, RestoreOutcome};
-pub use image::{CriuDumpStats, CriuRestoreStats};
+pub use hotspot_criu_image::{CriuDumpStats, CriuRestoreStats};
 pub use lazy::{LazyDump, LazyPagesDaemon};
 pub use options::{DumpOptions, PageServer, RestoreOptions};
 
@@ -56,7 +55,7 @@ pub enum CriuError {
     #[error("{what} {path}: {source}")]
     Io { what: &'static str, path: PathBuf, source: std::io::Error },
     #[error("images in {dir}: {source}")]
-    Image { dir: PathBuf, source: image::ImageError },
+    Image { dir: PathBuf, source: hotspot_criu_image::ImageError },
     #[error("images in {dir} use CRIU image format {found}, newer than the {supported} this node supports; upgrade CRIU and hotspot-node on this host")]
     NewerImages { dir: PathBuf, found: u32, supported: u32 },
     #[error("{feature} is not available on this host: {hint}")]

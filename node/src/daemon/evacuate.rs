@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hotspot_protocol::NodeState;
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::{info, info_span, warn, Instrument};
 
@@ -24,7 +23,7 @@ use super::control::Reply;
 use super::migration::Migrations;
 use super::service::NodeService;
 use super::config::TriggerConfig;
-use crate::migrate::{Progress, Summary};
+use crate::migrate::Summary;
 
 /// The node's automatic triggers: evacuations and the price trigger share it.
 pub struct Triggers {

@@ -34,7 +34,6 @@ use crate::migrate::checkpointer::{images_root, needs_of, WorkloadCheckpointer, 
 use crate::migrate::precopy_images::PrecopyImages;
 use crate::migrate::link::QuicLink;
 use crate::migrate::serve;
-use crate::migrate::wire::unhex16;
 use crate::migrate::source::{self, Parts, SourcePlan};
 use crate::migrate::target::TargetService;
 use crate::migrate::{recovery, BoxError, Progress};
@@ -272,7 +271,7 @@ impl Migrations {
             other => return Err(format!("unexpected reservation answer {other:?}").into()),
         };
         let target: NodeId = held.peer.parse().map_err(|_| "reservation names a bad node id")?;
-        let reservation = ReservationId(unhex16(&held.id).ok_or("reservation id is not hex")?);
+        let reservation: ReservationId = held.id.parse()?;
         let target_name = self.mesh.peers().await?.into_iter().find(|p| p.advert.node == target).map(|p| p.advert.name).unwrap_or_else(|| target.short());
 
         let (ptx, mut prx) = mpsc::channel::<Progress>(64);

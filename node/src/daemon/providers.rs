@@ -6,7 +6,6 @@ use std::path::Path;
 
 use hotspot_protocol::migration::WorkloadSpec;
 use hotspot_protocol::NodeId;
-use serde::Deserialize;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 

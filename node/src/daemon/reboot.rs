@@ -19,7 +19,6 @@ use crate::sys::clock::now_ms;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tracing::{info, info_span, warn};
 
 use super::api::LostWorkload;

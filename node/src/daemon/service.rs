@@ -55,22 +55,6 @@ pub struct NodeService {
 /// Moves kept for `status`.
 const MAX_MOVES: usize = 32;
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn parse_reservation_id(s: &str) -> Option<ReservationId> {
-    let mut out = [0u8; 16];
-    if s.len() != 32 {
-        return None;
-    }
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(ReservationId(out))
-}
-
-
 impl NodeService {
     pub fn new(
         config: &Config,
@@ -396,7 +380,7 @@ impl NodeService {
             let outcome = match self.mesh.request(node, ReservationMessage::Request(req)).await {
                 Ok(ReservationMessage::Granted { id, expires_at_ms }) => {
                     let held = HeldReservation {
-                        id: hex(&id.0),
+                        id: id.to_string(),
                         peer: node.to_string(),
                         workload: params.workload.clone(),
                         needs: params.needs,
@@ -417,8 +401,9 @@ impl NodeService {
     }
 
     pub(crate) async fn release(&self, peer: &str, id: &str) -> Reply {
-        let Some(rid) = parse_reservation_id(id) else {
-            return Reply::Error { message: format!("reservation id {id:?} must be 32 hex digits") };
+        let rid: ReservationId = match id.parse() {
+            Ok(rid) => rid,
+            Err(e) => return Reply::Error { message: format!("reservation id {id:?}: {e}") },
         };
         let node: NodeId = match peer.parse() {
             Ok(n) => n,
@@ -448,7 +433,7 @@ impl NodeService {
             .snapshot()
             .iter()
             .map(|r| HeldReservation {
-                id: hex(&r.request.id.0),
+                id: r.request.id.to_string(),
                 peer: r.request.source.to_string(),
                 workload: r.request.workload.clone(),
                 needs: r.request.needs,

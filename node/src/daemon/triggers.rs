@@ -7,17 +7,13 @@
 //!
 //! Settings: [`super::config::TriggerConfig`] (`[triggers]`).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hotspot_protocol::election::HopPolicy;
-use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::config::TriggerConfig;
 use super::control::{Handler, Reply, Request};
 use super::evacuate::Triggers;
 use super::migration::DaemonHandler;
@@ -157,17 +153,5 @@ mod tests {
         assert_eq!(secs_until("2026-11-22T06:00:00Z", 1_795_327_300), Some(0), "a past time means now");
         assert_eq!(secs_until("2024-02-29T00:00:01Z", 1_709_164_800), Some(1), "leap day");
         assert_eq!(secs_until("garbage", 0), None);
-    }
-
-    #[test]
-    fn config_defaults_and_validation() {
-        let c: TriggerConfig = toml::from_str("price = false\ncooldown_ms = 5\n").unwrap();
-        assert!(!c.price);
-        assert_eq!(c.cooldown_ms, 5);
-        assert_eq!(c.policy(), HopPolicy::default());
-        c.validate().unwrap();
-        let bad = TriggerConfig { margin: f64::NAN, ..TriggerConfig::default() };
-        assert!(bad.validate().is_err());
-        assert!(toml::from_str::<TriggerConfig>("prcie = true").is_err());
     }
 }

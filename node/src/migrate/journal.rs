@@ -82,7 +82,7 @@ impl Journal {
     }
 
     fn decode(key: &[u8], bytes: &[u8]) -> Result<MigrationRecord, JournalError> {
-        let key = hex(key);
+        let key = <[u8; 16]>::try_from(key).map_or_else(|_| format!("{key:02x?}"), |k| MigrationId(k).to_string());
         #[derive(Deserialize)]
         struct VersionOnly {
             version: u16,
@@ -163,10 +163,6 @@ impl Journal {
         self.tree.flush()?;
         Ok(())
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -15,7 +15,6 @@ use hotspot_protocol::NodeId;
 use hotspot_transfer::identity::NodeKey;
 use hotspot_transfer::{tls, SendOptions, SendProgress, TrustSet};
 use tokio::sync::{mpsc, watch, Mutex};
-use tracing::debug;
 
 use super::wire::{image_label, read_msg, stream_error, write_msg, LinkError};
 use super::{BoxError, Progress, ShipReport, TargetLink};

@@ -2,13 +2,15 @@
 //! [`MigrationMessage`] frames (one request per bidirectional stream, so a lost reply costs one
 //! stream), and the labels that bind a shipped image to its migration.
 
+use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
-use hotspot_protocol::codec::{decode, encode};
 use hotspot_protocol::error::ErrorCode;
 use hotspot_protocol::migration::{MigrationId, MigrationMessage};
 use hotspot_protocol::Limit;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use hotspot_transfer::framing::{self, FrameError};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -39,30 +41,28 @@ pub(super) fn stream_error(e: &(dyn std::error::Error + 'static)) -> LinkError {
     LinkError::Stream(text)
 }
 
+fn frame_error(e: FrameError) -> LinkError {
+    match e {
+        FrameError::Io(e) => stream_error(&e),
+        other => LinkError::Frame(other.to_string()),
+    }
+}
+
 pub async fn write_msg<W: AsyncWrite + Unpin>(w: &mut W, msg: &MigrationMessage) -> Result<(), LinkError> {
-    let body = encode(msg).map_err(|e| LinkError::Frame(e.to_string()))?;
-    let mut frame = Vec::with_capacity(4 + body.len());
-    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&body);
-    w.write_all(&frame).await.map_err(|e| stream_error(&e))
+    framing::write_frame(w, msg).await.map_err(frame_error)
 }
 
 pub async fn read_msg<R: AsyncRead + Unpin>(r: &mut R) -> Result<MigrationMessage, LinkError> {
-    let mut len = [0u8; 4];
-    r.read_exact(&mut len).await.map_err(|e| stream_error(&e))?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > Limit::CONTROL.0 {
-        return Err(LinkError::Frame(format!("{len}-byte control frame exceeds the limit")));
-    }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).await.map_err(|e| stream_error(&e))?;
-    decode(&body).map_err(|e| LinkError::Frame(e.to_string()))
+    framing::read_frame(r, Limit::CONTROL.0)
+        .await
+        .map_err(frame_error)?
+        .ok_or_else(|| LinkError::Stream("stream ended before a message".into()))
 }
 
 /// Label of a shipped image: `migrate/<32 hex migration id>/<final|round-N>`.
 pub fn image_label(migration: &MigrationId, dir: &Path) -> String {
     let which = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    format!("migrate/{}/{which}", hex(&migration.0))
+    format!("migrate/{migration}/{which}")
 }
 
 /// The migration and whether it is the final image, from a label made by [`image_label`].
@@ -71,24 +71,8 @@ pub fn parse_image_label(label: &str) -> Option<(MigrationId, bool)> {
     if parts.next()? != "migrate" {
         return None;
     }
-    let id = unhex16(parts.next()?)?;
-    Some((MigrationId(id), parts.next()? == "final"))
-}
-
-/// 16 bytes from 32 hex digits (migration and reservation ids).
-pub fn unhex16(s: &str) -> Option<[u8; 16]> {
-    let mut out = [0u8; 16];
-    if s.len() != 32 {
-        return None;
-    }
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    let id: MigrationId = parts.next()?.parse().ok()?;
+    Some((id, parts.next()? == "final"))
 }
 
 #[cfg(test)]

@@ -82,3 +82,20 @@ impl TriggerConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_defaults_and_validation() {
+        let c: TriggerConfig = toml::from_str("price = false\ncooldown_ms = 5\n").unwrap();
+        assert!(!c.price);
+        assert_eq!(c.cooldown_ms, 5);
+        assert_eq!(c.policy(), HopPolicy::default());
+        c.validate().unwrap();
+        let bad = TriggerConfig { margin: f64::NAN, ..TriggerConfig::default() };
+        assert!(bad.validate().is_err());
+        assert!(toml::from_str::<TriggerConfig>("prcie = true").is_err());
+    }
+}
