@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use hotspot_protocol::handoff::{recover_target, TargetPhase, TargetRecovery};
 use hotspot_protocol::migration::{MigrationId, MigrationMode, WorkloadSpec};
-use hotspot_protocol::reservation::ReservationId;
 use hotspot_protocol::NodeId;
 use hotspot_transfer::identity::NodeKey;
 use hotspot_transfer::{ReceiveOptions, Store, StoreOptions, TrustSet};
@@ -25,8 +24,9 @@ use tracing::{info, warn};
 
 use super::config::Config;
 use super::providers::{node_mover, node_restorer, select, NodeMover};
-use super::control::{Handler, Reply, Request, ReserveParams};
-use super::service::{BookReservations, NodeService};
+use super::api::{Reply, ReserveParams};
+use super::reservations::BookReservations;
+use super::service::NodeService;
 use crate::criu::Criu;
 use crate::migrate::journal::{Journal, MigrationRecord, Role};
 use crate::mesh::MeshClient;
@@ -259,20 +259,12 @@ impl Migrations {
         // An EBS volume attaches only within its zone: the election must stay there.
         let volume_zone = self.mover.volume_zone(name).await?.map(|(volume, zone)| super::control::VolumeZone { volume, zone });
         let params = ReserveParams { peer: to, workload: name.to_string(), needs, ttl_ms: RESERVATION_TTL_MS, volume_zone };
-        let held = match self.service.reserve(params).await {
-            Reply::Reserve(outcome) => match outcome.granted {
-                Some(h) => h,
-                None => {
-                    let tried: Vec<String> = outcome.attempts.iter().map(|a| format!("{}: {}", a.name, a.outcome)).collect();
-                    return Err(format!("no target granted a reservation ({})", if tried.is_empty() { "no eligible peer".into() } else { tried.join("; ") }).into());
-                }
-            },
-            Reply::Error { message } => return Err(message.into()),
-            other => return Err(format!("unexpected reservation answer {other:?}").into()),
+        let outcome = self.service.reserve(params).await?;
+        let Some(held) = outcome.granted else {
+            let tried: Vec<String> = outcome.attempts.iter().map(|a| format!("{}: {}", a.name, a.outcome)).collect();
+            return Err(format!("no target granted a reservation ({})", if tried.is_empty() { "no eligible peer".into() } else { tried.join("; ") }).into());
         };
-        let target: NodeId = held.peer.parse().map_err(|_| "reservation names a bad node id")?;
-        let reservation: ReservationId = held.id.parse()?;
-        let target_name = self.mesh.peers().await?.into_iter().find(|p| p.advert.node == target).map(|p| p.advert.name).unwrap_or_else(|| target.short());
+        let (target, reservation, target_name) = (held.target, held.id, held.target_name.clone());
 
         let (ptx, mut prx) = mpsc::channel::<Progress>(64);
         let forward = {
@@ -286,7 +278,7 @@ impl Migrations {
         let link = match self.link_to(target, ptx.clone()).await {
             Ok(l) => l,
             Err(e) => {
-                let _ = self.service.release(&held.peer, &held.id).await;
+                let _ = self.service.release(target, reservation).await;
                 return Err(e);
             }
         };
@@ -360,32 +352,6 @@ impl Migrations {
                         break;
                     }
                 }
-            }
-        }
-    }
-}
-
-/// The control-socket handler of a running daemon: the node service, plus migrations.
-pub struct DaemonHandler {
-    pub service: Arc<NodeService>,
-    pub migrations: Option<Arc<Migrations>>,
-}
-
-impl Handler for DaemonHandler {
-    async fn handle(&self, request: Request) -> Reply {
-        self.service.handle(request).await
-    }
-
-    async fn handle_stream(&self, request: Request, out: mpsc::Sender<Reply>) {
-        match (request, &self.migrations) {
-            (Request::Migrate { workload, to, mode }, Some(m)) => {
-                // The migration runs to its end even if the CLI goes away.
-                let m = m.clone();
-                let mode = mode.unwrap_or(MigrationMode::PreCopy);
-                let _ = tokio::spawn(async move { m.migrate_mode(workload, to, mode, out).await }).await;
-            }
-            (request, _) => {
-                let _ = out.send(self.service.handle(request).await).await;
             }
         }
     }

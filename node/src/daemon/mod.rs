@@ -20,7 +20,10 @@ pub mod ledger;
 pub mod migration;
 pub mod providers;
 pub mod reboot;
+pub mod reservations;
+pub mod router;
 pub mod service;
+pub mod status;
 pub mod triggers;
 
 use std::path::PathBuf;
@@ -131,7 +134,7 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<(), 
     }
     reboot::account(&config, mesh.node_id).await;
     let triggers = evacuate::Triggers::new(config.triggers.clone(), service.clone(), migrations.clone());
-    let handler = Arc::new(triggers::NodeHandler { inner: migration::DaemonHandler { service: service.clone(), migrations }, triggers: triggers.clone() });
+    let handler = Arc::new(router::Router { service: service.clone(), migrations, triggers: triggers.clone() });
     tasks.spawn(triggers.clone().price_loop(tasks_cancel.clone()));
     tasks.spawn(triggers::watch_notices(triggers, tasks_cancel.clone()));
     tasks.spawn(control::serve(listener, handler, tasks_cancel.clone()));

@@ -1,4 +1,4 @@
-//! What makes a node move its workloads by itself, and the control handler that exposes it.
+//! What makes a node move its workloads by itself.
 //!
 //! - the price trigger ([`super::hop`]): a peer cheaper by the margin after migration cost;
 //! - a spot interruption notice: `hotspot-node notice`, a notice file (`triggers.notice_file`),
@@ -14,55 +14,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::control::{Handler, Reply, Request};
 use super::evacuate::Triggers;
-use super::migration::DaemonHandler;
 use crate::providers::ec2::imds::watcher::Notice;
 
 
-/// The daemon's control handler: drain and notice here, everything else as before; a manual
-/// migration away also frees the reservation its workload held here.
-pub struct NodeHandler {
-    pub inner: DaemonHandler,
-    pub triggers: Arc<Triggers>,
-}
-
-impl Handler for NodeHandler {
-    async fn handle(&self, request: Request) -> Reply {
-        match request {
-            Request::Drain { cancel: true } => self.triggers.undrain(),
-            Request::Drain { cancel: false } => self.triggers.drain(None).await,
-            Request::Notice { deadline_secs } => {
-                let deadline = deadline_secs.map_or_else(|| self.triggers.default_notice_deadline(), Duration::from_secs);
-                self.triggers.notice("notice", deadline, None).await
-            }
-            other => self.inner.handle(other).await,
-        }
-    }
-
-    async fn handle_stream(&self, request: Request, out: mpsc::Sender<Reply>) {
-        let triggers = self.triggers.clone();
-        match request {
-            // Runs to its end even if the CLI goes away.
-            Request::Drain { cancel: false } => {
-                let _ = tokio::spawn(async move {
-                    let reply = triggers.drain(Some(&out)).await;
-                    let _ = out.send(reply).await;
-                })
-                .await;
-            }
-            Request::Notice { deadline_secs } => {
-                let deadline = deadline_secs.map_or_else(|| triggers.default_notice_deadline(), Duration::from_secs);
-                let _ = tokio::spawn(async move {
-                    let reply = triggers.notice("notice", deadline, Some(&out)).await;
-                    let _ = out.send(reply).await;
-                })
-                .await;
-            }
-            other => self.inner.handle_stream(other, out).await,
-        }
-    }
-}
 
 /// Seconds from now until an RFC 3339 UTC time (`2026-11-22T06:00:00Z`, what EC2 sends).
 pub fn secs_until(time: &str, now_unix_secs: u64) -> Option<u64> {
