@@ -191,7 +191,7 @@ impl Migrations {
             .ok_or_else(|| format!("{} advertises no transfer address", advert.name))?
             .parse()
             .map_err(|e| format!("{} advertises a bad transfer address: {e}", advert.name))?;
-        QuicLink::new(self.sender.clone(), &self.key, self.trust.clone(), node, addr, self.mesh.clone(), progress)
+        Ok(QuicLink::new(self.sender.clone(), &self.key, self.trust.clone(), node, addr, self.mesh.clone(), progress)?)
     }
 
     /// The link a restarted source recovers through: via the target's advert, or, until gossip
@@ -200,7 +200,7 @@ impl Migrations {
         match self.link_to(rec.peer, progress.clone()).await {
             Ok(link) => Ok(link),
             Err(e) => match rec.peer_addr.as_deref().and_then(|a| a.parse::<SocketAddr>().ok()) {
-                Some(addr) => QuicLink::new(self.sender.clone(), &self.key, self.trust.clone(), rec.peer, addr, self.mesh.clone(), progress),
+                Some(addr) => Ok(QuicLink::new(self.sender.clone(), &self.key, self.trust.clone(), rec.peer, addr, self.mesh.clone(), progress)?),
                 None => Err(e),
             },
         }

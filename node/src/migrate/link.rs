@@ -16,8 +16,9 @@ use hotspot_transfer::identity::NodeKey;
 use hotspot_transfer::{tls, SendOptions, SendProgress, TrustSet};
 use tokio::sync::{mpsc, watch, Mutex};
 
-use super::wire::{image_label, read_msg, stream_error, write_msg, LinkError};
-use super::{BoxError, Progress, ShipReport, TargetLink};
+use super::error::LinkError;
+use super::wire::{image_label, read_msg, write_msg};
+use super::{Progress, ShipReport, TargetLink};
 use crate::mesh::MeshClient;
 
 /// Longest a control request may take (a restore of a large image included).
@@ -45,7 +46,7 @@ impl QuicLink {
         addr: SocketAddr,
         mesh: MeshClient,
         progress: mpsc::Sender<Progress>,
-    ) -> Result<Self, BoxError> {
+    ) -> Result<Self, LinkError> {
         trust.insert(target);
         let control_config = hotspot_transfer::endpoint::client_config_alpn(key, trust, Some(target), MIGRATE_ALPN)?;
         Ok(QuicLink { endpoint, control_config, target, addr, conn: Mutex::new(None), mesh, progress, send_options: SendOptions::default() })
@@ -61,29 +62,30 @@ impl QuicLink {
         if let Some(c) = slot.as_ref().filter(|c| c.close_reason().is_none()) {
             return Ok(c.clone());
         }
-        let connect = |detail: String| LinkError::Connect { addr: self.addr, detail };
+        let addr = self.addr;
         let conn = self
             .endpoint
-            .connect_with(self.control_config.clone(), self.addr, tls::SERVER_NAME)
-            .map_err(|e| connect(e.to_string()))?
+            .connect_with(self.control_config.clone(), addr, tls::SERVER_NAME)
+            .map_err(|source| LinkError::Connect { addr, source })?
             .await
-            .map_err(|e| connect(e.to_string()))?;
+            .map_err(|source| LinkError::Handshake { addr, source })?;
         *slot = Some(conn.clone());
         Ok(conn)
     }
 
     /// Sends one request and waits for its answer; a `Refuse` becomes [`LinkError::Refused`].
     pub async fn request(&self, msg: MigrationMessage) -> Result<MigrationMessage, LinkError> {
+        let request = request_name(&msg);
         let work = async {
             let conn = self.connection().await?;
-            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| stream_error(&e))?;
+            let (mut send, mut recv) = conn.open_bi().await.map_err(LinkError::Stream)?;
             write_msg(&mut send, &msg).await?;
             let _ = send.finish();
             read_msg(&mut recv).await
         };
         let reply = match tokio::time::timeout(REQUEST_TIMEOUT, work).await {
             Ok(r) => r,
-            Err(_) => Err(LinkError::Timeout(REQUEST_TIMEOUT)),
+            Err(_) => Err(LinkError::Timeout { request, after: REQUEST_TIMEOUT }),
         };
         if reply.is_err() {
             *self.conn.lock().await = None; // reconnect on the next request
@@ -97,15 +99,33 @@ impl QuicLink {
     }
 }
 
+/// What a request is called in errors.
+fn request_name(msg: &MigrationMessage) -> &'static str {
+    use MigrationMessage as M;
+    match msg {
+        M::Offer { .. } => "offer",
+        M::Restore { .. } => "restore",
+        M::RestoreLazy { .. } => "lazy restore",
+        M::Status { .. } => "status",
+        M::Commit { .. } => "commit",
+        M::Abort { .. } => "abort",
+        _ => "migration",
+    }
+}
+
+fn unexpected(request: &'static str, answer: MigrationMessage) -> LinkError {
+    LinkError::Unexpected { request, answer: Box::new(answer) }
+}
+
 impl TargetLink for QuicLink {
-    async fn offer(&self, migration: MigrationId, reservation: ReservationId, workload: &WorkloadSpec, mode: MigrationMode) -> Result<(), BoxError> {
+    async fn offer(&self, migration: MigrationId, reservation: ReservationId, workload: &WorkloadSpec, mode: MigrationMode) -> Result<(), LinkError> {
         match self.request(MigrationMessage::Offer { migration, reservation, workload: workload.clone(), mode }).await? {
             MigrationMessage::Accept { .. } => Ok(()),
-            other => Err(LinkError::Unexpected(format!("{other:?}")).into()),
+            other => Err(unexpected("offer", other)),
         }
     }
 
-    async fn ship(&self, migration: MigrationId, dir: &Path) -> Result<([u8; 16], ShipReport), BoxError> {
+    async fn ship(&self, migration: MigrationId, dir: &Path) -> Result<([u8; 16], ShipReport), LinkError> {
         let opts = SendOptions { label: image_label(&migration, dir), ..self.send_options.clone() };
         let (tx, mut rx) = watch::channel(SendProgress::default());
         let progress = self.progress.clone();
@@ -124,17 +144,17 @@ impl TargetLink for QuicLink {
         Ok((id, ShipReport { image_bytes: report.image_bytes, new_bytes: report.raw_bytes_sent, wire_bytes: report.wire_bytes }))
     }
 
-    async fn restore(&self, migration: MigrationId, transfer_id: [u8; 16]) -> Result<u32, BoxError> {
+    async fn restore(&self, migration: MigrationId, transfer_id: [u8; 16]) -> Result<u32, LinkError> {
         match self.request(MigrationMessage::Restore { migration, transfer_id }).await? {
             MigrationMessage::Restored { pid, .. } => Ok(pid),
-            other => Err(LinkError::Unexpected(format!("{other:?}")).into()),
+            other => Err(unexpected("restore", other)),
         }
     }
 
-    async fn restore_lazy(&self, migration: MigrationId, transfer_id: [u8; 16], page_server: SocketAddr) -> Result<u32, BoxError> {
+    async fn restore_lazy(&self, migration: MigrationId, transfer_id: [u8; 16], page_server: SocketAddr) -> Result<u32, LinkError> {
         match self.request(MigrationMessage::RestoreLazy { migration, transfer_id, page_server: page_server.to_string() }).await? {
             MigrationMessage::Restored { pid, .. } => Ok(pid),
-            other => Err(LinkError::Unexpected(format!("{other:?}")).into()),
+            other => Err(unexpected("lazy restore", other)),
         }
     }
 
@@ -142,24 +162,24 @@ impl TargetLink for QuicLink {
         Some(self.addr.ip())
     }
 
-    async fn status(&self, migration: MigrationId) -> Result<TargetReport, BoxError> {
+    async fn status(&self, migration: MigrationId) -> Result<TargetReport, LinkError> {
         match self.request(MigrationMessage::Status { migration }).await? {
             MigrationMessage::StatusReply { report, .. } => Ok(report),
-            other => Err(LinkError::Unexpected(format!("{other:?}")).into()),
+            other => Err(unexpected("status", other)),
         }
     }
 
-    async fn commit(&self, migration: MigrationId) -> Result<(), BoxError> {
+    async fn commit(&self, migration: MigrationId) -> Result<(), LinkError> {
         self.request(MigrationMessage::Commit { migration }).await?;
         Ok(())
     }
 
-    async fn abort(&self, migration: MigrationId, reason: &str) -> Result<(), BoxError> {
+    async fn abort(&self, migration: MigrationId, reason: &str) -> Result<(), LinkError> {
         self.request(MigrationMessage::Abort { migration, reason: reason.chars().take(4096).collect() }).await?;
         Ok(())
     }
 
-    async fn release(&self, reservation: ReservationId) -> Result<(), BoxError> {
+    async fn release(&self, reservation: ReservationId) -> Result<(), LinkError> {
         self.mesh.request(self.target, ReservationMessage::Release { id: reservation }).await?;
         Ok(())
     }

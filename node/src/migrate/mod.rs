@@ -12,6 +12,7 @@
 //! runs [`recovery::recover`], which applies [`hotspot_protocol::handoff::recover_source`].
 
 pub mod checkpointer;
+pub mod error;
 pub mod journal;
 pub mod lazy_dump;
 pub mod link;
@@ -34,6 +35,8 @@ use hotspot_protocol::handoff::TargetReport;
 use hotspot_protocol::migration::{MigrationId, MigrationMode, WorkloadSpec};
 use hotspot_protocol::reservation::ReservationId;
 use hotspot_protocol::NodeId;
+
+pub use error::{CheckpointError, LazyPagesError, LinkError, MoveError, RestoreError, StepError};
 
 /// A failure of one of the pieces, with enough context to say what broke.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -85,24 +88,24 @@ pub trait Checkpointer: Send + Sync {
     }
 }
 
-const NO_POST_COPY: &str = "post-copy is not supported by this part";
+const NO_POST_COPY: &str = "it has no lazy-pages support";
 
 pub trait TargetLink: Send + Sync {
     fn offer(&self, migration: MigrationId, reservation: ReservationId, workload: &WorkloadSpec, mode: MigrationMode)
-        -> impl Future<Output = Result<(), BoxError>> + Send;
+        -> impl Future<Output = Result<(), LinkError>> + Send;
     /// Ships the image in `dir`; only chunks the target lacks travel. Returns the transfer id.
-    fn ship(&self, migration: MigrationId, dir: &Path) -> impl Future<Output = Result<([u8; 16], ShipReport), BoxError>> + Send;
+    fn ship(&self, migration: MigrationId, dir: &Path) -> impl Future<Output = Result<([u8; 16], ShipReport), LinkError>> + Send;
     /// Asks the target to restore the shipped image; returns the restored PID.
-    fn restore(&self, migration: MigrationId, transfer_id: [u8; 16]) -> impl Future<Output = Result<u32, BoxError>> + Send;
-    fn status(&self, migration: MigrationId) -> impl Future<Output = Result<TargetReport, BoxError>> + Send;
+    fn restore(&self, migration: MigrationId, transfer_id: [u8; 16]) -> impl Future<Output = Result<u32, LinkError>> + Send;
+    fn status(&self, migration: MigrationId) -> impl Future<Output = Result<TargetReport, LinkError>> + Send;
     /// Tells the target the source has let go; the workload is the target's.
-    fn commit(&self, migration: MigrationId) -> impl Future<Output = Result<(), BoxError>> + Send;
-    fn abort(&self, migration: MigrationId, reason: &str) -> impl Future<Output = Result<(), BoxError>> + Send;
+    fn commit(&self, migration: MigrationId) -> impl Future<Output = Result<(), LinkError>> + Send;
+    fn abort(&self, migration: MigrationId, reason: &str) -> impl Future<Output = Result<(), LinkError>> + Send;
     /// Gives the reservation back (migration abandoned before the target took anything).
-    fn release(&self, reservation: ReservationId) -> impl Future<Output = Result<(), BoxError>> + Send;
+    fn release(&self, reservation: ReservationId) -> impl Future<Output = Result<(), LinkError>> + Send;
     /// Post-copy: asks the target to restore with its memory fetched from `page_server`.
-    fn restore_lazy(&self, _migration: MigrationId, _transfer_id: [u8; 16], _page_server: SocketAddr) -> impl Future<Output = Result<u32, BoxError>> + Send {
-        async { Err(NO_POST_COPY.into()) }
+    fn restore_lazy(&self, _migration: MigrationId, _transfer_id: [u8; 16], _page_server: SocketAddr) -> impl Future<Output = Result<u32, LinkError>> + Send {
+        async { Err(LinkError::Unsupported { what: "post-copy", reason: NO_POST_COPY }) }
     }
     /// The target's address as this node reaches it (post-copy admits only it to the page server).
     fn peer_ip(&self) -> Option<IpAddr> {

@@ -84,7 +84,7 @@ pub async fn recover<C: Checkpointer, L: TargetLink, R: ResourceMover>(
             }
             // The transfer id is not needed to find a fully received image: the target keys it
             // by migration. An all-zero id asks for "the latest image of this migration".
-            p.link.restore(id, [0; 16]).await.map_err(|cause| MigrateError::InDoubt { migration: id, workload: rec.workload.clone(), cause })?;
+            p.link.restore(id, [0; 16]).await.map_err(|cause| MigrateError::InDoubt { migration: id, workload: rec.workload.clone(), cause: cause.into() })?;
             p.journal.advance_source(&id, SourcePhase::Confirmed, now_ms())?;
             finish(id, &rec.workload, &dir, p).await?;
             Ok(Recovered::Completed)

@@ -73,7 +73,7 @@ async fn run_inner<C: Checkpointer, L: TargetLink, R: ResourceMover>(plan: &Sour
 
     // --- Before the freeze: any failure leaves the workload running here. ---------------
     if let Err(e) = p.link.offer(plan.migration, plan.reservation, &plan.workload, plan.mode).await {
-        return roll_back_running(plan, p, "offer", e).await;
+        return roll_back_running(plan, p, "offer", e.into()).await;
     }
     if plan.mode == MigrationMode::PreCopy {
         match precopy_rounds(plan, p, &mut summary).await? {
@@ -109,13 +109,13 @@ async fn precopy_rounds<C: Checkpointer, L: TargetLink, R>(plan: &SourcePlan, p:
         p.journal.advance_source(&plan.migration, SourcePhase::PreCopy, now_ms())?;
         p.phase(SourcePhase::PreCopy);
         let round_dir = dir.join(format!("round-{round}"));
-        let shipped = async {
+        let shipped: Result<Option<ShipReport>, BoxError> = async {
             fresh_dir(&round_dir)?;
             // Never cut: CRIU would go on dumping in the background and collide with the final dump.
             p.checkpointer.dump(&plan.workload.name, &round_dir, true).await?;
             let ship = p.link.ship(plan.migration, &round_dir);
             tokio::select! {
-                r = ship => r.map(|(_, s)| Some(s)),
+                r = ship => r.map(|(_, s)| Some(s)).map_err(Into::into),
                 _ = p.hurry.cancelled() => Ok(None),
             }
         }
@@ -178,7 +178,7 @@ async fn freeze<C: Checkpointer, L: TargetLink, R: ResourceMover>(
     // 2. Ship the final image (post-copy: only the small non-page files).
     let (transfer_id, ship) = match p.link.ship(plan.migration, &final_dir).await {
         Ok(x) => x,
-        Err(e) => return roll_back_stopped(plan, p, &final_dir, false, "final transfer", e).await,
+        Err(e) => return roll_back_stopped(plan, p, &final_dir, false, "final transfer", e.into()).await,
     };
     summary.lap("ship", &mut step);
     summary.wire_bytes += ship.wire_bytes;
@@ -207,7 +207,7 @@ async fn freeze<C: Checkpointer, L: TargetLink, R: ResourceMover>(
         Some(server) => p.link.restore_lazy(plan.migration, transfer_id, server).await,
     };
     if let Err(e) = restored {
-        if let Some(e) = restore_failed(plan, p, e).await? {
+        if let Some(e) = restore_failed(plan, p, e.into()).await? {
             return roll_back_stopped(plan, p, &final_dir, true, "restore on target", e).await;
         }
     }

@@ -74,12 +74,17 @@ impl Checkpointer for Script {
     }
 }
 
+/// The target's answer to a restore that failed there.
+fn restore_refused() -> LinkError {
+    LinkError::Refused { code: hotspot_protocol::error::ErrorCode::RestoreFailed, message: "criu restore failed".into() }
+}
+
 impl TargetLink for Script {
-    async fn offer(&self, _: MigrationId, _: ReservationId, _: &WorkloadSpec, _: MigrationMode) -> Result<(), BoxError> {
+    async fn offer(&self, _: MigrationId, _: ReservationId, _: &WorkloadSpec, _: MigrationMode) -> Result<(), LinkError> {
         self.log("offer");
         Ok(())
     }
-    async fn ship(&self, _: MigrationId, _: &Path) -> Result<([u8; 16], ShipReport), BoxError> {
+    async fn ship(&self, _: MigrationId, _: &Path) -> Result<([u8; 16], ShipReport), LinkError> {
         let n = {
             let mut s = self.ships.lock().unwrap();
             *s += 1;
@@ -87,7 +92,7 @@ impl TargetLink for Script {
         };
         if self.fail_ship_call == Some(n) {
             self.log("ship failed");
-            return Err("connection lost".into());
+            return Err(LinkError::Transfer(hotspot_transfer::SendError::Connection("connection lost".into())));
         }
         if self.hang_first_ship && n == 1 {
             self.log("ship hangs");
@@ -98,35 +103,35 @@ impl TargetLink for Script {
         let new = if n == 1 { 100 } else { 1 };
         Ok(([n as u8; 16], ShipReport { image_bytes: 100, new_bytes: new, wire_bytes: new }))
     }
-    async fn restore(&self, _: MigrationId, _: [u8; 16]) -> Result<u32, BoxError> {
+    async fn restore(&self, _: MigrationId, _: [u8; 16]) -> Result<u32, LinkError> {
         if self.fail_restore {
             self.log("restore failed");
-            return Err("criu restore failed".into());
+            return Err(restore_refused());
         }
         self.log("restore");
         Ok(42)
     }
-    async fn status(&self, _: MigrationId) -> Result<TargetReport, BoxError> {
+    async fn status(&self, _: MigrationId) -> Result<TargetReport, LinkError> {
         self.log("status");
-        self.status.ok_or_else(|| "unreachable".into())
+        self.status.ok_or(LinkError::Timeout { request: "status", after: std::time::Duration::from_secs(180) })
     }
-    async fn commit(&self, _: MigrationId) -> Result<(), BoxError> {
+    async fn commit(&self, _: MigrationId) -> Result<(), LinkError> {
         self.log("commit");
         Ok(())
     }
-    async fn abort(&self, _: MigrationId, _: &str) -> Result<(), BoxError> {
+    async fn abort(&self, _: MigrationId, _: &str) -> Result<(), LinkError> {
         self.log("abort");
         Ok(())
     }
-    async fn release(&self, _: ReservationId) -> Result<(), BoxError> {
+    async fn release(&self, _: ReservationId) -> Result<(), LinkError> {
         self.log("release");
         Ok(())
     }
-    async fn restore_lazy(&self, _: MigrationId, _: [u8; 16], page_server: std::net::SocketAddr) -> Result<u32, BoxError> {
+    async fn restore_lazy(&self, _: MigrationId, _: [u8; 16], page_server: std::net::SocketAddr) -> Result<u32, LinkError> {
         assert_eq!(page_server.to_string(), "10.0.0.1:4000", "the target is sent the relay's address");
         if self.fail_restore {
             self.log("restore_lazy failed");
-            return Err("criu restore failed".into());
+            return Err(restore_refused());
         }
         self.log("restore_lazy");
         Ok(42)

@@ -2,61 +2,21 @@
 //! [`MigrationMessage`] frames (one request per bidirectional stream, so a lost reply costs one
 //! stream), and the labels that bind a shipped image to its migration.
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
 
-use hotspot_protocol::error::ErrorCode;
 use hotspot_protocol::migration::{MigrationId, MigrationMessage};
 use hotspot_protocol::Limit;
-use hotspot_transfer::framing::{self, FrameError};
+use hotspot_transfer::framing;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-#[derive(Debug, thiserror::Error)]
-pub enum LinkError {
-    #[error("connecting to {addr}: {detail}")]
-    Connect { addr: SocketAddr, detail: String },
-    #[error("migration control stream: {0}")]
-    Stream(String),
-    #[error("{0}")]
-    Frame(String),
-    #[error("target refused ({code:?}): {message}")]
-    Refused { code: ErrorCode, message: String },
-    #[error("target answered {0}")]
-    Unexpected(String),
-    #[error("request timed out after {0:?}")]
-    Timeout(Duration),
-}
-
-/// A stream error with its causes: quinn says only "connection lost" and keeps the reason
-/// (timed out, closed by the peer with a code, handshake refused) in the source chain.
-pub(super) fn stream_error(e: &(dyn std::error::Error + 'static)) -> LinkError {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    LinkError::Stream(text)
-}
-
-fn frame_error(e: FrameError) -> LinkError {
-    match e {
-        FrameError::Io(e) => stream_error(&e),
-        other => LinkError::Frame(other.to_string()),
-    }
-}
+use super::error::LinkError;
 
 pub async fn write_msg<W: AsyncWrite + Unpin>(w: &mut W, msg: &MigrationMessage) -> Result<(), LinkError> {
-    framing::write_frame(w, msg).await.map_err(frame_error)
+    Ok(framing::write_frame(w, msg).await?)
 }
 
 pub async fn read_msg<R: AsyncRead + Unpin>(r: &mut R) -> Result<MigrationMessage, LinkError> {
-    framing::read_frame(r, Limit::CONTROL.0)
-        .await
-        .map_err(frame_error)?
-        .ok_or_else(|| LinkError::Stream("stream ended before a message".into()))
+    framing::read_frame(r, Limit::CONTROL.0).await?.ok_or(LinkError::Closed)
 }
 
 /// Label of a shipped image: `migrate/<32 hex migration id>/<final|round-N>`.
