@@ -13,7 +13,7 @@ use super::config::{Config, ProviderKind};
 use super::service::NodeService;
 use crate::migrate::checkpointer::WorkloadRestorer;
 use crate::migrate::target::Restorer;
-use crate::migrate::{BoxError, ResourceMover};
+use crate::migrate::{BoxError, ResourceMover, RestoreError};
 use crate::providers::ec2::mover::Ec2Mover;
 use crate::providers::ec2::node::Ec2Node;
 use crate::providers::ec2::restorer::Ec2Restorer;
@@ -112,7 +112,7 @@ pub enum SelectedRestorer {
 }
 
 impl Restorer for SelectedRestorer {
-    async fn restore(&self, spec: &WorkloadSpec, dir: &Path) -> Result<u32, BoxError> {
+    async fn restore(&self, spec: &WorkloadSpec, dir: &Path) -> Result<u32, RestoreError> {
         match self {
             SelectedRestorer::Plain(r) => r.restore(spec, dir).await,
             SelectedRestorer::Lan(r) => r.restore(spec, dir).await,
@@ -126,7 +126,7 @@ impl Restorer for SelectedRestorer {
         }
     }
 
-    async fn restore_lazy(&self, spec: &WorkloadSpec, dir: &Path, page_server: std::net::SocketAddr) -> Result<u32, BoxError> {
+    async fn restore_lazy(&self, spec: &WorkloadSpec, dir: &Path, page_server: std::net::SocketAddr) -> Result<u32, RestoreError> {
         match self {
             SelectedRestorer::Plain(r) => r.restore_lazy(spec, dir, page_server).await,
             SelectedRestorer::Lan(r) => r.restore_lazy(spec, dir, page_server).await,

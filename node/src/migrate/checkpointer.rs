@@ -13,14 +13,14 @@ use tracing::{info, warn};
 
 use super::lazy_dump::{self, LazyDumps};
 use super::target::Restorer;
-use super::{BoxError, Checkpointer, DumpReport};
+use super::error::{CheckpointError, RestoreError};
+use super::{Checkpointer, DumpReport};
 use crate::criu::Criu;
 use crate::sys::names::restore_netns;
 use crate::workload::{Checkpoint, CheckpointOptions, RestoreSpec, ServiceNet, Workloads};
 
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, BoxError> + Send + 'static) -> Result<T, BoxError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| -> BoxError { format!("worker task failed: {e}").into() })?
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, CheckpointError> + Send + 'static) -> Result<T, CheckpointError> {
+    tokio::task::spawn_blocking(f).await?
 }
 
 /// Dumps and local restores through [`Workloads`] (blocking CRIU calls on the blocking pool).
@@ -40,7 +40,7 @@ impl WorkloadCheckpointer {
 }
 
 impl Checkpointer for WorkloadCheckpointer {
-    async fn dump(&self, workload: &str, dir: &Path, leave_running: bool) -> Result<DumpReport, BoxError> {
+    async fn dump(&self, workload: &str, dir: &Path, leave_running: bool) -> Result<DumpReport, CheckpointError> {
         let (wls, criu, name, dir) = (self.workloads.clone(), self.criu.clone(), workload.to_string(), dir.to_path_buf());
         blocking(move || {
             let mut opts = CheckpointOptions::new(dir);
@@ -52,7 +52,7 @@ impl Checkpointer for WorkloadCheckpointer {
         .await
     }
 
-    async fn restore_local(&self, workload: &str, dir: &Path) -> Result<(), BoxError> {
+    async fn restore_local(&self, workload: &str, dir: &Path) -> Result<(), CheckpointError> {
         let (wls, criu, name, dir) = (self.workloads.clone(), self.criu.clone(), workload.to_string(), dir.to_path_buf());
         blocking(move || {
             let record = wls.get(&name)?.record;
@@ -65,20 +65,20 @@ impl Checkpointer for WorkloadCheckpointer {
         .await
     }
 
-    async fn retire(&self, workload: &str) -> Result<(), BoxError> {
+    async fn retire(&self, workload: &str) -> Result<(), CheckpointError> {
         let (wls, name) = (self.workloads.clone(), workload.to_string());
         blocking(move || Ok(wls.retire(&name)?)).await
     }
 
-    async fn dump_lazy(&self, workload: &str, dir: &Path, peer: Option<IpAddr>) -> Result<(DumpReport, SocketAddr), BoxError> {
+    async fn dump_lazy(&self, workload: &str, dir: &Path, peer: Option<IpAddr>) -> Result<(DumpReport, SocketAddr), CheckpointError> {
         lazy_dump::dump(&self.workloads, &self.criu, &self.lazy, workload, dir, self.serve_ip, peer).await
     }
 
-    async fn finish_lazy(&self, workload: &str, timeout: Duration) -> Result<u64, BoxError> {
+    async fn finish_lazy(&self, workload: &str, timeout: Duration) -> Result<u64, CheckpointError> {
         lazy_dump::finish(&self.lazy, workload, timeout).await
     }
 
-    async fn abort_lazy(&self, workload: &str, dir: &Path) -> Result<(), BoxError> {
+    async fn abort_lazy(&self, workload: &str, dir: &Path) -> Result<(), CheckpointError> {
         lazy_dump::abort(&self.workloads, &self.lazy, workload, dir).await
     }
 }
@@ -94,28 +94,29 @@ pub struct WorkloadRestorer {
 }
 
 /// Post-copy images keep almost no pages here, so their page maps are cut instead.
-fn corrupt(dir: &Path, lazy: bool) -> Result<(), BoxError> {
+fn corrupt(dir: &Path, lazy: bool) -> Result<(), CheckpointError> {
     // An incremental image keeps most pages in its parent (see `hotspot_transfer::parent`).
     let parent = dir.join(hotspot_transfer::parent::PARENT_LINK);
     if parent.is_dir() {
         corrupt(&parent, lazy)?;
     }
     let victim = if lazy { "pagemap-" } else { "pages-" };
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
+    for entry in std::fs::read_dir(dir).map_err(CheckpointError::io("reading", dir))? {
+        let path = entry.map_err(CheckpointError::io("reading", dir))?.path();
         if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with(victim)) {
-            let len = std::fs::metadata(&path)?.len();
-            std::fs::OpenOptions::new().write(true).open(&path)?.set_len(len / 2)?;
+            let len = std::fs::metadata(&path).map_err(CheckpointError::io("truncating", &path))?.len();
+            let cut = std::fs::OpenOptions::new().write(true).open(&path).and_then(|f| f.set_len(len / 2));
+            cut.map_err(CheckpointError::io("truncating", &path))?;
         }
     }
     Ok(())
 }
 
 impl Restorer for WorkloadRestorer {
-    async fn restore(&self, spec: &WorkloadSpec, dir: &Path) -> Result<u32, BoxError> {
+    async fn restore(&self, spec: &WorkloadSpec, dir: &Path) -> Result<u32, RestoreError> {
         let (wls, criu, name, dir) = (self.workloads.clone(), self.criu.clone(), spec.name.clone(), dir.to_path_buf());
         let (ns, fault) = (restore_netns(&spec.name, &self.node), crate::sys::fault::corrupt_received_images());
-        blocking(move || {
+        let pid = blocking(move || {
             if fault {
                 warn!(dir = %dir.display(), "test hook: corrupting the received image before restore");
                 corrupt(&dir, false)?;
@@ -125,20 +126,22 @@ impl Restorer for WorkloadRestorer {
             let (w, _) = wls.restore(&criu, &cp, &spec)?;
             Ok(w.pid().unwrap_or(0) as u32)
         })
-        .await
+        .await?;
+        Ok(pid)
     }
 
-    async fn restore_lazy(&self, spec: &WorkloadSpec, dir: &Path, page_server: SocketAddr) -> Result<u32, BoxError> {
+    async fn restore_lazy(&self, spec: &WorkloadSpec, dir: &Path, page_server: SocketAddr) -> Result<u32, RestoreError> {
         let (wls, criu, spec, dir) = (self.workloads.clone(), self.criu.clone(), spec.clone(), dir.to_path_buf());
         let (ns, fault) = (restore_netns(&spec.name, &self.node), crate::sys::fault::corrupt_received_images());
-        blocking(move || {
+        let pid = blocking(move || {
             if fault {
                 warn!(dir = %dir.display(), "test hook: corrupting the received image before restore");
                 corrupt(&dir, true)?;
             }
             lazy_dump::restore_blocking(&wls, &criu, &spec, ns, &dir, page_server)
         })
-        .await
+        .await?;
+        Ok(pid)
     }
 
     async fn discard(&self, workload: &str) {

@@ -72,6 +72,13 @@ pub enum CheckpointError {
     Worker(#[from] tokio::task::JoinError),
 }
 
+impl CheckpointError {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> CheckpointError {
+        let path = path.into();
+        move |source| CheckpointError::Io { op, path, source }
+    }
+}
+
 /// Post-copy's own failures: the lazy dump's page relay and stream, and the resume of a frozen
 /// tree on rollback.
 #[derive(Debug, thiserror::Error)]

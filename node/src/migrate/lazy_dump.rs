@@ -21,9 +21,10 @@ use hotspot_protocol::migration::WorkloadSpec;
 use tracing::{error, info, warn};
 
 use super::page_relay::{free_port_in, Gate, PageRelay, Upstream};
-use super::{BoxError, DumpReport};
-use crate::criu::{netlock, Criu, LazyDump};
-use crate::workload::{Checkpoint, RestoreSpec, ServiceNet, Workloads};
+use super::error::{CheckpointError, LazyPagesError};
+use super::DumpReport;
+use crate::criu::{netlock, Criu, CriuError, LazyDump};
+use crate::workload::{Checkpoint, RestoreSpec, ServiceNet, WorkloadError, Workloads};
 
 /// How long the memory may take to reach the target after the restore.
 pub const PAGE_STREAM_TIMEOUT: Duration = Duration::from_secs(1800);
@@ -77,34 +78,36 @@ pub fn is_lazy_image(dir: &Path) -> bool {
     dir.join(MARKER).exists()
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, BoxError> + Send + 'static) -> Result<T, BoxError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| -> BoxError { format!("worker task failed: {e}").into() })?
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, CheckpointError> + Send + 'static) -> Result<T, CheckpointError> {
+    tokio::task::spawn_blocking(f).await?
 }
 
 /// Freezes `name` with `criu dump --lazy-pages` (page server on loopback in its namespace) and
 /// puts a relay on `serve_ip` in front of it for `peer`.
-pub async fn dump(wls: &Workloads, criu: &Arc<Criu>, dumps: &LazyDumps, name: &str, dir: &Path, serve_ip: IpAddr, peer: Option<IpAddr>) -> Result<(DumpReport, SocketAddr), BoxError> {
+pub async fn dump(wls: &Workloads, criu: &Arc<Criu>, dumps: &LazyDumps, name: &str, dir: &Path, serve_ip: IpAddr, peer: Option<IpAddr>) -> Result<(DumpReport, SocketAddr), CheckpointError> {
     let (w2, c2, n2, d2) = (wls.clone(), criu.clone(), name.to_string(), dir.to_path_buf());
     let started = Instant::now();
     let (lazy, marker) = blocking(move || {
         let w = w2.get(&n2)?;
-        let tree_pid = w.pid().ok_or_else(|| format!("{n2} has no PID"))?;
+        let tree_pid = w.pid().ok_or_else(|| LazyPagesError::NoPid { workload: n2.clone() })?;
         let netns = w.netns_path();
-        let port = free_port_in(&netns)?;
+        let port = free_port_in(&netns).map_err(|source| LazyPagesError::Port { netns: netns.clone(), source })?;
         let (_, lazy) = w2.checkpoint_lazy(&c2, &n2, &d2, SocketAddr::from(([127, 0, 0, 1], port)))?;
         let marker = Marker { netns, port, criu_pid: lazy.criu_pid().unwrap_or(0), tree_pid };
-        marker.write(&d2)?;
+        marker.write(&d2).map_err(CheckpointError::io("writing", d2.join(MARKER)))?;
         Ok((lazy, marker))
     })
     .await?;
     let frozen_ms = started.elapsed().as_millis() as u64;
     let relay = match PageRelay::start(serve_ip, peer, marker.upstream()).await {
         Ok(r) => r,
-        Err(e) => {
-            let cause = format!("page relay on {serve_ip}: {e}");
+        Err(source) => {
+            let cause = LazyPagesError::Relay { ip: serve_ip, source };
             let wls = wls.clone();
             let (n, d) = (name.to_string(), dir.to_path_buf());
-            blocking(move || resume_orphan(&wls, &n, &d, Some(lazy))).await.map_err(|r| format!("{cause}; resuming the workload failed too: {r}"))?;
+            if let Err(resume) = blocking(move || resume_orphan(&wls, &n, &d, Some(lazy))).await {
+                return Err(LazyPagesError::ResumeFailed { cause: Box::new(cause), resume: Box::new(resume) }.into());
+            }
             return Err(cause.into());
         }
     };
@@ -116,20 +119,20 @@ pub async fn dump(wls: &Workloads, criu: &Arc<Criu>, dumps: &LazyDumps, name: &s
 }
 
 /// The target runs the workload: release the page stream and wait until it is over.
-pub async fn finish(dumps: &LazyDumps, name: &str, timeout: Duration) -> Result<u64, BoxError> {
-    let InFlight { dump, relay } = dumps.take(name).ok_or_else(|| format!("no post-copy dump of {name} in flight"))?;
+pub async fn finish(dumps: &LazyDumps, name: &str, timeout: Duration) -> Result<u64, CheckpointError> {
+    let InFlight { dump, relay } = dumps.take(name).ok_or_else(|| LazyPagesError::NotInFlight { workload: name.to_string() })?;
     relay.set(Gate::Release);
     let criu = tokio::task::spawn_blocking(move || dump.finish(timeout));
-    let report = relay.finish(timeout).await?;
-    criu.await.map_err(|e| format!("worker task failed: {e}"))??;
+    let report = relay.finish(timeout).await.map_err(LazyPagesError::Stream)?;
+    criu.await??;
     if !report.closed_cleanly {
-        return Err(format!("the target's lazy-pages daemon went away after {} bytes, before every page was fetched", report.served_bytes).into());
+        return Err(LazyPagesError::Incomplete { served_bytes: report.served_bytes }.into());
     }
     Ok(report.served_bytes)
 }
 
 /// Rollback before the target's restore succeeded: the frozen tree runs here again.
-pub async fn abort(wls: &Workloads, dumps: &LazyDumps, name: &str, dir: &Path) -> Result<(), BoxError> {
+pub async fn abort(wls: &Workloads, dumps: &LazyDumps, name: &str, dir: &Path) -> Result<(), CheckpointError> {
     let (wls, n, d) = (wls.clone(), name.to_string(), dir.to_path_buf());
     match dumps.take(name) {
         Some(InFlight { dump, relay }) => {
@@ -144,7 +147,7 @@ pub async fn abort(wls: &Workloads, dumps: &LazyDumps, name: &str, dir: &Path) -
                     let _ = Marker::read(&d).map(|m| m.upstream().abort_blocking());
                 }
                 match dump.finish(ABORT_TIMEOUT) {
-                    Ok(_) => Err("the page stream had already completed: the source tree is gone".into()),
+                    Ok(_) => Err(LazyPagesError::AlreadyStreamed.into()),
                     Err(_) => resume_tree(&wls, &n, &d), // CRIU failed the dump, as asked
                 }
             })
@@ -155,8 +158,8 @@ pub async fn abort(wls: &Workloads, dumps: &LazyDumps, name: &str, dir: &Path) -
 }
 
 /// A lazy dump whose relay never came up, or one left by a crashed daemon: tell CRIU to fail.
-fn resume_orphan(wls: &Workloads, name: &str, dir: &Path, lazy: Option<LazyDump>) -> Result<(), BoxError> {
-    let marker = Marker::read(dir).ok_or_else(|| format!("{}: no lazy-dump marker", dir.display()))?;
+fn resume_orphan(wls: &Workloads, name: &str, dir: &Path, lazy: Option<LazyDump>) -> Result<(), CheckpointError> {
+    let marker = Marker::read(dir).ok_or_else(|| LazyPagesError::NoMarker { dir: dir.to_path_buf() })?;
     hold_tree(wls, name);
     if let Err(e) = marker.upstream().abort_blocking() {
         warn!(error = %e, "could not reach the page server (criu gone?)");
@@ -179,11 +182,11 @@ fn wait_gone(pid: u32, timeout: Duration) {
 }
 
 /// After CRIU failed the lazy dump and thawed the tree: repair mode off, lock rules out, PID back.
-fn resume_tree(wls: &Workloads, name: &str, dir: &Path) -> Result<(), BoxError> {
-    let marker = Marker::read(dir).ok_or_else(|| format!("{}: no lazy-dump marker", dir.display()))?;
+fn resume_tree(wls: &Workloads, name: &str, dir: &Path) -> Result<(), CheckpointError> {
+    let marker = Marker::read(dir).ok_or_else(|| LazyPagesError::NoMarker { dir: dir.to_path_buf() })?;
     let alive = std::fs::read_to_string(format!("/proc/{}/stat", marker.tree_pid)).is_ok_and(|s| !s.contains(") Z ") && !s.contains(") X "));
     if !alive {
-        return Err(format!("the frozen workload (pid {}) is gone; its memory cannot be recovered", marker.tree_pid).into());
+        return Err(LazyPagesError::TreeGone { pid: marker.tree_pid }.into());
     }
     let mut pids = wls.get(name).map(|w| w.cgroup().pids()).unwrap_or_default();
     pids.extend(descendants(marker.tree_pid));
@@ -199,10 +202,10 @@ fn resume_tree(wls: &Workloads, name: &str, dir: &Path) -> Result<(), BoxError> 
 
 /// The stopped tree's record, address, TCP repair mode and lock rules put back in order;
 /// returns (sockets taken out of repair, lock rules removed).
-fn unlock_held_tree(wls: &Workloads, name: &str, dir: &Path, tree_pid: i32, pids: &[i32]) -> Result<(usize, usize), BoxError> {
+fn unlock_held_tree(wls: &Workloads, name: &str, dir: &Path, tree_pid: i32, pids: &[i32]) -> Result<(usize, usize), CheckpointError> {
     let mut rec = wls.get(name)?.record;
     rec.pid = Some(tree_pid);
-    crate::workload::record::store(wls.state_dir(), &rec)?;
+    crate::workload::record::store(wls.state_dir(), &rec).map_err(WorkloadError::from)?;
     let w = wls.get(name)?;
     // A rollback after the address moved brought the interface back down and without its
     // address (a namespace move flushes both); a restore would set it up, a resume must too.
@@ -211,7 +214,7 @@ fn unlock_held_tree(wls: &Workloads, name: &str, dir: &Path, tree_pid: i32, pids
     }
     let sockets = unrepair_tcp(pids);
     let rules = netlock::load(dir).unwrap_or_default();
-    let removed = netlock::remove(&w.netns_path(), &rules)?;
+    let removed = netlock::remove(&w.netns_path(), &rules).map_err(CriuError::from)?;
     Ok((sockets, removed))
 }
 
@@ -283,10 +286,10 @@ fn unrepair_tcp(pids: &[i32]) -> usize {
 /// Target side: lazy-pages daemon first (the restore hands it the workload's page faults),
 /// then the restore; a watcher stops the workload if the page stream breaks, since a process
 /// whose missing pages can no longer arrive would read zeroes.
-pub fn restore_blocking(wls: &Workloads, criu: &Criu, spec: &WorkloadSpec, netns: String, dir: &Path, page_server: SocketAddr) -> Result<u32, BoxError> {
+pub fn restore_blocking(wls: &Workloads, criu: &Criu, spec: &WorkloadSpec, netns: String, dir: &Path, page_server: SocketAddr) -> Result<u32, CheckpointError> {
     let cp = Checkpoint::open(dir, criu)?;
     if !cp.meta.remote_pages {
-        return Err(format!("{}: not a post-copy image (its memory is in the directory)", dir.display()).into());
+        return Err(LazyPagesError::NotLazyImage { dir: dir.to_path_buf() }.into());
     }
     let daemon = criu.lazy_pages_daemon(dir, &wls.restore_work_dir(&spec.name), page_server, None)?;
     let rs = RestoreSpec { name: spec.name.clone(), netns, service_net: ServiceNet::Present, timeout: Duration::from_secs(120) };
@@ -302,7 +305,8 @@ pub fn restore_blocking(wls: &Workloads, criu: &Criu, spec: &WorkloadSpec, netns
                 error!(workload = %name, error = %e, "could not stop the workload");
             }
         }
-    })?;
+    })
+    .map_err(LazyPagesError::Watcher)?;
     Ok(pid)
 }
 

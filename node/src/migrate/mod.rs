@@ -64,27 +64,27 @@ pub struct ShipReport {
 pub trait Checkpointer: Send + Sync {
     /// Dumps the workload into `dir`. With `leave_running` it keeps running (pre-copy round);
     /// without, the dump stops it (final dump).
-    fn dump(&self, workload: &str, dir: &Path, leave_running: bool) -> impl Future<Output = Result<DumpReport, BoxError>> + Send;
+    fn dump(&self, workload: &str, dir: &Path, leave_running: bool) -> impl Future<Output = Result<DumpReport, CheckpointError>> + Send;
     /// Brings the workload back on this node from `dir` (rollback after a final dump).
-    fn restore_local(&self, workload: &str, dir: &Path) -> impl Future<Output = Result<(), BoxError>> + Send;
+    fn restore_local(&self, workload: &str, dir: &Path) -> impl Future<Output = Result<(), CheckpointError>> + Send;
     /// Forgets the workload on this node after the target confirmed it runs there.
-    fn retire(&self, workload: &str) -> impl Future<Output = Result<(), BoxError>> + Send;
+    fn retire(&self, workload: &str) -> impl Future<Output = Result<(), CheckpointError>> + Send;
 
     /// Post-copy: freezes the workload and writes everything but its memory into `dir`; the
     /// memory stays behind a page server that only `peer` may reach, at the returned address.
-    fn dump_lazy(&self, _workload: &str, _dir: &Path, _peer: Option<IpAddr>) -> impl Future<Output = Result<(DumpReport, SocketAddr), BoxError>> + Send {
-        async { Err(NO_POST_COPY.into()) }
+    fn dump_lazy(&self, _workload: &str, _dir: &Path, _peer: Option<IpAddr>) -> impl Future<Output = Result<(DumpReport, SocketAddr), CheckpointError>> + Send {
+        async { Err(CheckpointError::Unsupported { what: "post-copy", reason: NO_POST_COPY }) }
     }
     /// Post-copy, the target runs the workload: lets the page stream end and waits (up to
     /// `timeout`) until every page was fetched and the frozen source is gone. Returns bytes served.
-    fn finish_lazy(&self, _workload: &str, _timeout: Duration) -> impl Future<Output = Result<u64, BoxError>> + Send {
-        async { Err(NO_POST_COPY.into()) }
+    fn finish_lazy(&self, _workload: &str, _timeout: Duration) -> impl Future<Output = Result<u64, CheckpointError>> + Send {
+        async { Err(CheckpointError::Unsupported { what: "post-copy", reason: NO_POST_COPY }) }
     }
     /// Post-copy, before the target's restore succeeded: resumes the frozen workload here.
     /// `dir` is the lazy dump's image directory (it records how to reach an orphaned page
     /// server after a crash of this node).
-    fn abort_lazy(&self, _workload: &str, _dir: &Path) -> impl Future<Output = Result<(), BoxError>> + Send {
-        async { Err(NO_POST_COPY.into()) }
+    fn abort_lazy(&self, _workload: &str, _dir: &Path) -> impl Future<Output = Result<(), CheckpointError>> + Send {
+        async { Err(CheckpointError::Unsupported { what: "post-copy", reason: NO_POST_COPY }) }
     }
 }
 

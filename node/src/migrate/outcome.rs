@@ -71,7 +71,7 @@ pub(crate) async fn roll_back_stopped<C: Checkpointer, L: TargetLink, R: Resourc
     warn!(phase, error = %cause, resources_moved, post_copy, "migration failed after the freeze; bringing the workload back on this node");
     let _ = p.link.abort(plan.migration, &cause.to_string()).await;
     let name = plan.workload.name.clone();
-    let result = async {
+    let result: Result<(), BoxError> = async {
         // Pre-copy asks the mover even when nothing moved: the dead workload's volume may need
         // staging on this node before the local restore (the mover's move_back is idempotent).
         if resources_moved || !post_copy {
@@ -83,10 +83,11 @@ pub(crate) async fn roll_back_stopped<C: Checkpointer, L: TargetLink, R: Resourc
             p.journal.put(&rec)?;
             back?;
         }
-        match post_copy {
+        let restored = match post_copy {
             true => p.checkpointer.abort_lazy(&name, final_dir).await,
             false => p.checkpointer.restore_local(&name, final_dir).await,
-        }
+        };
+        Ok(restored?)
     }
     .await;
     match result {

@@ -67,9 +67,9 @@ pub async fn recover<C: Checkpointer, L: TargetLink, R: ResourceMover>(
             }
             let image_dir = rec.image_dir.clone().ok_or_else(|| fail("no image directory journaled".into()))?;
             if post_copy {
-                p.checkpointer.abort_lazy(&rec.workload, &image_dir).await.map_err(fail)?;
+                p.checkpointer.abort_lazy(&rec.workload, &image_dir).await.map_err(|e| fail(e.into()))?;
             } else {
-                p.checkpointer.restore_local(&rec.workload, &image_dir).await.map_err(fail)?;
+                p.checkpointer.restore_local(&rec.workload, &image_dir).await.map_err(|e| fail(e.into()))?;
             }
             p.journal.advance_source(&id, SourcePhase::RolledBack, now_ms())?;
             Ok(Recovered::RolledBack)

@@ -169,7 +169,7 @@ async fn freeze<C: Checkpointer, L: TargetLink, R: ResourceMover>(
     };
     let (dump, page_server): (_, Option<SocketAddr>) = match dumped {
         Ok(x) => x,
-        Err(e) => return roll_back_running(plan, p, dump_phase, e).await,
+        Err(e) => return roll_back_running(plan, p, dump_phase, e.into()).await,
     };
     summary.image_bytes = dump.image_bytes;
     summary.lap("dump", &mut step);
@@ -230,7 +230,7 @@ async fn freeze<C: Checkpointer, L: TargetLink, R: ResourceMover>(
                 // Past the point of no return: the target runs the workload and holds its address.
                 warn!(error = %cause, "post-copy page stream failed after the restore");
                 finish(plan.migration, name, &dir, p).await?;
-                return Err(MigrateError::PostCopyLost { workload: name.to_string(), cause });
+                return Err(MigrateError::PostCopyLost { workload: name.to_string(), cause: cause.into() });
             }
         }
         summary.page_stream_ms = streaming.elapsed().as_millis() as u64;

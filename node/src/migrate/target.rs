@@ -17,19 +17,19 @@ use hotspot_protocol::NodeId;
 use tracing::{debug, info, warn};
 
 use crate::sys::clock::now_ms;
-use super::BoxError;
+use super::error::RestoreError;
 use crate::migrate::journal::{Journal, JournalError, MigrationRecord, Role};
 
 /// Restores workloads on this node.
 pub trait Restorer: Send + Sync {
     /// Restores `spec` from the image in `dir` (resources already moved here); returns its PID.
-    fn restore(&self, spec: &WorkloadSpec, dir: &Path) -> impl Future<Output = Result<u32, BoxError>> + Send;
+    fn restore(&self, spec: &WorkloadSpec, dir: &Path) -> impl Future<Output = Result<u32, RestoreError>> + Send;
     /// Removes whatever a failed restore left behind (namespaces, cgroups), keeping the image.
     fn discard(&self, workload: &str) -> impl Future<Output = ()> + Send;
     /// Post-copy: restores from `dir` (everything but the memory) with a lazy-pages daemon
     /// fetching the memory from `page_server` while the workload runs; returns its PID.
-    fn restore_lazy(&self, _spec: &WorkloadSpec, _dir: &Path, _page_server: SocketAddr) -> impl Future<Output = Result<u32, BoxError>> + Send {
-        async { Err("post-copy restore is not supported on this node".into()) }
+    fn restore_lazy(&self, _spec: &WorkloadSpec, _dir: &Path, _page_server: SocketAddr) -> impl Future<Output = Result<u32, RestoreError>> + Send {
+        async { Err(RestoreError::Unsupported { what: "post-copy restore", reason: "this restorer has no lazy-pages support" }) }
     }
 }
 

@@ -11,7 +11,9 @@ use hotspot_protocol::reservation::ReservationId;
 use hotspot_protocol::{NodeId, Resources};
 
 use super::target::{Reservations, Restorer, TargetService};
-use super::BoxError;
+use super::RestoreError;
+use crate::criu::CriuError;
+use crate::migrate::CheckpointError;
 use crate::migrate::journal::{Journal, Role};
 
 #[derive(Default)]
@@ -27,10 +29,11 @@ impl Book {
 }
 
 impl Restorer for &Book {
-    async fn restore(&self, spec: &WorkloadSpec, dir: &Path) -> Result<u32, BoxError> {
+    async fn restore(&self, spec: &WorkloadSpec, dir: &Path) -> Result<u32, RestoreError> {
         self.log.lock().unwrap().push(format!("restore {} from {}", spec.name, dir.display()));
         if self.fail_restore {
-            Err("criu restore: corrupted image".into())
+            let log = dir.join("restore.log");
+            Err(CheckpointError::from(CriuError::Failed { action: "restore", status: "exit status: 1".into(), log, last_errors: "corrupted image".into() }).into())
         } else {
             Ok(4242)
         }

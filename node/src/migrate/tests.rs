@@ -40,34 +40,34 @@ impl Script {
 }
 
 impl Checkpointer for Script {
-    async fn dump(&self, _: &str, dir: &Path, leave_running: bool) -> Result<DumpReport, BoxError> {
-        std::fs::write(dir.join("pages-1.img"), b"x")?;
+    async fn dump(&self, _: &str, dir: &Path, leave_running: bool) -> Result<DumpReport, CheckpointError> {
+        std::fs::write(dir.join("pages-1.img"), b"x").map_err(CheckpointError::io("writing", dir))?;
         self.log(format!("dump leave_running={leave_running}"));
         Ok(DumpReport { image_bytes: 100, frozen_ms: 1 })
     }
-    async fn restore_local(&self, _: &str, dir: &Path) -> Result<(), BoxError> {
+    async fn restore_local(&self, _: &str, dir: &Path) -> Result<(), CheckpointError> {
         assert!(dir.join("pages-1.img").exists(), "local restore needs the final images");
         self.log("restore_local");
         Ok(())
     }
-    async fn retire(&self, _: &str) -> Result<(), BoxError> {
+    async fn retire(&self, _: &str) -> Result<(), CheckpointError> {
         self.log("retire");
         Ok(())
     }
-    async fn dump_lazy(&self, _: &str, dir: &Path, peer: Option<std::net::IpAddr>) -> Result<(DumpReport, std::net::SocketAddr), BoxError> {
-        std::fs::write(dir.join("core-1.img"), b"x")?;
+    async fn dump_lazy(&self, _: &str, dir: &Path, peer: Option<std::net::IpAddr>) -> Result<(DumpReport, std::net::SocketAddr), CheckpointError> {
+        std::fs::write(dir.join("core-1.img"), b"x").map_err(CheckpointError::io("writing", dir))?;
         self.log(format!("dump_lazy peer={peer:?}"));
         Ok((DumpReport { image_bytes: 10, frozen_ms: 1 }, "10.0.0.1:4000".parse().unwrap()))
     }
-    async fn finish_lazy(&self, _: &str, _: std::time::Duration) -> Result<u64, BoxError> {
+    async fn finish_lazy(&self, _: &str, _: std::time::Duration) -> Result<u64, CheckpointError> {
         if self.fail_stream {
             self.log("stream broke");
-            return Err("lazy-pages daemon went away".into());
+            return Err(LazyPagesError::Incomplete { served_bytes: 0 }.into());
         }
         self.log("finish_lazy");
         Ok(90)
     }
-    async fn abort_lazy(&self, _: &str, dir: &Path) -> Result<(), BoxError> {
+    async fn abort_lazy(&self, _: &str, dir: &Path) -> Result<(), CheckpointError> {
         assert!(dir.join("core-1.img").exists(), "abort gets the lazy dump's directory");
         self.log("abort_lazy");
         Ok(())

@@ -13,6 +13,9 @@ use crate::migrate::{BoxError, ResourceMover};
 use crate::sys::fault::{crash_point, CrashPoint};
 use crate::workload::Workloads;
 
+/// Why post-copy is refused on EC2.
+pub(super) const NO_SHARED_EBS: &str = "an EBS volume attaches to one instance, it cannot be shared while pages stream; use pre-copy on EC2";
+
 /// Version of [`NodeMoveState`]'s encoding.
 const MOVE_STATE_VERSION: u16 = 1;
 

@@ -13,9 +13,10 @@ use tracing::warn;
 use hotspot_protocol::NodeId;
 
 use super::cloud_moves::CloudMoves;
+use super::mover::NO_SHARED_EBS;
 use super::target_host::HostSetup;
 use crate::migrate::target::Restorer;
-use crate::migrate::BoxError;
+use crate::migrate::RestoreError;
 use crate::sys::names::restore_netns;
 use crate::workload::Workloads;
 
@@ -36,12 +37,12 @@ impl<R> Ec2Restorer<R> {
 }
 
 impl<R: Restorer> Restorer for Ec2Restorer<R> {
-    async fn restore(&self, spec: &WorkloadSpec, dir: &Path) -> Result<u32, BoxError> {
+    async fn restore(&self, spec: &WorkloadSpec, dir: &Path) -> Result<u32, RestoreError> {
         if let Some(cloud) = &self.cloud {
             let netns = restore_netns(&spec.name, &self.node);
             let mount_dir = self.workloads.volume_mount_dir(&spec.name);
             let setup = HostSetup { workload: &spec.name, netns: &netns, mount_dir: &mount_dir };
-            cloud.prepare_host(&setup).await.map_err(|e| format!("preparing instance {} for {}: {e}", cloud.instance_id, spec.name))?;
+            cloud.prepare_host(&setup).await.map_err(RestoreError::provider("ec2", "preparing the target instance"))?;
         }
         self.inner.restore(spec, dir).await
     }
@@ -56,9 +57,9 @@ impl<R: Restorer> Restorer for Ec2Restorer<R> {
         }
     }
 
-    async fn restore_lazy(&self, spec: &WorkloadSpec, dir: &Path, page_server: SocketAddr) -> Result<u32, BoxError> {
+    async fn restore_lazy(&self, spec: &WorkloadSpec, dir: &Path, page_server: SocketAddr) -> Result<u32, RestoreError> {
         if self.cloud.is_some() {
-            return Err("post-copy cannot share an EBS volume between instances; use pre-copy on EC2".into());
+            return Err(RestoreError::Unsupported { what: "post-copy", reason: NO_SHARED_EBS });
         }
         self.inner.restore_lazy(spec, dir, page_server).await
     }

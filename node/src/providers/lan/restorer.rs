@@ -9,7 +9,7 @@ use hotspot_protocol::NodeId;
 
 use super::LanProvider;
 use crate::migrate::target::Restorer;
-use crate::migrate::BoxError;
+use crate::migrate::RestoreError;
 use crate::sys::names::restore_netns;
 use crate::sys::netns;
 
@@ -27,15 +27,16 @@ impl<R> LanRestorer<R> {
     }
 
     /// Creates the namespace and veth (when missing); true if this call created them.
-    async fn prepare(&self, spec: &WorkloadSpec) -> Result<(String, bool), BoxError> {
+    async fn prepare(&self, spec: &WorkloadSpec) -> Result<(String, bool), RestoreError> {
         let ns = restore_netns(&spec.name, &self.node);
         let (l, s, n) = (self.lan.clone(), spec.clone(), ns.clone());
-        let created = tokio::task::spawn_blocking(move || l.prepare_target(&s, &n)).await??;
+        let prepared = tokio::task::spawn_blocking(move || l.prepare_target(&s, &n)).await?;
+        let created = prepared.map_err(RestoreError::provider("lan", "preparing the workload's network namespace"))?;
         Ok((ns, created))
     }
 
     /// The workload runs here now: a failed publication is retried by `keep_published`.
-    async fn publish(&self, spec: &WorkloadSpec) -> Result<(), BoxError> {
+    async fn publish(&self, spec: &WorkloadSpec) -> Result<(), RestoreError> {
         let (lan, name) = (self.lan.clone(), spec.name.clone());
         if let Err(e) = tokio::task::spawn_blocking(move || lan.publish(&name)).await? {
             tracing::warn!(workload = %spec.name, error = %e, "restored, but publishing its address failed; retrying in the background");
@@ -45,7 +46,7 @@ impl<R> LanRestorer<R> {
 }
 
 impl<R: Restorer> Restorer for LanRestorer<R> {
-    async fn restore(&self, spec: &WorkloadSpec, dir: &Path) -> Result<u32, BoxError> {
+    async fn restore(&self, spec: &WorkloadSpec, dir: &Path) -> Result<u32, RestoreError> {
         let (ns, created) = self.prepare(spec).await?;
         let pid = match self.inner.restore(spec, dir).await {
             Ok(pid) => pid,
@@ -66,7 +67,7 @@ impl<R: Restorer> Restorer for LanRestorer<R> {
         self.inner.discard(workload).await;
     }
 
-    async fn restore_lazy(&self, spec: &WorkloadSpec, dir: &Path, page_server: SocketAddr) -> Result<u32, BoxError> {
+    async fn restore_lazy(&self, spec: &WorkloadSpec, dir: &Path, page_server: SocketAddr) -> Result<u32, RestoreError> {
         self.prepare(spec).await?;
         let pid = self.inner.restore_lazy(spec, dir, page_server).await?;
         self.publish(spec).await?;
