@@ -13,7 +13,7 @@ use super::config::{Config, ProviderKind};
 use super::service::NodeService;
 use crate::migrate::checkpointer::WorkloadRestorer;
 use crate::migrate::target::Restorer;
-use crate::migrate::{BoxError, ResourceMover, RestoreError};
+use crate::migrate::{BoxError, MoveError, ResourceMover, RestoreError};
 use crate::providers::ec2::mover::Ec2Mover;
 use crate::providers::ec2::node::Ec2Node;
 use crate::providers::ec2::restorer::Ec2Restorer;
@@ -30,14 +30,14 @@ pub enum Mover {
 }
 
 impl ResourceMover for Mover {
-    async fn move_to_target(&self, workload: &WorkloadSpec, target: &NodeId, state: &mut Vec<u8>) -> Result<(), BoxError> {
+    async fn move_to_target(&self, workload: &WorkloadSpec, target: &NodeId, state: &mut Vec<u8>) -> Result<(), MoveError> {
         match self {
             Mover::Local(p) => p.move_to_target(workload, target, state).await,
             Mover::Lan(p) => p.move_to_target(workload, target, state).await,
         }
     }
 
-    async fn move_back(&self, workload: &WorkloadSpec, state: &mut Vec<u8>) -> Result<(), BoxError> {
+    async fn move_back(&self, workload: &WorkloadSpec, state: &mut Vec<u8>) -> Result<(), MoveError> {
         match self {
             Mover::Local(p) => p.move_back(workload, state).await,
             Mover::Lan(p) => p.move_back(workload, state).await,
@@ -46,14 +46,14 @@ impl ResourceMover for Mover {
 
     // Post-copy: the local provider shares the volume while pages stream; the LAN provider
     // moves no volume, so its address moves as in pre-copy.
-    async fn move_to_target_shared(&self, workload: &WorkloadSpec, target: &NodeId, state: &mut Vec<u8>) -> Result<(), BoxError> {
+    async fn move_to_target_shared(&self, workload: &WorkloadSpec, target: &NodeId, state: &mut Vec<u8>) -> Result<(), MoveError> {
         match self {
             Mover::Local(p) => p.move_to_target_shared(workload, target, state).await,
             Mover::Lan(p) => p.move_to_target(workload, target, state).await,
         }
     }
 
-    async fn move_back_shared(&self, workload: &WorkloadSpec, state: &mut Vec<u8>) -> Result<(), BoxError> {
+    async fn move_back_shared(&self, workload: &WorkloadSpec, state: &mut Vec<u8>) -> Result<(), MoveError> {
         match self {
             Mover::Local(p) => p.move_back_shared(workload, state).await,
             Mover::Lan(p) => p.move_back(workload, state).await,

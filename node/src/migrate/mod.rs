@@ -113,24 +113,26 @@ pub trait TargetLink: Send + Sync {
     }
 }
 
+const NO_SHARED_VOLUME: &str = "it cannot hand over a volume still held by a frozen workload";
+
 /// Moves the workload's volume and service address. Every call is idempotent: repeating a
 /// step that already happened succeeds without doing it twice (a resumed migration repeats the
 /// step it was in). `state` is the provider's own record, journaled between calls.
 pub trait ResourceMover: Send + Sync {
-    fn move_to_target(&self, workload: &WorkloadSpec, target: &NodeId, state: &mut Vec<u8>) -> impl Future<Output = Result<(), BoxError>> + Send;
+    fn move_to_target(&self, workload: &WorkloadSpec, target: &NodeId, state: &mut Vec<u8>) -> impl Future<Output = Result<(), MoveError>> + Send;
     /// Brings the workload's resources back to this node, or, when nothing moved, makes them
     /// usable for a local restore (a stopped workload's volume was mounted only in its own mount
     /// namespace). Called before every pre-copy rollback restore; must be idempotent.
-    fn move_back(&self, workload: &WorkloadSpec, state: &mut Vec<u8>) -> impl Future<Output = Result<(), BoxError>> + Send;
+    fn move_back(&self, workload: &WorkloadSpec, state: &mut Vec<u8>) -> impl Future<Output = Result<(), MoveError>> + Send;
     /// Post-copy variants: the source's workload is frozen, not gone, and holds its volume
     /// until the target fetched every page, so the volume is shared for that time rather than
     /// released first. Providers that cannot share (an EBS volume attaches to one instance)
     /// keep the default, which refuses.
-    fn move_to_target_shared(&self, _workload: &WorkloadSpec, _target: &NodeId, _state: &mut Vec<u8>) -> impl Future<Output = Result<(), BoxError>> + Send {
-        async { Err("this provider cannot hand over a volume still held by a frozen workload (post-copy)".into()) }
+    fn move_to_target_shared(&self, _workload: &WorkloadSpec, _target: &NodeId, _state: &mut Vec<u8>) -> impl Future<Output = Result<(), MoveError>> + Send {
+        async { Err(MoveError::Unsupported { what: "post-copy", reason: NO_SHARED_VOLUME }) }
     }
-    fn move_back_shared(&self, _workload: &WorkloadSpec, _state: &mut Vec<u8>) -> impl Future<Output = Result<(), BoxError>> + Send {
-        async { Err("this provider cannot hand over a volume still held by a frozen workload (post-copy)".into()) }
+    fn move_back_shared(&self, _workload: &WorkloadSpec, _state: &mut Vec<u8>) -> impl Future<Output = Result<(), MoveError>> + Send {
+        async { Err(MoveError::Unsupported { what: "post-copy", reason: NO_SHARED_VOLUME }) }
     }
 }
 

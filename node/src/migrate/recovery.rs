@@ -63,7 +63,7 @@ pub async fn recover<C: Checkpointer, L: TargetLink, R: ResourceMover>(
                 let mut state = rec.provider_state.clone();
                 let back = if post_copy { p.mover.move_back_shared(spec, &mut state).await } else { p.mover.move_back(spec, &mut state).await };
                 save_state(p, id, state)?;
-                back.map_err(fail)?;
+                back.map_err(|e| fail(e.into()))?;
             }
             let image_dir = rec.image_dir.clone().ok_or_else(|| fail("no image directory journaled".into()))?;
             if post_copy {
@@ -78,7 +78,7 @@ pub async fn recover<C: Checkpointer, L: TargetLink, R: ResourceMover>(
             let mut state = rec.provider_state.clone();
             let moved = p.mover.move_to_target(spec, &rec.peer, &mut state).await;
             save_state(p, id, state)?;
-            moved.map_err(fail)?;
+            moved.map_err(|e| fail(e.into()))?;
             if phase != SourcePhase::RestoreRequested {
                 p.journal.advance_source(&id, SourcePhase::RestoreRequested, now_ms())?;
             }

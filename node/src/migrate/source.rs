@@ -194,7 +194,7 @@ async fn freeze<C: Checkpointer, L: TargetLink, R: ResourceMover>(
     };
     save_provider_state(p, plan, state)?;
     if let Err(e) = moved {
-        return roll_back_stopped(plan, p, &final_dir, true, "resource move", e).await;
+        return roll_back_stopped(plan, p, &final_dir, true, "resource move", e.into()).await;
     }
     summary.lap("move", &mut step);
     crash_point(CrashPoint::ResourcesMoved);

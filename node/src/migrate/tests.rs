@@ -142,26 +142,26 @@ impl TargetLink for Script {
 }
 
 impl ResourceMover for Script {
-    async fn move_to_target(&self, _: &WorkloadSpec, _: &NodeId, state: &mut Vec<u8>) -> Result<(), BoxError> {
+    async fn move_to_target(&self, _: &WorkloadSpec, _: &NodeId, state: &mut Vec<u8>) -> Result<(), MoveError> {
         state.push(1);
         if self.fail_move {
             self.log("move failed");
-            return Err("volume stuck".into());
+            return Err(MoveError::provider("test", "moving to the target")(std::io::Error::other("volume stuck")));
         }
         self.log("move");
         Ok(())
     }
-    async fn move_back(&self, _: &WorkloadSpec, state: &mut Vec<u8>) -> Result<(), BoxError> {
+    async fn move_back(&self, _: &WorkloadSpec, state: &mut Vec<u8>) -> Result<(), MoveError> {
         state.push(2);
         self.log("move_back");
         Ok(())
     }
-    async fn move_to_target_shared(&self, _: &WorkloadSpec, _: &NodeId, state: &mut Vec<u8>) -> Result<(), BoxError> {
+    async fn move_to_target_shared(&self, _: &WorkloadSpec, _: &NodeId, state: &mut Vec<u8>) -> Result<(), MoveError> {
         state.push(3);
         self.log("move_shared");
         Ok(())
     }
-    async fn move_back_shared(&self, _: &WorkloadSpec, state: &mut Vec<u8>) -> Result<(), BoxError> {
+    async fn move_back_shared(&self, _: &WorkloadSpec, state: &mut Vec<u8>) -> Result<(), MoveError> {
         state.push(4);
         self.log("move_back_shared");
         Ok(())

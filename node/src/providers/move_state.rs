@@ -4,13 +4,18 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::migrate::MoveError;
+
 
 #[derive(Debug, thiserror::Error)]
 pub enum MoveStateError {
     #[error("not a provider move record: {0}")]
-    Malformed(String),
+    Malformed(#[source] serde_cbor::Error),
     #[error("provider move record format {0} is newer than {STATE_FORMAT}; upgrade this node")]
     Newer(u32),
+    /// A record of another version than the one this node reads (the EC2 node's own record).
+    #[error("move record version {found} (this node reads {reads})")]
+    Version { found: u16, reads: u16 },
 }
 
 /// Current format; a newer one is refused rather than misread.
@@ -37,7 +42,7 @@ impl MoveState {
         if bytes.is_empty() {
             return Ok(MoveState { format: STATE_FORMAT, ..Default::default() });
         }
-        let st: MoveState = serde_cbor::from_slice(bytes).map_err(|e| MoveStateError::Malformed(e.to_string()))?;
+        let st: MoveState = serde_cbor::from_slice(bytes).map_err(MoveStateError::Malformed)?;
         if st.format > STATE_FORMAT {
             return Err(MoveStateError::Newer(st.format));
         }
@@ -61,14 +66,16 @@ impl MoveState {
 
 /// Runs one blocking provider step on the blocking pool with the journaled `state` handed in
 /// and back (kept even when the step fails: it records what was done before the failure).
+/// The step's error becomes the source of a [`MoveError::Provider`] naming `provider` and `op`.
 pub(crate) async fn run_blocking_step<P, E>(
     provider: &P,
+    (name, op): (&'static str, &'static str),
     state: &mut Vec<u8>,
     step: impl FnOnce(&P, &mut Vec<u8>) -> Result<(), E> + Send + 'static,
-) -> Result<(), crate::migrate::BoxError>
+) -> Result<(), MoveError>
 where
     P: Clone + Send + 'static,
-    E: Into<crate::migrate::BoxError> + Send + 'static,
+    E: std::error::Error + Send + Sync + 'static,
 {
     let (me, mut st) = (provider.clone(), std::mem::take(state));
     let (st, result) = tokio::task::spawn_blocking(move || {
@@ -77,7 +84,7 @@ where
     })
     .await?;
     *state = st;
-    result.map_err(Into::into)
+    result.map_err(MoveError::provider(name, op))
 }
 
 #[cfg(test)]

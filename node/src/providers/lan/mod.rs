@@ -36,7 +36,7 @@ use hotspot_protocol::NodeId;
 use tokio_util::sync::CancellationToken;
 
 use crate::providers::move_state::{run_blocking_step, MoveState, Step};
-use crate::migrate::{BoxError, ResourceMover};
+use crate::migrate::{MoveError, ResourceMover};
 use crate::sys::netns;
 use crate::workload::{IfAddr, NetError, WorkloadRecord, Workloads};
 pub use garp::GarpError;
@@ -263,14 +263,14 @@ impl LanProvider {
 }
 
 impl ResourceMover for LanProvider {
-    async fn move_to_target(&self, workload: &WorkloadSpec, target: &NodeId, state: &mut Vec<u8>) -> Result<(), BoxError> {
+    async fn move_to_target(&self, workload: &WorkloadSpec, target: &NodeId, state: &mut Vec<u8>) -> Result<(), MoveError> {
         let (spec, target) = (workload.clone(), *target);
-        run_blocking_step(self, state, move |me, st| me.move_to_target_blocking(&spec, &target, st)).await
+        run_blocking_step(self, ("lan", "moving to the target"), state, move |me, st| me.move_to_target_blocking(&spec, &target, st)).await
     }
 
-    async fn move_back(&self, workload: &WorkloadSpec, state: &mut Vec<u8>) -> Result<(), BoxError> {
+    async fn move_back(&self, workload: &WorkloadSpec, state: &mut Vec<u8>) -> Result<(), MoveError> {
         let spec = workload.clone();
-        run_blocking_step(self, state, move |me, st| me.move_back_blocking(&spec, st)).await
+        run_blocking_step(self, ("lan", "moving back"), state, move |me, st| me.move_back_blocking(&spec, st)).await
     }
 }
 

@@ -27,7 +27,7 @@ use hotspot_protocol::migration::WorkloadSpec;
 use hotspot_protocol::NodeId;
 use serde::{Deserialize, Serialize};
 
-use crate::migrate::{BoxError, ResourceMover};
+use crate::migrate::{MoveError, ResourceMover};
 use crate::sys::netns;
 use crate::workload::{NetError, Workloads};
 pub use crate::sys::loopdev::LoopError;
@@ -324,7 +324,13 @@ impl LocalProvider {
 }
 
 impl LocalProvider {
-    async fn move_async(&self, workload: &WorkloadSpec, target: Option<NodeId>, state: &mut Vec<u8>, shared: bool) -> Result<(), BoxError> {
+    async fn move_async(&self, workload: &WorkloadSpec, target: Option<NodeId>, state: &mut Vec<u8>, shared: bool) -> Result<(), MoveError> {
+        let op = match (target.is_some(), shared) {
+            (true, false) => "moving to the target",
+            (false, false) => "moving back",
+            (true, true) => "sharing the volume with the target",
+            (false, true) => "taking the shared volume back",
+        };
         let (me, spec, mut st) = (self.clone(), workload.clone(), std::mem::take(state));
         let (st, result) = tokio::task::spawn_blocking(move || {
             let r = match target {
@@ -335,24 +341,24 @@ impl LocalProvider {
         })
         .await?;
         *state = st;
-        Ok(result?)
+        result.map_err(MoveError::provider("local", op))
     }
 }
 
 impl ResourceMover for LocalProvider {
-    async fn move_to_target(&self, workload: &WorkloadSpec, target: &NodeId, state: &mut Vec<u8>) -> Result<(), BoxError> {
+    async fn move_to_target(&self, workload: &WorkloadSpec, target: &NodeId, state: &mut Vec<u8>) -> Result<(), MoveError> {
         self.move_async(workload, Some(*target), state, false).await
     }
 
-    async fn move_back(&self, workload: &WorkloadSpec, state: &mut Vec<u8>) -> Result<(), BoxError> {
+    async fn move_back(&self, workload: &WorkloadSpec, state: &mut Vec<u8>) -> Result<(), MoveError> {
         self.move_async(workload, None, state, false).await
     }
 
-    async fn move_to_target_shared(&self, workload: &WorkloadSpec, target: &NodeId, state: &mut Vec<u8>) -> Result<(), BoxError> {
+    async fn move_to_target_shared(&self, workload: &WorkloadSpec, target: &NodeId, state: &mut Vec<u8>) -> Result<(), MoveError> {
         self.move_async(workload, Some(*target), state, true).await
     }
 
-    async fn move_back_shared(&self, workload: &WorkloadSpec, state: &mut Vec<u8>) -> Result<(), BoxError> {
+    async fn move_back_shared(&self, workload: &WorkloadSpec, state: &mut Vec<u8>) -> Result<(), MoveError> {
         self.move_async(workload, None, state, true).await
     }
 }
