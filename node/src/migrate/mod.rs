@@ -192,17 +192,17 @@ pub enum MigrateError {
     Journal(#[from] crate::migrate::journal::JournalError),
     /// The migration failed and the workload runs on the source again.
     #[error("migration of {workload} failed during {phase}, rolled back to this node: {cause}")]
-    RolledBack { workload: String, phase: &'static str, cause: BoxError },
+    RolledBack { workload: String, phase: &'static str, cause: StepError },
     /// The migration failed and so did the rollback: an operator must look.
     #[error("migration of {workload} failed during {phase} ({cause}); rollback failed too: {rollback}")]
-    RollbackFailed { workload: String, phase: &'static str, cause: BoxError, rollback: BoxError },
+    RollbackFailed { workload: String, phase: &'static str, cause: StepError, rollback: StepError },
     /// Post-copy after the restore: the page stream broke, so the target's copy cannot get the
     /// rest of its memory and the source's frozen copy is gone. The documented post-copy risk.
     #[error("post-copy of {workload} failed after the restore on the target: the memory stream broke ({cause}); the workload is lost (use pre-copy where that is not acceptable)")]
-    PostCopyLost { workload: String, cause: BoxError },
+    PostCopyLost { workload: String, cause: StepError },
     /// The target may run the workload but cannot be asked; nothing is done until it answers.
     #[error("migration {migration} is in doubt: the target may be running {workload} but does not answer ({cause}); retrying recovery later")]
-    InDoubt { migration: MigrationId, workload: String, cause: BoxError },
+    InDoubt { migration: MigrationId, workload: String, cause: StepError },
 }
 #[cfg(test)]
 mod tests;

@@ -10,13 +10,13 @@ use tracing::{info, warn};
 
 use super::journal::JournalError;
 use super::plan::{Parts, SourcePlan};
-use super::{BoxError, Checkpointer, MigrateError, Progress, ResourceMover, Summary, TargetLink};
+use super::{Checkpointer, LinkError, MigrateError, Progress, ResourceMover, StepError, Summary, TargetLink};
 use crate::sys::clock::now_ms;
 
 /// After a failed restore request: did the workload come up anyway (reply lost)? Only a clear
 /// "no" from the target allows bringing it back here: `Ok(Some(cause))` then, `Ok(None)` if it
 /// runs there, [`MigrateError::InDoubt`] if the target cannot say.
-pub(crate) async fn restore_failed<C, L: TargetLink, R>(plan: &SourcePlan, p: &Parts<'_, C, L, R>, e: BoxError) -> Result<Option<BoxError>, MigrateError> {
+pub(crate) async fn restore_failed<C, L: TargetLink, R>(plan: &SourcePlan, p: &Parts<'_, C, L, R>, e: LinkError) -> Result<Option<LinkError>, MigrateError> {
     match p.link.status(plan.migration).await {
         Ok(TargetReport::Phase(TargetPhase::Running)) => {
             info!("restore reply lost but the target runs the workload");
@@ -26,14 +26,14 @@ pub(crate) async fn restore_failed<C, L: TargetLink, R>(plan: &SourcePlan, p: &P
         Err(status_err) => Err(MigrateError::InDoubt {
             migration: plan.migration,
             workload: plan.workload.name.clone(),
-            cause: format!("{e}; status query: {status_err}").into(),
+            cause: StepError::StatusUnknown { restore: Box::new(e), status: Box::new(status_err) },
         }),
     }
 }
 
 /// Gives up before the freeze (or after a dump that left the workload running): tell the
 /// target, give the reservation back, journal the rollback.
-pub(crate) async fn roll_back_running<C: Checkpointer, L: TargetLink, R>(plan: &SourcePlan, p: &Parts<'_, C, L, R>, phase: &'static str, cause: BoxError) -> Result<Summary, MigrateError> {
+pub(crate) async fn roll_back_running<C: Checkpointer, L: TargetLink, R>(plan: &SourcePlan, p: &Parts<'_, C, L, R>, phase: &'static str, cause: StepError) -> Result<Summary, MigrateError> {
     warn!(phase, error = %cause, "migration failed before the freeze; workload still runs here");
     let _ = p.link.abort(plan.migration, &cause.to_string()).await;
     let _ = p.link.release(plan.reservation).await;
@@ -65,13 +65,13 @@ pub(crate) async fn roll_back_stopped<C: Checkpointer, L: TargetLink, R: Resourc
     final_dir: &Path,
     resources_moved: bool,
     phase: &'static str,
-    cause: BoxError,
+    cause: StepError,
 ) -> Result<Summary, MigrateError> {
     let post_copy = plan.mode == MigrationMode::PostCopy;
     warn!(phase, error = %cause, resources_moved, post_copy, "migration failed after the freeze; bringing the workload back on this node");
     let _ = p.link.abort(plan.migration, &cause.to_string()).await;
     let name = plan.workload.name.clone();
-    let result: Result<(), BoxError> = async {
+    let result: Result<(), StepError> = async {
         // Pre-copy asks the mover even when nothing moved: the dead workload's volume may need
         // staging on this node before the local restore (the mover's move_back is idempotent).
         if resources_moved || !post_copy {

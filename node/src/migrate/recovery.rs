@@ -9,7 +9,7 @@ use tracing::{info, warn};
 use super::outcome::finish;
 use super::plan::Parts;
 use crate::sys::clock::now_ms;
-use super::{BoxError, Checkpointer, MigrateError, ResourceMover, TargetLink};
+use super::{Checkpointer, MigrateError, ResourceMover, StepError, TargetLink};
 use crate::migrate::journal::{JournalError, MigrationRecord, Role};
 
 /// The outcome for one journaled migration.
@@ -45,7 +45,7 @@ pub async fn recover<C: Checkpointer, L: TargetLink, R: ResourceMover>(
     info!(migration = %rec.migration, workload = %rec.workload, ?phase, ?report, ?action, "recovering migration");
     let id = rec.migration;
     let dir = images_root.join(id.to_string());
-    let fail = |cause: BoxError| MigrateError::RollbackFailed { workload: rec.workload.clone(), phase: "recovery", cause, rollback: "not attempted".into() };
+    let fail = |cause: StepError| MigrateError::RollbackFailed { workload: rec.workload.clone(), phase: "recovery", cause, rollback: StepError::NotAttempted };
     match action {
         SourceRecovery::Nothing => Ok(Recovered::AlreadyOver),
         SourceRecovery::ReleaseAndRollBack => {
@@ -65,7 +65,7 @@ pub async fn recover<C: Checkpointer, L: TargetLink, R: ResourceMover>(
                 save_state(p, id, state)?;
                 back.map_err(|e| fail(e.into()))?;
             }
-            let image_dir = rec.image_dir.clone().ok_or_else(|| fail("no image directory journaled".into()))?;
+            let image_dir = rec.image_dir.clone().ok_or_else(|| fail(StepError::NoImageDir))?;
             if post_copy {
                 p.checkpointer.abort_lazy(&rec.workload, &image_dir).await.map_err(|e| fail(e.into()))?;
             } else {
@@ -98,7 +98,7 @@ pub async fn recover<C: Checkpointer, L: TargetLink, R: ResourceMover>(
         }
         SourceRecovery::WaitForTarget => {
             warn!(migration = %id, "target unreachable after the restore request; waiting");
-            Err(MigrateError::InDoubt { migration: id, workload: rec.workload.clone(), cause: "target does not answer".into() })
+            Err(MigrateError::InDoubt { migration: id, workload: rec.workload.clone(), cause: StepError::TargetSilent })
         }
     }
 }

@@ -33,7 +33,7 @@ use super::journal::{JournalError, MigrationRecord, Role};
 use super::lazy_dump::PAGE_STREAM_TIMEOUT;
 use super::outcome::{finish, restore_failed, roll_back_running, roll_back_stopped};
 pub use super::plan::{Parts, SourcePlan};
-use super::{BoxError, Checkpointer, MigrateError, Progress, ResourceMover, ShipReport, Summary, TargetLink};
+use super::{Checkpointer, MigrateError, Progress, ResourceMover, ShipReport, StepError, Summary, TargetLink};
 use crate::sys::clock::now_ms;
 use crate::sys::fault::{crash_point, CrashPoint};
 
@@ -89,7 +89,7 @@ enum Rounds {
     /// This many rounds shipped; the freeze comes next.
     Shipped(u32),
     /// A round failed; the workload still runs here.
-    Failed(BoxError),
+    Failed(StepError),
 }
 
 /// Pre-copy: dumps of the running workload, shipped while it runs, until another round would
@@ -100,7 +100,7 @@ async fn precopy_rounds<C: Checkpointer, L: TargetLink, R>(plan: &SourcePlan, p:
     let mut round = 0;
     while round < plan.max_precopy_rounds {
         if p.cancel.is_cancelled() {
-            return Ok(Rounds::Failed("cancelled".into()));
+            return Ok(Rounds::Failed(StepError::Cancelled));
         }
         if p.hurry.is_cancelled() {
             info!(round, "node must leave: no further pre-copy round");
@@ -109,7 +109,7 @@ async fn precopy_rounds<C: Checkpointer, L: TargetLink, R>(plan: &SourcePlan, p:
         p.journal.advance_source(&plan.migration, SourcePhase::PreCopy, now_ms())?;
         p.phase(SourcePhase::PreCopy);
         let round_dir = dir.join(format!("round-{round}"));
-        let shipped: Result<Option<ShipReport>, BoxError> = async {
+        let shipped: Result<Option<ShipReport>, StepError> = async {
             fresh_dir(&round_dir)?;
             // Never cut: CRIU would go on dumping in the background and collide with the final dump.
             p.checkpointer.dump(&plan.workload.name, &round_dir, true).await?;
@@ -207,8 +207,8 @@ async fn freeze<C: Checkpointer, L: TargetLink, R: ResourceMover>(
         Some(server) => p.link.restore_lazy(plan.migration, transfer_id, server).await,
     };
     if let Err(e) = restored {
-        if let Some(e) = restore_failed(plan, p, e.into()).await? {
-            return roll_back_stopped(plan, p, &final_dir, true, "restore on target", e).await;
+        if let Some(e) = restore_failed(plan, p, e).await? {
+            return roll_back_stopped(plan, p, &final_dir, true, "restore on target", e.into()).await;
         }
     }
     summary.lap("restore", &mut step);
@@ -278,10 +278,11 @@ fn saved_bytes(s: &Summary) -> u64 {
     (s.image_bytes * (s.precopy_rounds as u64 + 1)).saturating_sub(s.wire_bytes)
 }
 
-fn fresh_dir(dir: &Path) -> Result<(), BoxError> {
+fn fresh_dir(dir: &Path) -> Result<(), StepError> {
+    let failed = |op: &'static str| move |source| StepError::Images { op, path: dir.to_path_buf(), source };
     if dir.exists() {
-        std::fs::remove_dir_all(dir)?;
+        std::fs::remove_dir_all(dir).map_err(failed("removing old images in"))?;
     }
-    std::fs::create_dir_all(dir)?;
+    std::fs::create_dir_all(dir).map_err(failed("creating image directory"))?;
     Ok(())
 }

@@ -232,7 +232,7 @@ async fn failure_before_freeze_never_stops_the_workload() {
     let f = fixture();
     let s = Script { fail_ship_call: Some(1), ..Script::default() };
     let err = go(&f, &s).await.unwrap_err();
-    assert!(matches!(err, MigrateError::RolledBack { phase: "pre-copy", .. }), "{err}");
+    assert!(matches!(err, MigrateError::RolledBack { phase: "pre-copy", cause: StepError::Link(LinkError::Transfer(_)), .. }), "{err}");
     assert_eq!(s.calls(), ["offer", "dump leave_running=true", "ship failed", "abort", "release"]);
     assert_eq!(phase(&f), Role::Source(SourcePhase::RolledBack));
 }
@@ -255,7 +255,8 @@ async fn failed_restore_on_target_moves_resources_back() {
     let f = fixture();
     let s = Script { fail_restore: true, status: Some(TargetReport::Phase(TargetPhase::Abandoned)), ..Script::default() };
     let err = go(&f, &s).await.unwrap_err();
-    assert!(matches!(err, MigrateError::RolledBack { phase: "restore on target", .. }), "{err}");
+    let refused = |c: &StepError| matches!(c, StepError::Link(LinkError::Refused { code: hotspot_protocol::error::ErrorCode::RestoreFailed, .. }));
+    assert!(matches!(&err, MigrateError::RolledBack { phase: "restore on target", cause, .. } if refused(cause)), "{err}");
     let calls = s.calls();
     assert_eq!(&calls[calls.len() - 5..], ["status", "abort", "move_back", "restore_local", "release"]);
     let state = f.journal.get(&f.plan.migration).unwrap().unwrap().provider_state;
@@ -276,7 +277,7 @@ async fn unreachable_target_after_restore_request_is_in_doubt_and_touches_nothin
     let f = fixture();
     let s = Script { fail_restore: true, status: None, ..Script::default() };
     let err = go(&f, &s).await.unwrap_err();
-    assert!(matches!(err, MigrateError::InDoubt { .. }), "{err}");
+    assert!(matches!(err, MigrateError::InDoubt { cause: StepError::StatusUnknown { .. }, .. }), "{err}");
     assert!(!s.calls().contains(&"restore_local".to_string()), "must not run it twice");
     assert_eq!(phase(&f), Role::Source(SourcePhase::RestoreRequested));
 }
@@ -357,7 +358,9 @@ async fn post_copy_stream_broken_after_restore_is_reported_lost_not_rolled_back(
     let f = post_copy_fixture();
     let s = Script { fail_stream: true, ..Script::default() };
     let err = go(&f, &s).await.unwrap_err();
-    assert!(matches!(err, MigrateError::PostCopyLost { .. }), "{err}");
+    let lost = StepError::Checkpoint(CheckpointError::LazyPages(LazyPagesError::Incomplete { served_bytes: 0 }));
+    assert!(matches!(&err, MigrateError::PostCopyLost { cause: StepError::Checkpoint(CheckpointError::LazyPages(LazyPagesError::Incomplete { .. })), .. }), "{err}");
+    assert!(err.to_string().contains(&lost.to_string()), "{err}");
     assert!(!s.calls().iter().any(|c| c == "abort_lazy" || c == "move_back_shared"), "after the restore there is no going back: {:?}", s.calls());
 }
 
