@@ -15,32 +15,100 @@ use std::time::Duration;
 use hotspot_protocol::handoff::{recover_target, TargetPhase, TargetRecovery};
 use hotspot_protocol::migration::{MigrationId, MigrationMode, WorkloadSpec};
 use hotspot_protocol::NodeId;
+use hotspot_transfer::endpoint::EndpointError;
 use hotspot_transfer::identity::NodeKey;
-use hotspot_transfer::{ReceiveOptions, Store, StoreOptions, TrustSet};
+use hotspot_transfer::{ReceiveOptions, Store, StoreError, StoreOptions, TrustSet};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::config::Config;
-use super::providers::{node_mover, node_restorer, select, NodeMover};
-use super::api::{Reply, ReserveParams};
-use super::reservations::BookReservations;
+use super::providers::{node_mover, node_restorer, select, NodeMover, SelectError};
+use super::api::{Attempt, Reply, ReserveParams};
+use super::reservations::{BookReservations, ReserveError};
 use super::service::NodeService;
 use crate::criu::Criu;
-use crate::migrate::journal::{Journal, MigrationRecord, Role};
-use crate::mesh::MeshClient;
+use crate::migrate::journal::{Journal, JournalError, MigrationRecord, Role};
+use crate::mesh::{MeshClient, MeshError};
 use crate::migrate::checkpointer::{images_root, needs_of, WorkloadCheckpointer, WorkloadRestorer};
 use crate::migrate::precopy_images::PrecopyImages;
 use crate::migrate::link::QuicLink;
 use crate::migrate::serve;
 use crate::migrate::source::{self, Parts, SourcePlan};
 use crate::migrate::target::TargetService;
-use crate::migrate::{recovery, BoxError, Progress};
-use crate::workload::Workloads;
+use crate::migrate::{recovery, LinkError, MigrateError, Progress};
+use crate::providers::ec2::ProviderError;
+use crate::workload::{WorkloadError, Workloads};
 
 /// How long a reservation for a migration lives before the target may give it away.
 const RESERVATION_TTL_MS: u64 = 300_000;
+
+/// Why the migration subsystem could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("journal database {path}: {source}")]
+    Database { path: PathBuf, #[source] source: sled::Error },
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("transfer_listen {addr:?}: {source}")]
+    ListenAddr { addr: String, #[source] source: std::net::AddrParseError },
+    #[error("transfer endpoint on {addr}: {source} (another node on this host? choose a port with --transfer-listen)")]
+    Receiver { addr: SocketAddr, #[source] source: EndpointError },
+    #[error("transfer endpoint address: {0}")]
+    LocalAddr(#[source] std::io::Error),
+    #[error("chunk store: {0}")]
+    Store(#[from] StoreError),
+    #[error("sending endpoint: {0}")]
+    Sender(#[source] EndpointError),
+    #[error(transparent)]
+    Provider(#[from] SelectError),
+}
+
+/// Why no link to a target could be made.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetLinkError {
+    #[error(transparent)]
+    Mesh(#[from] MeshError),
+    #[error("the target left the mesh")]
+    TargetLeft,
+    #[error("{name} advertises no transfer address")]
+    NoTransferAddr { name: String },
+    #[error("{name} advertises a bad transfer address: {source}")]
+    BadTransferAddr { name: String, #[source] source: std::net::AddrParseError },
+    #[error(transparent)]
+    Link(#[from] LinkError),
+}
+
+/// Why a `Migrate` request (or the recovery of a journaled migration) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error(transparent)]
+    Workload(#[from] WorkloadError),
+    #[error("workload {0} is not running on this node")]
+    NotRunning(String),
+    #[error("post-copy is not available on this node: {hint}")]
+    NoPostCopy { hint: String },
+    #[error("finding the zone of the workload's volume: {0}")]
+    VolumeZone(#[source] ProviderError),
+    #[error(transparent)]
+    Reserve(#[from] ReserveError),
+    #[error("no target granted a reservation ({})", attempts_text(.attempts))]
+    NoReservation { attempts: Vec<Attempt> },
+    #[error(transparent)]
+    Link(#[from] TargetLinkError),
+    #[error("picking a migration id: {0}")]
+    Random(getrandom::Error),
+    #[error(transparent)]
+    Migrate(#[from] MigrateError),
+}
+
+fn attempts_text(attempts: &[Attempt]) -> String {
+    if attempts.is_empty() {
+        return "no eligible peer".into();
+    }
+    attempts.iter().map(|a| format!("{}: {}", a.name, a.outcome)).collect::<Vec<_>>().join("; ")
+}
 
 pub struct Migrations {
     service: Arc<NodeService>,
@@ -69,7 +137,7 @@ pub fn start(
     ec2: Option<&crate::providers::ec2::node::Ec2Node>,
     tasks: &mut JoinSet<()>,
     cancel: CancellationToken,
-) -> Result<Option<Arc<Migrations>>, BoxError> {
+) -> Result<Option<Arc<Migrations>>, StartError> {
     let criu = match Criu::detect() {
         Ok(c) => Arc::new(c),
         Err(e) => {
@@ -79,14 +147,15 @@ pub fn start(
     };
     // Own cgroup parent: several nodes may share a host (the local cluster).
     let workloads = Workloads::new(&config.workloads_dir).with_cgroup_parent(format!("hotspot-{}", &service.node().to_string()[..8]));
-    let db = sled::open(config.data_dir.join("journal"))?;
+    let db_path = config.data_dir.join("journal");
+    let db = sled::open(&db_path).map_err(|source| StartError::Database { path: db_path, source })?;
     let journal = Journal::open(&db)?;
     let trust = service.trust();
-    let listen: SocketAddr = config.transfer_listen.parse().map_err(|e| format!("transfer_listen {:?}: {e}", config.transfer_listen))?;
-    let receiver = hotspot_transfer::endpoint::receiver(key, trust.clone(), listen).map_err(|e| -> BoxError {
-        format!("transfer endpoint on {listen}: {e} (another node on this host? choose a port with --transfer-listen)").into()
-    })?;
-    let bound = receiver.local_addr()?;
+    let listen: SocketAddr =
+        config.transfer_listen.parse().map_err(|source| StartError::ListenAddr { addr: config.transfer_listen.clone(), source })?;
+    let receiver =
+        hotspot_transfer::endpoint::receiver(key, trust.clone(), listen).map_err(|source| StartError::Receiver { addr: listen, source })?;
+    let bound = receiver.local_addr().map_err(StartError::LocalAddr)?;
     let advertise = config.transfer_advertise.clone().or_else(|| (!bound.ip().is_unspecified()).then(|| bound.to_string()));
     if advertise.is_none() {
         warn!(%bound, "transfer endpoint listens on an unspecified address and transfer_advertise is unset: peers cannot send workloads here");
@@ -102,7 +171,7 @@ pub fn start(
     receive.sync = false;
     let precopy_images = PrecopyImages::default();
     receive.parent = Some(precopy_images.lookup());
-    let sender = hotspot_transfer::endpoint::sender(key, trust.clone(), None, bound)?;
+    let sender = hotspot_transfer::endpoint::sender(key, trust.clone(), None, bound).map_err(StartError::Sender)?;
 
     let restorer = WorkloadRestorer {
         workloads: workloads.clone(),
@@ -182,21 +251,21 @@ fn recover_targets(journal: &Journal, workloads: &Workloads, service: &NodeServi
 }
 
 impl Migrations {
-    async fn link_to(&self, node: NodeId, progress: mpsc::Sender<Progress>) -> Result<QuicLink, BoxError> {
+    async fn link_to(&self, node: NodeId, progress: mpsc::Sender<Progress>) -> Result<QuicLink, TargetLinkError> {
         let peers = self.mesh.peers().await?;
-        let advert = peers.iter().find(|p| p.advert.node == node).map(|p| &p.advert).ok_or("the target left the mesh")?;
+        let advert = peers.iter().find(|p| p.advert.node == node).map(|p| &p.advert).ok_or(TargetLinkError::TargetLeft)?;
         let addr: SocketAddr = advert
             .transfer_addr
             .as_deref()
-            .ok_or_else(|| format!("{} advertises no transfer address", advert.name))?
+            .ok_or_else(|| TargetLinkError::NoTransferAddr { name: advert.name.clone() })?
             .parse()
-            .map_err(|e| format!("{} advertises a bad transfer address: {e}", advert.name))?;
+            .map_err(|source| TargetLinkError::BadTransferAddr { name: advert.name.clone(), source })?;
         Ok(QuicLink::new(self.sender.clone(), &self.key, self.trust.clone(), node, addr, self.mesh.clone(), progress)?)
     }
 
     /// The link a restarted source recovers through: via the target's advert, or, until gossip
     /// brought it back (a fast restart can take the mesh a while), at the journaled address.
-    async fn recovery_link(&self, rec: &MigrationRecord, progress: mpsc::Sender<Progress>) -> Result<QuicLink, BoxError> {
+    async fn recovery_link(&self, rec: &MigrationRecord, progress: mpsc::Sender<Progress>) -> Result<QuicLink, TargetLinkError> {
         match self.link_to(rec.peer, progress.clone()).await {
             Ok(link) => Ok(link),
             Err(e) => match rec.peer_addr.as_deref().and_then(|a| a.parse::<SocketAddr>().ok()) {
@@ -243,26 +312,25 @@ impl Migrations {
         let _ = out.send(reply).await;
     }
 
-    async fn migrate_inner(&self, name: &str, to: Option<String>, mode: MigrationMode, out: &mpsc::Sender<Reply>) -> Result<crate::migrate::Summary, BoxError> {
+    async fn migrate_inner(&self, name: &str, to: Option<String>, mode: MigrationMode, out: &mpsc::Sender<Reply>) -> Result<crate::migrate::Summary, RequestError> {
         let w = self.workloads.get(name)?;
         if !w.is_running() {
-            return Err(format!("workload {name} is not running on this node").into());
+            return Err(RequestError::NotRunning(name.to_string()));
         }
         if mode == MigrationMode::PostCopy {
             if let Some(hint) = self.checkpointer.criu.capabilities().lazy_pages.hint() {
-                return Err(format!("post-copy is not available on this node: {hint}").into());
+                return Err(RequestError::NoPostCopy { hint });
             }
         }
         let needs = needs_of(&w);
         let progress_of = |phase: &str| Reply::Progress { progress: Progress::Phase { phase: phase.into() } };
         let _ = out.try_send(progress_of("Reserving"));
         // An EBS volume attaches only within its zone: the election must stay there.
-        let volume_zone = self.mover.volume_zone(name).await?.map(|(volume, zone)| super::control::VolumeZone { volume, zone });
+        let volume_zone = self.mover.volume_zone(name).await.map_err(RequestError::VolumeZone)?.map(|(volume, zone)| super::control::VolumeZone { volume, zone });
         let params = ReserveParams { peer: to, workload: name.to_string(), needs, ttl_ms: RESERVATION_TTL_MS, volume_zone };
         let outcome = self.service.reserve(params).await?;
         let Some(held) = outcome.granted else {
-            let tried: Vec<String> = outcome.attempts.iter().map(|a| format!("{}: {}", a.name, a.outcome)).collect();
-            return Err(format!("no target granted a reservation ({})", if tried.is_empty() { "no eligible peer".into() } else { tried.join("; ") }).into());
+            return Err(RequestError::NoReservation { attempts: outcome.attempts });
         };
         let (target, reservation, target_name) = (held.target, held.id, held.target_name.clone());
 
@@ -279,11 +347,11 @@ impl Migrations {
             Ok(l) => l,
             Err(e) => {
                 let _ = self.service.release(target, reservation).await;
-                return Err(e);
+                return Err(e.into());
             }
         };
         let mut id = [0u8; 16];
-        getrandom::getrandom(&mut id).map_err(|e| e.to_string())?;
+        getrandom::getrandom(&mut id).map_err(RequestError::Random)?;
         let plan = SourcePlan {
             migration: MigrationId(id),
             workload: WorkloadSpec {
@@ -331,9 +399,9 @@ impl Migrations {
                     return;
                 }
                 let (ptx, _prx) = mpsc::channel(1);
-                let outcome = match self.recovery_link(&rec, ptx.clone()).await {
-                    Ok(link) => recovery::recover(&rec, &spec, self.images_root.clone(), &self.parts(&link, &ptx, &self.cancel)).await.map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
+                let outcome: Result<_, RequestError> = match self.recovery_link(&rec, ptx.clone()).await {
+                    Ok(link) => recovery::recover(&rec, &spec, self.images_root.clone(), &self.parts(&link, &ptx, &self.cancel)).await.map_err(RequestError::from),
+                    Err(e) => Err(e.into()),
                 };
                 match outcome {
                     Ok(done) => {

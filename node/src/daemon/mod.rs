@@ -55,7 +55,7 @@ pub enum DaemonError {
     #[error(transparent)]
     Control(#[from] control::ControlError),
     #[error("migration endpoint: {0}")]
-    Migration(crate::migrate::BoxError),
+    Migration(#[source] migration::StartError),
     #[error(transparent)]
     Ec2(#[from] crate::providers::ec2::node::Ec2NodeError),
     #[error("invalid multiaddr {addr:?} in {field}: {reason}")]

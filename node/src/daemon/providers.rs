@@ -13,14 +13,23 @@ use super::config::{Config, ProviderKind};
 use super::service::NodeService;
 use crate::migrate::checkpointer::WorkloadRestorer;
 use crate::migrate::target::Restorer;
-use crate::migrate::{BoxError, MoveError, ResourceMover, RestoreError};
+use crate::migrate::{MoveError, ResourceMover, RestoreError};
 use crate::providers::ec2::mover::Ec2Mover;
 use crate::providers::ec2::node::Ec2Node;
 use crate::providers::ec2::restorer::Ec2Restorer;
 use crate::providers::lan::restorer::LanRestorer;
 use crate::providers::lan::{interface_with, LanError, LanProvider};
-use crate::providers::local::{ClusterDir, LocalProvider, DEFAULT_CLUSTER_DIR};
+use crate::providers::local::{ClusterDir, LocalProvider, LocalProviderError, DEFAULT_CLUSTER_DIR};
 use crate::workload::Workloads;
+
+/// Why the configured provider could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SelectError {
+    #[error(transparent)]
+    Local(#[from] LocalProviderError),
+    #[error(transparent)]
+    Lan(#[from] LanError),
+}
 
 /// The source side's resource mover.
 #[derive(Debug, Clone)]
@@ -88,7 +97,7 @@ pub fn select(
     plain: WorkloadRestorer,
     tasks: &mut JoinSet<()>,
     cancel: CancellationToken,
-) -> Result<(Mover, SelectedRestorer), BoxError> {
+) -> Result<(Mover, SelectedRestorer), SelectError> {
     match config.provider {
         ProviderKind::Local => {
             let cluster = ClusterDir::new(std::env::var_os("HOTSPOT_LOCAL_CLUSTER").map_or_else(|| DEFAULT_CLUSTER_DIR.into(), std::path::PathBuf::from));

@@ -38,9 +38,6 @@ use hotspot_protocol::NodeId;
 
 pub use error::{CheckpointError, LazyPagesError, LinkError, MoveError, RestoreError, StepError};
 
-/// A failure of one of the pieces, with enough context to say what broke.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
-
 /// What a dump produced.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DumpReport {
