@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use hotspot_node::criu::Criu;
 use hotspot_node::daemon::control::{self, Reply, Request};
 use hotspot_node::lab;
-use hotspot_node::sys::names::restore_netns;
+use hotspot_node::sys::names::{restore_netns, workload_netns};
 use hotspot_node::migrate::Summary;
 use hotspot_testkit::testbed::{self, Cleanup, PipeliningClient};
 use hotspot_protocol::migration::MigrationMode;
@@ -111,8 +111,8 @@ fn bench_size(bin: &Path, criu: &Criu, mib: u64, naive_runs: usize, subnet: u32)
     let wls: Vec<Workloads> = ["a", "b"].iter().map(|n| Workloads::new(root.join(format!("{n}-workloads")))).collect();
     let mut guards: Vec<Cleanup> = wls.iter().map(|w| Cleanup::new(w.clone())).collect();
     guards.iter_mut().for_each(|g| g.names.push(name.clone()));
-    guards[0].netns.extend([format!("hs-{name}"), client_ns.clone()]);
-    guards[0].netns.extend((0..naive_runs).map(|i| format!("hs-{name}-nv{i}")));
+    guards[0].netns.extend([workload_netns(&name), client_ns.clone()]);
+    guards[0].netns.extend((0..naive_runs).map(|i| restore_netns(&name, &format!("nv{i}"))));
     let a = Daemon::start(bin, root, "a", None);
     let boot = a.status().unwrap().mesh["listen_addrs"][0].as_str().unwrap().to_string();
     let b = Daemon::start(bin, root, "b", Some(&boot));
@@ -183,7 +183,7 @@ fn bench_size(bin: &Path, criu: &Criu, mib: u64, naive_runs: usize, subnet: u32)
     // The workload is on B now; naive moves run there, daemons out of the way.
     let b_wls = wls[1].clone();
     for i in 0..naive_runs {
-        let (gap, total) = naive_move(criu, &b_wls, &name, (&client_ns, server), &format!("hs-{name}-nv{i}"), root);
+        let (gap, total) = naive_move(criu, &b_wls, &name, (&client_ns, server), &restore_netns(&name, &format!("nv{i}")), root);
         eprintln!("[{mib} MiB] naive dump|tar|zstd -1|socat|restore: client gap {gap:.0} ms, total {total:.0} ms");
         r.naive_gaps_ms.push(gap);
         r.naive_totals_ms.push(total);

@@ -7,10 +7,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use hotspot_node::criu::{Criu, CriuError};
-use hotspot_testkit::testbed::{self, Cleanup};
+use hotspot_node::sys::names::workload_netns;
 use hotspot_node::sys::netns;
-use hotspot_node::workload::{Checkpoint, CheckpointOptions, RestoreSpec, ServiceNet, StartOptions, WorkloadError, Workloads, CHECKPOINT_META};
-use hotspot_testkit::host;
+use hotspot_node::workload::{Checkpoint, CheckpointOptions, RestoreSpec, ServiceNet, StartOptions, WorkloadError, CHECKPOINT_META};
+use hotspot_testkit::host::HostTest;
+use hotspot_testkit::testbed;
 
 const NODE: &str = env!("CARGO_BIN_EXE_hotspot-node");
 
@@ -44,24 +45,15 @@ fn copy_dir(from: &Path, to: &Path) {
 
 #[test]
 fn host_corrupt_image_restore_rolls_back_to_the_source() {
-    if !host::require_migration_host("host_corrupt_image_restore_rolls_back_to_the_source") {
-        return;
-    }
-    let id = std::process::id();
-    let tmp = tempfile::tempdir().unwrap();
-    let wls = Workloads::new(tmp.path().join("state"));
-    let (a, b) = (format!("rb-a-{id}"), format!("rb-b-{id}"));
-    let mut guard = Cleanup::new(wls.clone());
-    guard.names.extend([a.clone(), b.clone()]);
-    guard.netns.extend([format!("hs-{a}"), format!("hs-{b}")]);
-    let volume = tmp.path().join("vol");
-    std::fs::create_dir(&volume).unwrap();
+    let Some(mut t) = HostTest::new("host_corrupt_image_restore_rolls_back_to_the_source") else { return };
+    let (a, b) = (t.workload("rb-a"), t.workload("rb-b"));
+    let (id, wls, volume) = (std::process::id(), t.workloads.clone(), t.dir("vol"));
     let addr = format!("10.77.{}.2/24", 100 + id % 100);
     wls.start(&counter(&a, &volume, Some(&addr))).unwrap();
     std::thread::sleep(Duration::from_millis(200));
 
     let criu = Criu::detect().unwrap();
-    let (src_dir, dst_dir) = (tmp.path().join("source-images"), tmp.path().join("target-images"));
+    let (src_dir, dst_dir) = (t.tmp.path().join("source-images"), t.tmp.path().join("target-images"));
     wls.checkpoint(&criu, &a, &CheckpointOptions::new(&src_dir)).unwrap();
     let before = snapshot(&src_dir);
     let at_dump = testbed::read_counts(&volume.join("count.log"));
@@ -71,7 +63,7 @@ fn host_corrupt_image_restore_rolls_back_to_the_source() {
 
     let source = Checkpoint::open(&src_dir, &criu).unwrap();
     let target = Checkpoint::open(&dst_dir, &criu).unwrap();
-    let spec = RestoreSpec { name: b.clone(), netns: format!("hs-{b}"), service_net: ServiceNet::MoveFrom(format!("hs-{a}")), timeout: Duration::from_secs(60) };
+    let spec = RestoreSpec { name: b.clone(), netns: workload_netns(&b), service_net: ServiceNet::MoveFrom(workload_netns(&a)), timeout: Duration::from_secs(60) };
     let err = wls.restore_or_roll_back(&criu, &target, &spec, &source).unwrap_err();
     let WorkloadError::RolledBack { pid, cause } = &err else { panic!("expected a rollback, got {err}") };
     let WorkloadError::Criu(CriuError::Failed { log, last_errors, .. }) = cause.as_ref() else { panic!("cause: {cause}") };
@@ -80,8 +72,8 @@ fn host_corrupt_image_restore_rolls_back_to_the_source() {
 
     let w = wls.get(&a).unwrap();
     assert!(w.is_running() && w.pid() == Some(*pid), "the source workload runs again");
-    assert!(netns::has_service_if(&format!("hs-{a}")), "the address is back on the source");
-    assert!(!netns::exists(&format!("hs-{b}")), "the half-made target namespace is gone");
+    assert!(netns::has_service_if(&workload_netns(&a)), "the address is back on the source");
+    assert!(!netns::exists(&workload_netns(&b)), "the half-made target namespace is gone");
     assert!(wls.get(&b).is_err(), "no record for the failed target");
     std::thread::sleep(Duration::from_millis(300));
     let after = testbed::read_counts(&volume.join("count.log"));
@@ -97,24 +89,14 @@ fn host_corrupt_image_restore_rolls_back_to_the_source() {
 /// with no socket behind it would be answered with a reset (seen as a flaky CI failure).
 #[test]
 fn host_failed_restore_in_place_leaves_no_address_up() {
-    if !host::require_migration_host("host_failed_restore_in_place_leaves_no_address_up") {
-        return;
-    }
-    let id = std::process::id();
-    let tmp = tempfile::tempdir().unwrap();
-    let wls = Workloads::new(tmp.path().join("state"));
-    let name = format!("rbp-{id}");
-    let ns = format!("hs-{name}");
-    let mut guard = Cleanup::new(wls.clone());
-    guard.names.push(name.clone());
-    guard.netns.push(ns.clone());
-    let volume = tmp.path().join("vol");
-    std::fs::create_dir(&volume).unwrap();
+    let Some(mut t) = HostTest::new("host_failed_restore_in_place_leaves_no_address_up") else { return };
+    let name = t.workload("rbp");
+    let (id, ns, wls, volume) = (std::process::id(), workload_netns(&name), t.workloads.clone(), t.dir("vol"));
     let addr = format!("10.78.{}.2/24", 100 + id % 100);
     wls.start(&counter(&name, &volume, Some(&addr))).unwrap();
     std::thread::sleep(Duration::from_millis(100));
     let criu = Criu::detect().unwrap();
-    let images = tmp.path().join("images");
+    let images = t.tmp.path().join("images");
     wls.checkpoint(&criu, &name, &CheckpointOptions::new(&images)).unwrap();
     cut_core_image(&images);
     let cp = Checkpoint::open(&images, &criu).unwrap();
@@ -129,18 +111,11 @@ fn host_failed_restore_in_place_leaves_no_address_up() {
 
 #[test]
 fn host_bad_input_gets_clear_errors() {
-    if !host::require_migration_host("host_bad_input_gets_clear_errors") {
-        return;
-    }
-    let id = std::process::id();
-    let tmp = tempfile::tempdir().unwrap();
-    let wls = Workloads::new(tmp.path().join("state"));
-    let (live, gone) = (format!("bad-live-{id}"), format!("bad-gone-{id}"));
-    let mut guard = Cleanup::new(wls.clone());
-    guard.names.extend([live.clone(), gone.clone()]);
-    guard.netns.extend([format!("hs-{live}"), format!("hs-{gone}")]);
+    let Some(mut t) = HostTest::new("host_bad_input_gets_clear_errors") else { return };
+    let (live, gone, restored) = (t.workload("bad-live"), t.workload("bad-gone"), t.workload("bad-r"));
+    let wls = t.workloads.clone();
     let criu = Criu::detect().unwrap();
-    let images = tmp.path().join("images");
+    let images = t.tmp.path().join("images");
 
     // Unknown workload.
     let err = wls.checkpoint(&criu, "no-such-workload", &CheckpointOptions::new(&images)).unwrap_err();
@@ -155,8 +130,7 @@ fn host_bad_input_gets_clear_errors() {
     wls.stop(&gone).unwrap();
 
     // Missing criu, through the real binary with HOTSPOT_CRIU pointing nowhere.
-    let volume = tmp.path().join("vol");
-    std::fs::create_dir(&volume).unwrap();
+    let volume = t.dir("vol");
     wls.start(&counter(&live, &volume, None)).unwrap();
     let out = Command::new(NODE)
         .env("HOTSPOT_CRIU", "/nonexistent/criu")
@@ -204,23 +178,16 @@ fn host_bad_input_gets_clear_errors() {
     assert!(matches!(err, WorkloadError::Criu(CriuError::NewerImages { found: 3, .. })), "{err}");
     // Restoring from them is refused before anything changes.
     let cp = Checkpoint { dir: images.clone(), meta: serde_json::from_slice(&original).unwrap(), stats: None };
-    let spec = RestoreSpec { name: format!("bad-r-{id}"), netns: format!("hs-bad-r-{id}"), service_net: ServiceNet::Present, timeout: Duration::from_secs(30) };
+    let spec = RestoreSpec { name: restored.clone(), netns: workload_netns(&restored), service_net: ServiceNet::Present, timeout: Duration::from_secs(30) };
     assert!(wls.restore(&criu, &cp, &spec).is_err());
     assert!(!netns::exists(&spec.netns));
 }
 
 #[test]
 fn host_cli_explains_misuse() {
-    if !host::require_migration_host("host_cli_explains_misuse") {
-        return;
-    }
-    let id = std::process::id();
-    let tmp = tempfile::tempdir().unwrap();
-    let state = tmp.path().join("state");
-    let name = format!("cli-{id}");
-    let mut guard = Cleanup::new(Workloads::new(&state));
-    guard.names.push(name.clone());
-    guard.netns.push(format!("hs-{name}"));
+    let Some(mut t) = HostTest::new("host_cli_explains_misuse") else { return };
+    let name = t.workload("cli");
+    let state = t.workloads.state_dir().to_path_buf();
     let node = |args: &[&str]| {
         let out = Command::new(NODE).arg("workload").arg("--state-dir").arg(&state).args(args).output().unwrap();
         (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
@@ -248,5 +215,5 @@ fn host_cli_explains_misuse() {
     assert!(!out.status.success() && text.contains("root"), "not root: {text}");
     let (ok, text) = node(&["stop", &name]);
     assert!(ok, "{text}");
-    assert!(!netns::exists(&format!("hs-{name}")));
+    assert!(!netns::exists(&workload_netns(&name)));
 }

@@ -12,7 +12,7 @@ use hotspot_node::criu::Criu;
 use hotspot_node::lab::Lan;
 use hotspot_node::sys::loopdev::{self, VolumeCleanup};
 use hotspot_node::providers::local::{ClusterDir, LocalProvider, NodeEntry};
-use hotspot_node::sys::names::restore_netns;
+use hotspot_node::sys::names::{restore_netns, workload_netns};
 use hotspot_node::migrate::ResourceMover;
 use hotspot_testkit::testbed::{self, Cleanup, PipeliningClient};
 use hotspot_node::sys::netns;
@@ -71,7 +71,7 @@ fn set_up(tag: &str) -> Setup {
         g.netns.push(restore_netns(&name, &node.node_id));
         guards.push(g);
     }
-    guards[0].netns.push(format!("hs-{name}"));
+    guards[0].netns.push(workload_netns(&name));
 
     let image = tmp.join("disks").join(format!("{name}.img"));
     loopdev::create_image(&image, 64).unwrap();
@@ -176,7 +176,7 @@ fn host_local_provider_moves_volume_and_address_to_the_target() {
     rt.block_on(s.a.move_to_target(&s.spec, &s.b_id, &mut state)).unwrap();
     assert_eq!(state, after_first);
     let b_ns = restore_netns(&s.name, &s.node_b.node_id);
-    assert!(netns::has_service_if(&b_ns) && !netns::has_service_if(&format!("hs-{}", s.name)), "the address moved");
+    assert!(netns::has_service_if(&b_ns) && !netns::has_service_if(&workload_netns(&s.name)), "the address moved");
     let b_mount = s.node_b.workloads().volume_mount_dir(&s.name);
     assert!(hotspot_node::sys::mounts::is_mount_point(&b_mount), "the volume is mounted on the target");
     assert_eq!(std::fs::read_to_string(b_mount.join("marker")).unwrap(), "written-before-the-move\n");
@@ -211,7 +211,7 @@ fn host_local_provider_move_back_restores_the_source() {
     rt.block_on(s.a.move_back(&s.spec, &mut Vec::new())).unwrap();
     rt.block_on(s.a.move_back(&s.spec, &mut state)).unwrap();
     rt.block_on(s.a.move_back(&s.spec, &mut state)).unwrap();
-    let src_ns = format!("hs-{}", s.name);
+    let src_ns = workload_netns(&s.name);
     assert!(netns::has_service_if(&src_ns), "the address is back on the source");
     assert!(!netns::exists(&restore_netns(&s.name, &s.node_b.node_id)), "the target's namespace is gone");
     assert!(!hotspot_node::sys::mounts::is_mount_point(&s.node_b.workloads().volume_mount_dir(&s.name)));

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use hotspot_node::sys::names::restore_netns;
+use hotspot_node::sys::names::{restore_netns, workload_netns};
 use hotspot_node::migrate::{Progress, Summary};
 use hotspot_testkit::testbed::{self, Cleanup, PipeliningClient};
 use hotspot_node::sys::netns;
@@ -65,7 +65,7 @@ impl Cluster {
         for g in &mut guards {
             g.names.push(name.clone());
         }
-        guards[0].netns.extend([format!("hs-{name}"), client_ns.clone()]);
+        guards[0].netns.extend([workload_netns(&name), client_ns.clone()]);
         let mut c = Cluster { nodes: Vec::new(), wls, guards, name, client_ns, server: "0.0.0.0:0".parse().unwrap(), filled_keys: 0, _tmp: tmp };
         let n1 = start_node(&root, "node1", None, None);
         let addr = n1.status().mesh["listen_addrs"][0].as_str().expect("node1 listens").to_string();

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
+use hotspot_node::sys::names::workload_netns;
 use hotspot_node::criu::{Criu, LazyPages};
-use hotspot_testkit::testbed::Cleanup;
-use hotspot_testkit::host;
-use hotspot_node::workload::{Checkpoint, RestoreSpec, ServiceNet, StartOptions, Workloads};
+use hotspot_testkit::host::HostTest;
+use hotspot_node::workload::{Checkpoint, RestoreSpec, ServiceNet, StartOptions};
 
 /// Holds 32 MiB of random bytes; every 10 ticks logs their SHA-256, every tick a counter.
 const HOLDER: &str = "import hashlib, os, time
@@ -26,22 +26,18 @@ fn lines(p: &std::path::Path) -> Vec<String> {
 
 #[test]
 fn host_post_copy_restore_fetches_pages_lazily() {
-    if !host::require_migration_host("host_post_copy_restore_fetches_pages_lazily") {
-        return;
-    }
+    let Some(mut t) = HostTest::new("host_post_copy_restore_fetches_pages_lazily") else { return };
     let criu = Criu::detect().unwrap();
     if criu.capabilities().lazy_pages != LazyPages::Available {
         // Detected and explained, not silently skipped: the check prints the same hint.
         panic!("lazy pages unavailable: {:?}", criu.capabilities().lazy_pages.hint());
     }
     let id = std::process::id();
-    let tmp = tempfile::tempdir().unwrap();
-    let wls = Workloads::new(tmp.path().join("state"));
+    let wls = t.workloads.clone();
     let (a, b) = (format!("lazy-a-{id}"), format!("lazy-b-{id}"));
-    let mut guard = Cleanup::new(wls.clone());
-    guard.names.extend([a.clone(), b.clone()]);
-    guard.netns.extend([format!("hs-{a}"), format!("hs-{b}")]);
-    let vol = tmp.path().join("vol");
+    t.guard.names.extend([a.clone(), b.clone()]);
+    t.guard.netns.extend([workload_netns(&a), workload_netns(&b)]);
+    let vol = t.tmp.path().join("vol");
     std::fs::create_dir(&vol).unwrap();
     wls.start(&StartOptions { name: a.clone(), command: vec!["/usr/bin/python3".into(), "-c".into(), HOLDER.into()], volume: Some(vol.clone()), ..Default::default() })
         .unwrap();
@@ -51,7 +47,7 @@ fn host_post_copy_restore_fetches_pages_lazily() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    let images = tmp.path().join("images");
+    let images = t.tmp.path().join("images");
     let port = 27000 + (id % 1000) as u16;
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     let (_, lazy_dump) = wls.checkpoint_lazy(&criu, &a, &images, addr).unwrap();
@@ -64,7 +60,7 @@ fn host_post_copy_restore_fetches_pages_lazily() {
     let daemon = criu.lazy_pages_daemon(&images, &wls.restore_work_dir(&b), addr, lazy_dump.netns()).unwrap();
     let cp = Checkpoint::open(&images, &criu).unwrap();
     assert!(cp.meta.remote_pages);
-    let spec = RestoreSpec { name: b.clone(), netns: format!("hs-{b}"), service_net: ServiceNet::Present, timeout: Duration::from_secs(60) };
+    let spec = RestoreSpec { name: b.clone(), netns: workload_netns(&b), service_net: ServiceNet::Present, timeout: Duration::from_secs(60) };
     let (w, outcome) = wls.restore(&criu, &cp, &spec).unwrap();
     assert!(w.is_running());
     eprintln!("post-copy restore took {:?}", outcome.elapsed);

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use hotspot_node::sys::names::workload_netns;
 use hotspot_node::daemon::control::StatusReport;
 use hotspot_node::lab::{self, Daemon, Lan};
 use hotspot_testkit::host;
@@ -138,7 +139,7 @@ fn host_reboot_restores_checkpointed_workloads_and_reports_the_rest() {
     .unwrap();
 
     setup.reboot(&mut daemon);
-    assert!(!netns::exists(&format!("hs-{}", setup.kept)), "the reboot wiped the namespaces");
+    assert!(!netns::exists(&workload_netns(&setup.kept)), "the reboot wiped the namespaces");
 
     let mut daemon = setup.start_daemon(tmp.path());
     let status = daemon.status().unwrap();

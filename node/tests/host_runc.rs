@@ -3,6 +3,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use hotspot_node::sys::names::{restore_netns, workload_netns};
 use hotspot_node::criu::Criu;
 use hotspot_testkit::testbed::{self, Cleanup};
 use hotspot_testkit::host;
@@ -36,7 +37,7 @@ fn host_runc_container_is_adopted_checkpointed_and_restored() {
     let (container, name) = (format!("hs-test-{id}"), format!("runc-{id}"));
     let mut guard = Cleanup::new(wls.clone());
     guard.names.push(name.clone());
-    guard.netns.extend([format!("hs-{name}"), format!("hs-{name}-r")]);
+    guard.netns.extend([workload_netns(&name), restore_netns(&name, &"r")]);
     let _container_guard = RuncGuard(container.clone());
     let started = Command::new("runc")
         .args(["run", "-d", "--bundle"])
@@ -60,7 +61,7 @@ fn host_runc_container_is_adopted_checkpointed_and_restored() {
     let count_file = bundle.join("rootfs/count.log");
     let at_dump = testbed::read_counts(&count_file);
     let cp = Checkpoint::open(&images, &criu).unwrap();
-    let spec = RestoreSpec { name: name.clone(), netns: format!("hs-{name}-r"), service_net: ServiceNet::Present, timeout: Duration::from_secs(60) };
+    let spec = RestoreSpec { name: name.clone(), netns: restore_netns(&name, &"r"), service_net: ServiceNet::Present, timeout: Duration::from_secs(60) };
     let (restored, _) = wls.restore(&criu, &cp, &spec).unwrap();
     assert!(restored.is_running());
     std::thread::sleep(Duration::from_millis(300));

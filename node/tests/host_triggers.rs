@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use hotspot_node::daemon::control::{Reply, Request, ReserveParams};
 use hotspot_node::daemon::api::EvacuationReport;
 use hotspot_node::lab::Daemon;
-use hotspot_node::sys::names::restore_netns;
+use hotspot_node::sys::names::{restore_netns, workload_netns};
 use hotspot_testkit::testbed::Cleanup;
 use hotspot_testkit::host;
 use hotspot_node::workload::{StartOptions, Workloads};
@@ -75,7 +75,7 @@ impl Cluster {
             g.names.push(name.clone());
             g.netns.push(restore_netns(&name, &n.status().node));
         }
-        self.guards[i].netns.push(format!("hs-{name}"));
+        self.guards[i].netns.push(workload_netns(&name));
         self.wls[i]
             .start(&StartOptions { name: name.clone(), command: hotspot_testkit::testbed::redis_command(&["--appendonly", "no"]), ..Default::default() })
             .unwrap();
@@ -124,7 +124,7 @@ fn host_triggers_drain_moves_workloads_off_and_refuses_reservations() {
     // Make the second one the larger: the drain moves it first.
     let server = "127.0.0.1:6379".parse().unwrap();
     // redis is advertised as soon as its process starts, a moment before it listens.
-    let ns = format!("hs-{large}");
+    let ns = workload_netns(&large);
     wait_for("redis to take the data", Duration::from_secs(10), || hotspot_testkit::testbed::fill_random(Some(&ns), server, 16 << 20, 4096).is_ok());
     wait_for("the larger workload to be advertised as larger", Duration::from_secs(10), || {
         let s = c.nodes[0].status();

@@ -6,11 +6,13 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use hotspot_node::sys::names::{restore_netns, workload_netns};
 use hotspot_node::criu::Criu;
-use hotspot_testkit::testbed::{Cleanup, PipeliningClient};
+use hotspot_testkit::host::HostTest;
+use hotspot_testkit::testbed::PipeliningClient;
 use hotspot_node::sys::netns;
-use hotspot_node::workload::{Checkpoint, CheckpointOptions, RestoreSpec, ServiceNet, StartOptions, Workloads};
-use hotspot_testkit::{host, testbed};
+use hotspot_node::workload::{Checkpoint, CheckpointOptions, RestoreSpec, ServiceNet, StartOptions};
+use hotspot_testkit::testbed;
 
 fn ns_inode(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
@@ -25,16 +27,12 @@ fn inner_pid(pid: i32) -> String {
 
 #[test]
 fn host_counter_continues_in_a_new_namespace() {
-    if !host::require_migration_host("host_counter_continues_in_a_new_namespace") {
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let wls = Workloads::new(tmp.path().join("state"));
+    let Some(mut t) = HostTest::new("host_counter_continues_in_a_new_namespace") else { return };
+    let wls = t.workloads.clone();
     let (a, b) = (format!("cnt-a-{}", std::process::id()), format!("cnt-b-{}", std::process::id()));
-    let mut guard = Cleanup::new(wls.clone());
-    guard.names.extend([a.clone(), b.clone()]);
-    guard.netns.extend([format!("hs-{a}"), format!("hs-{b}")]);
-    let volume = tmp.path().join("vol");
+    t.guard.names.extend([a.clone(), b.clone()]);
+    t.guard.netns.extend([workload_netns(&a), workload_netns(&b)]);
+    let volume = t.tmp.path().join("vol");
     std::fs::create_dir(&volume).unwrap();
     let w = wls
         .start(&StartOptions {
@@ -53,7 +51,7 @@ fn host_counter_continues_in_a_new_namespace() {
     assert!(lock_is_held(), "the workload holds its lock");
 
     let criu = Criu::detect().unwrap();
-    let images = tmp.path().join("images");
+    let images = t.tmp.path().join("images");
     let cp = wls.checkpoint(&criu, &a, &CheckpointOptions::new(&images)).unwrap();
     let stats = cp.stats.as_ref().unwrap();
     assert!(stats.image_bytes > 0 && stats.criu.is_some(), "{stats:?}");
@@ -63,35 +61,31 @@ fn host_counter_continues_in_a_new_namespace() {
     assert_eq!(testbed::read_counts(&volume.join("count.log")), at_dump, "nothing counts while checkpointed");
 
     let cp = Checkpoint::open(&images, &criu).unwrap();
-    let spec = RestoreSpec { name: b.clone(), netns: format!("hs-{b}"), service_net: ServiceNet::Present, timeout: Duration::from_secs(60) };
+    let spec = RestoreSpec { name: b.clone(), netns: workload_netns(&b), service_net: ServiceNet::Present, timeout: Duration::from_secs(60) };
     let (restored, outcome) = wls.restore(&criu, &cp, &spec).unwrap();
     assert!(restored.is_running());
     assert!(lock_is_held(), "the restored workload holds its lock again");
     assert_eq!(inner_pid(outcome.pid), "1");
-    assert_eq!(ns_inode(Path::new(&format!("/proc/{}/ns/net", outcome.pid))), ns_inode(&netns::path(&format!("hs-{b}"))), "restored into namespace B");
+    assert_eq!(ns_inode(Path::new(&format!("/proc/{}/ns/net", outcome.pid))), ns_inode(&netns::path(&workload_netns(&b))), "restored into namespace B");
     std::thread::sleep(Duration::from_millis(300));
     let after = testbed::read_counts(&volume.join("count.log"));
     assert!(after.len() > at_dump.len() + 3, "it keeps counting: {} -> {}", at_dump.len(), after.len());
     let expected: Vec<u64> = (1..=after.len() as u64).collect();
     assert_eq!(after, expected, "the count continues where it stopped: no restart, gap or repeat");
     wls.retire(&a).unwrap();
-    assert!(!netns::exists(&format!("hs-{a}")));
+    assert!(!netns::exists(&workload_netns(&a)));
     wls.stop(&b).unwrap();
-    assert!(!netns::exists(&format!("hs-{b}")));
+    assert!(!netns::exists(&workload_netns(&b)));
 }
 
 #[test]
 fn host_redis_keeps_its_live_client_across_namespaces() {
-    if !host::require_migration_host("host_redis_keeps_its_live_client_across_namespaces") {
-        return;
-    }
+    let Some(mut t) = HostTest::new("host_redis_keeps_its_live_client_across_namespaces") else { return };
     let id = std::process::id();
-    let tmp = tempfile::tempdir().unwrap();
-    let wls = Workloads::new(tmp.path().join("state"));
+    let wls = t.workloads.clone();
     let (a, b, client_ns) = (format!("redis-a-{id}"), format!("redis-b-{id}"), format!("hsc-{id}"));
-    let mut guard = Cleanup::new(wls.clone());
-    guard.names.extend([a.clone(), b.clone()]);
-    guard.netns.extend([format!("hs-{a}"), format!("hs-{b}"), client_ns.clone()]);
+    t.guard.names.extend([a.clone(), b.clone()]);
+    t.guard.netns.extend([workload_netns(&a), workload_netns(&b), client_ns.clone()]);
     netns::create(&client_ns).unwrap();
     let subnet = 100 + id % 100;
     let server: SocketAddr = format!("10.77.{subnet}.2:6379").parse().unwrap();
@@ -109,19 +103,19 @@ fn host_redis_keeps_its_live_client_across_namespaces() {
     let client = PipeliningClient::start(Some(&client_ns), server, Duration::from_millis(3), "live").unwrap();
     assert!(client.wait_batches(50, Duration::from_secs(10)));
     let criu = Criu::detect().unwrap();
-    let images = tmp.path().join("images");
+    let images = t.tmp.path().join("images");
     let cp = wls.checkpoint(&criu, &a, &CheckpointOptions::new(&images)).unwrap();
     assert_eq!(cp.stats.as_ref().unwrap().locked_connections, 1, "the client's connection was locked");
     let spec = RestoreSpec {
         name: b.clone(),
-        netns: format!("hs-{b}"),
-        service_net: ServiceNet::MoveFrom(format!("hs-{a}")),
+        netns: workload_netns(&b),
+        service_net: ServiceNet::MoveFrom(workload_netns(&a)),
         timeout: Duration::from_secs(60),
     };
     let cp = Checkpoint::open(&images, &criu).unwrap();
     wls.restore(&criu, &cp, &spec).unwrap();
-    assert!(netns::has_service_if(&format!("hs-{b}")) && !netns::has_service_if(&format!("hs-{a}")), "the address moved");
-    let left = hotspot_node::criu::netlock::capture(&netns::path(&format!("hs-{b}"))).unwrap();
+    assert!(netns::has_service_if(&workload_netns(&b)) && !netns::has_service_if(&workload_netns(&a)), "the address moved");
+    let left = hotspot_node::criu::netlock::capture(&netns::path(&workload_netns(&b))).unwrap();
     assert!(left.is_empty(), "CRIU's restore removed the pre-installed lock: {left:?}");
     assert!(client.wait_batches(100, Duration::from_secs(10)), "the client keeps being answered");
     let report = client.finish();
@@ -135,26 +129,22 @@ fn host_redis_keeps_its_live_client_across_namespaces() {
 
 #[test]
 fn host_rootfs_workload_with_volume_moves() {
-    if !host::require_migration_host("host_rootfs_workload_with_volume_moves") {
-        return;
-    }
+    let Some(mut t) = HostTest::new("host_rootfs_workload_with_volume_moves") else { return };
     let busybox = hotspot_node::sys::program::find_program("busybox").expect("busybox-static is installed by scripts/install-deps");
     let id = std::process::id();
-    let tmp = tempfile::tempdir().unwrap();
-    let rootfs = tmp.path().join("rootfs");
+    let rootfs = t.tmp.path().join("rootfs");
     std::fs::create_dir_all(rootfs.join("bin")).unwrap();
     std::fs::create_dir_all(rootfs.join("proc")).unwrap();
     std::fs::copy(&busybox, rootfs.join("bin/busybox")).unwrap();
     for applet in ["sh", "sleep", "cat"] {
         std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
     }
-    let volume = tmp.path().join("vol");
+    let volume = t.tmp.path().join("vol");
     std::fs::create_dir(&volume).unwrap();
-    let wls = Workloads::new(tmp.path().join("state"));
+    let wls = t.workloads.clone();
     let name = format!("rootfs-{id}");
-    let mut guard = Cleanup::new(wls.clone());
-    guard.names.push(name.clone());
-    guard.netns.extend([format!("hs-{name}"), format!("hs-{name}-b")]);
+    t.guard.names.push(name.clone());
+    t.guard.netns.extend([workload_netns(&name), restore_netns(&name, &"b")]);
     let w = wls
         .start(&StartOptions {
             name: name.clone(),
@@ -171,14 +161,14 @@ fn host_rootfs_workload_with_volume_moves() {
     assert!(std::fs::read_to_string(rootfs.join(".hotspot-console.log")).is_ok(), "console inside the rootfs");
 
     let criu = Criu::detect().unwrap();
-    let images = tmp.path().join("images");
+    let images = t.tmp.path().join("images");
     wls.checkpoint(&criu, &name, &CheckpointOptions::new(&images)).unwrap();
     let at_dump = testbed::read_counts(&volume.join("count.log"));
     let cp = Checkpoint::open(&images, &criu).unwrap();
-    let spec = RestoreSpec { name: name.clone(), netns: format!("hs-{name}-b"), service_net: ServiceNet::MoveFrom(format!("hs-{name}")), timeout: Duration::from_secs(60) };
+    let spec = RestoreSpec { name: name.clone(), netns: restore_netns(&name, &"b"), service_net: ServiceNet::MoveFrom(workload_netns(&name)), timeout: Duration::from_secs(60) };
     let (restored, _) = wls.restore(&criu, &cp, &spec).unwrap();
-    assert!(restored.is_running() && netns::has_service_if(&format!("hs-{name}-b")));
-    assert!(!netns::exists(&format!("hs-{name}")), "same workload, new home: the old namespace is gone");
+    assert!(restored.is_running() && netns::has_service_if(&restore_netns(&name, &"b")));
+    assert!(!netns::exists(&workload_netns(&name)), "same workload, new home: the old namespace is gone");
     std::thread::sleep(Duration::from_millis(300));
     let after = testbed::read_counts(&volume.join("count.log"));
     assert!(after.len() > at_dump.len() + 3);
@@ -192,22 +182,18 @@ fn host_rootfs_workload_with_volume_moves() {
 #[test]
 fn host_foreign_volume_mounts_do_not_make_a_workload_undumpable() {
     use hotspot_node::sys::loopdev;
-    if !host::require_migration_host("host_foreign_volume_mounts_do_not_make_a_workload_undumpable") {
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let state = tmp.path().join("state");
-    let wls = Workloads::new(&state);
+    let Some(mut t) = HostTest::new("host_foreign_volume_mounts_do_not_make_a_workload_undumpable") else { return };
+    let wls = t.workloads.clone();
+    let state = wls.state_dir().to_path_buf();
     let name = format!("fvm-{}", std::process::id());
-    let mut guard = Cleanup::new(wls.clone());
-    guard.names.push(name.clone());
-    guard.netns.push(format!("hs-{name}"));
+    t.guard.names.push(name.clone());
+    t.guard.netns.push(workload_netns(&name));
     // Two foreign volumes: one staged for another workload of this node, one of another node.
-    let image = tmp.path().join("other.img");
+    let image = t.tmp.path().join("other.img");
     loopdev::create_image(&image, 64).unwrap();
     let device = loopdev::attach(&image).unwrap();
     let staged = state.join("volumes").join("other-workload");
-    let elsewhere = tmp.path().join("node9-volume");
+    let elsewhere = t.tmp.path().join("node9-volume");
     for dir in [&staged, &elsewhere] {
         std::fs::create_dir_all(dir).unwrap();
         loopdev::mount(&device, dir).unwrap();
@@ -225,7 +211,7 @@ fn host_foreign_volume_mounts_do_not_make_a_workload_undumpable() {
     let mounts = std::fs::read_to_string(format!("/proc/{}/mountinfo", w.pid().unwrap())).unwrap();
     assert!(!mounts.contains("other-workload") && !mounts.contains("node9-volume"), "foreign volumes detached:\n{mounts}");
     let criu = Criu::detect().unwrap();
-    let mut opts = CheckpointOptions::new(tmp.path().join("images"));
+    let mut opts = CheckpointOptions::new(t.tmp.path().join("images"));
     opts.leave_running = true;
     wls.checkpoint(&criu, &name, &opts).expect("the workload is dumpable with foreign volumes on the host");
 }
@@ -235,15 +221,11 @@ fn host_foreign_volume_mounts_do_not_make_a_workload_undumpable() {
 /// are not the workload's to carry to another node.
 #[test]
 fn host_workload_has_its_own_dev_shm() {
-    if !host::require_migration_host("host_workload_has_its_own_dev_shm") {
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let wls = Workloads::new(tmp.path().join("state"));
+    let Some(mut t) = HostTest::new("host_workload_has_its_own_dev_shm") else { return };
+    let wls = t.workloads.clone();
     let name = format!("shm-{}", std::process::id());
-    let mut guard = Cleanup::new(wls.clone());
-    guard.names.push(name.clone());
-    guard.netns.push(format!("hs-{name}"));
+    t.guard.names.push(name.clone());
+    t.guard.netns.push(workload_netns(&name));
     let host_file = format!("/dev/shm/hotspot-host-{}", std::process::id());
     let mut noise = vec![0u8; 4 << 20];
     std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut noise).unwrap();
@@ -263,7 +245,7 @@ fn host_workload_has_its_own_dev_shm() {
     assert!(!Path::new(&format!("{root}{host_file}")).exists(), "the host's shared-memory files are not visible inside");
     assert!(!Path::new(&format!("/dev/shm/{own}")).exists(), "the workload's files stay out of the host's /dev/shm");
     let criu = Criu::detect().unwrap();
-    let images = tmp.path().join("images");
+    let images = t.tmp.path().join("images");
     let mut opts = CheckpointOptions::new(&images);
     opts.leave_running = true;
     wls.checkpoint(&criu, &name, &opts).unwrap();

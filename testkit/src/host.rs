@@ -4,6 +4,7 @@
 //! (`CI=true`, where both are installed by the test command) a missing prerequisite fails the
 //! test instead, so CI can never pass by skipping.
 
+use hotspot_node::sys::names;
 use hotspot_node::workload::Workloads;
 
 use crate::testbed::Cleanup;
@@ -38,13 +39,14 @@ pub fn require_migration_host(test: &str) -> bool {
 ///
 /// ```ignore
 /// let Some(mut t) = HostTest::new("host_something") else { return };
-/// let name = t.name("web");
-/// t.guard.names.push(name.clone());
+/// let web = t.workload("web"); // stopped, and its namespace removed, when `t` drops
+/// let wls = t.workloads.clone();
 /// ```
 pub struct HostTest {
-    pub tmp: tempfile::TempDir,
-    pub workloads: Workloads,
+    // Fields drop in this order: the guard stops workloads while their records (in `tmp`) exist.
     pub guard: Cleanup,
+    pub workloads: Workloads,
+    pub tmp: tempfile::TempDir,
 }
 
 impl HostTest {
@@ -56,12 +58,35 @@ impl HostTest {
         let tmp = tempfile::tempdir().expect("temporary directory");
         let workloads = Workloads::new(tmp.path().join("state"));
         let guard = Cleanup::new(workloads.clone());
-        Some(HostTest { tmp, workloads, guard })
+        Some(HostTest { guard, workloads, tmp })
     }
 
     /// A workload name unique to this test process (`PREFIX-<pid>`), so parallel runs and
     /// leftovers of a crashed run never collide.
     pub fn name(&self, prefix: &str) -> String {
         format!("{prefix}-{}", std::process::id())
+    }
+
+    /// A unique workload name (see [`HostTest::name`]) that the guard stops at the end, together
+    /// with the namespace the node runs it in.
+    pub fn workload(&mut self, prefix: &str) -> String {
+        let name = self.name(prefix);
+        self.guard.names.push(name.clone());
+        self.guard.netns.push(names::workload_netns(&name));
+        name
+    }
+
+    /// Registers one more namespace (a client's, a restore target's) for removal at the end.
+    pub fn netns(&mut self, netns: impl Into<String>) -> String {
+        let netns = netns.into();
+        self.guard.netns.push(netns.clone());
+        netns
+    }
+
+    /// A fresh directory under the test's temporary directory.
+    pub fn dir(&self, name: &str) -> std::path::PathBuf {
+        let dir = self.tmp.path().join(name);
+        std::fs::create_dir_all(&dir).expect("test directory");
+        dir
     }
 }

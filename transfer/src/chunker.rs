@@ -23,7 +23,7 @@ use hotspot_protocol::manifest::{ChunkHash, ChunkRef, ImageManifest, ManifestFil
 /// chunks leave 2.0 % of the image to send, 8 KiB 2.7 %, 16 KiB 4.0 %, 64 KiB 10.3 %; the
 /// per-chunk cost (a zstd-compressed manifest entry of ~34 bytes, one index record) is smaller
 /// than what larger chunks lose. Measured by `cargo bench --bench transfer`; see
-/// `transfer/CHUNKING.md`.
+/// `docs/design/chunking.md`.
 pub const DEFAULT_PAGE_CHUNK_BYTES: u64 = 4 * 1024;
 
 #[derive(Debug, Clone)]
