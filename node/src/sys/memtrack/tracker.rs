@@ -295,16 +295,22 @@ impl Identity {
         let path = PathBuf::from(format!("/proc/{pid}/stat"));
         let text = std::fs::read_to_string(&path).map_err(|e| proc_error(pid, &path, e))?;
         let bad = || proc_error(pid, &path, std::io::Error::new(std::io::ErrorKind::InvalidData, "unparsable stat line"));
-        let (starttime, mm) = parse_stat(&text).ok_or_else(bad)?;
+        let (state, starttime, mm) = parse_stat(&text).ok_or_else(bad)?;
+        if matches!(state, 'Z' | 'X') {
+            // A zombie has no address space left: as good as gone.
+            return Err(proc_error(pid, &path, std::io::Error::from_raw_os_error(libc::ESRCH)));
+        }
         use std::os::unix::fs::MetadataExt;
         let exe = std::fs::metadata(format!("/proc/{pid}/exe")).ok().map(|m| (m.dev(), m.ino()));
         Ok(Identity { starttime, exe, mm })
     }
 }
 
-/// `(starttime, mm fields)` from a `/proc/PID/stat` line (the comm may hold spaces and parens).
-fn parse_stat(text: &str) -> Option<(u64, [u64; 10])> {
+/// `(state, starttime, mm fields)` from a `/proc/PID/stat` line (the comm may hold spaces and
+/// parens).
+fn parse_stat(text: &str) -> Option<(char, u64, [u64; 10])> {
     let rest = &text[text.rfind(')')? + 1..];
+    let state = rest.split_whitespace().next()?.chars().next()?;
     // After the state (field 3), field n (1-based, as in proc(5)) is f[n - 4].
     let f: Vec<u64> = rest.split_whitespace().skip(1).map(|v| v.parse().unwrap_or(0)).collect();
     let at = |n: usize| f.get(n - 4).copied();
@@ -312,7 +318,7 @@ fn parse_stat(text: &str) -> Option<(u64, [u64; 10])> {
     for (slot, n) in mm.iter_mut().zip([26, 27, 28, 45, 46, 47, 48, 49, 50, 51]) {
         *slot = at(n).unwrap_or(0);
     }
-    Some((at(22)?, mm))
+    Some((state, at(22)?, mm))
 }
 
 /// `root` and its descendants, parents before children (children of every thread).
@@ -345,8 +351,8 @@ mod tests {
         for n in 4..=52 {
             line.push_str(&format!(" {n}"));
         }
-        let (start, mm) = parse_stat(&line).unwrap();
-        assert_eq!(start, 22);
+        let (state, start, mm) = parse_stat(&line).unwrap();
+        assert_eq!((state, start), ('S', 22));
         assert_eq!(mm, [26, 27, 28, 45, 46, 47, 48, 49, 50, 51]);
         assert_eq!(parse_stat("no parens"), None);
     }
