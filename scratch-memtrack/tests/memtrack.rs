@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use scratch_memtrack as memtrack;
 
-use memtrack::range::{intersect, page_size};
+use memtrack::range::{intersect, merge, page_size};
 use memtrack::{PageRange, ProcessStatus, Tracker};
 
 /// Why this host cannot run these tests, if it cannot.
@@ -29,7 +29,10 @@ fn host_missing() -> Option<String> {
 /// True when the test may run; false (after printing why) when it must be skipped. Panics
 /// under CI, where skipping would hide a broken set-up.
 fn require_host(test: &str) -> bool {
-    match host_missing() {
+    // Checked once, before any test forks: the check opens a userfaultfd in this process, which
+    // a puppet forked meanwhile would inherit (and `has_uffd_fd` would then see).
+    static MISSING: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    match MISSING.get_or_init(host_missing).clone() {
         None => true,
         Some(why) if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") => panic!("{test}: {why}; CI must run this test"),
         Some(why) => {
@@ -84,6 +87,7 @@ const OP_EXEC: u64 = 5; // execs `sleep 1000`; no reply
 const OP_UFFD: u64 = 6; // tries userfaultfd(2) itself; replies 0 or the errno
 const OP_SPIN: u64 = 7; // arg: address; replies, then increments the u64 there forever, no syscalls
 const OP_SYNC: u64 = 8; // replies 0 (everything before it is done)
+const OP_MMAP_THP: u64 = 9; // arg: length; maps a 2 MiB aligned region with MADV_HUGEPAGE, fills it, replies its address
 
 struct Puppet {
     pid: i32,
@@ -223,6 +227,18 @@ unsafe fn puppet_loop(cmd: i32, reply: i32, zero: i32, argv: *const *const libc:
                 }
             },
             OP_SYNC => answer(0),
+            OP_MMAP_THP => unsafe {
+                let huge = 2 << 20;
+                let p = libc::mmap(std::ptr::null_mut(), arg as usize + huge, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
+                let p = ((p as usize + huge - 1) & !(huge - 1)) as *mut u8;
+                libc::madvise(p.cast(), arg as usize, libc::MADV_HUGEPAGE);
+                let mut off = 0;
+                while off < arg as usize {
+                    p.add(off).write_volatile(1);
+                    off += ps;
+                }
+                answer(p as u64);
+            },
             _ => unsafe { libc::_exit(5) },
         }
     }
@@ -293,6 +309,33 @@ fn tracks_exactly_the_written_pages() {
     }
     let quiet = tracker.round();
     assert_eq!(pages_in(&dirty(&quiet, puppet.pid), region), BTreeSet::new(), "a round without writes");
+    // Every mapping, the program's file-backed .data and libc's included, stays registered.
+    assert_eq!(quiet.process(puppet.pid).unwrap().wholly_dirty, vec![]);
+}
+
+#[test]
+fn a_write_to_a_huge_page_reports_the_page_written() {
+    if !require_host("a_write_to_a_huge_page_reports_the_page_written") {
+        return;
+    }
+    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    if thp.contains("[never]") || thp.is_empty() {
+        eprintln!("SKIPPED a_write_to_a_huge_page_reports_the_page_written: transparent huge pages are off");
+        return;
+    }
+    let puppet = Puppet::spawn(PuppetSetup { block_userfaultfd: false });
+    let len = 16 << 20;
+    let region = PageRange::new(puppet.ask(OP_MMAP_THP, len), len);
+    let smaps = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", puppet.pid)).unwrap();
+    let huge_kb: u64 = smaps.lines().find_map(|l| l.strip_prefix("AnonHugePages:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap();
+    eprintln!("AnonHugePages {huge_kb} kB");
+    let mut tracker = Tracker::new(puppet.pid).unwrap();
+    tracker.round();
+    tracker.round();
+    let written = BTreeSet::from([0, 513, 1200, 4095]);
+    puppet.write_pages(region, &written);
+    let r = tracker.round();
+    assert_eq!(pages_in(&dirty(&r, puppet.pid), region), written, "{huge_kb} kB in huge pages");
 }
 
 #[test]
@@ -431,16 +474,22 @@ fn a_seccomp_filter_blocking_userfaultfd_is_suspended_for_the_injection() {
     assert_eq!(puppet.ask(OP_UFFD, 0), libc::EPERM as u64, "the filter is back after the detach");
 }
 
+/// Maps 256 private anonymous pages and 64 pages of a file, privately; prints both addresses;
+/// then for each line `a|f PAGE...` writes those pages of the anonymous or the file mapping.
 const PY_WORKLOAD: &str = r#"
-import mmap, sys
+import ctypes, mmap, sys, tempfile
 PS = mmap.PAGESIZE
-m = mmap.mmap(-1, 256 * PS, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-import ctypes
-addr = ctypes.addressof(ctypes.c_char.from_buffer(m))
-print(addr, flush=True)
+anon = mmap.mmap(-1, 256 * PS, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+f = tempfile.TemporaryFile()
+f.truncate(64 * PS)
+filemap = mmap.mmap(f.fileno(), 64 * PS, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+filemap[0:PS] = b"x" * PS  # one page copied-on-write before tracking starts
+addr = lambda m: ctypes.addressof(ctypes.c_char.from_buffer(m))
+print(addr(anon), addr(filemap), flush=True)
 for line in sys.stdin:
-    for i in line.split():
-        m[int(i) * PS + 1] = 7
+    kind, *pages = line.split() or ["a"]
+    for i in pages:
+        (anon if kind == "a" else filemap)[int(i) * PS + 1] = 7
     print("ok", flush=True)
 "#;
 
@@ -454,7 +503,9 @@ fn adopts_a_running_python_process_and_leaves_it_no_userfaultfd() {
     let mut stdout = BufReader::new(py.stdout.take().unwrap());
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
-    let region = PageRange::new(line.trim().parse().unwrap(), 256 * ps());
+    let addrs: Vec<u64> = line.split_whitespace().map(|a| a.parse().unwrap()).collect();
+    let anon = PageRange::new(addrs[0], 256 * ps());
+    let file = PageRange::new(addrs[1], 64 * ps());
     let pid = py.id() as i32;
     std::thread::sleep(Duration::from_millis(50)); // blocked in read(2) on stdin by now
 
@@ -462,21 +513,27 @@ fn adopts_a_running_python_process_and_leaves_it_no_userfaultfd() {
     let first = tracker.round();
     assert_eq!(status(&first, pid), ProcessStatus::New);
     assert!(!has_uffd_fd(pid), "the injected userfaultfd is closed in the tracee");
+    let whole = &first.process(pid).unwrap().wholly_dirty;
+    let both = merge(vec![anon, file]);
+    assert_eq!(intersect(whole, &both), both);
 
-    let mut ask = |pages: &str| {
-        writeln!(stdin, "{pages}").unwrap();
+    let mut ask = |cmd: &str| {
+        writeln!(stdin, "{cmd}").unwrap();
         line.clear();
         stdout.read_line(&mut line).unwrap();
         assert_eq!(line.trim(), "ok", "python still answers after the injection");
     };
-    ask("2 3 100 255");
+    ask("a 2 3 100 255");
+    ask("f 0 5 63");
     let r = tracker.round();
-    assert_eq!(pages_in(&dirty(&r, pid), region), BTreeSet::from([2, 3, 100, 255]));
-    ask("");
+    assert_eq!(pages_in(&dirty(&r, pid), anon), BTreeSet::from([2, 3, 100, 255]));
+    assert_eq!(pages_in(&dirty(&r, pid), file), BTreeSet::from([0, 5, 63]), "a private file mapping is tracked too");
+    ask("a");
     let r = tracker.round();
-    assert_eq!(pages_in(&dirty(&r, pid), region), BTreeSet::new());
+    assert_eq!(pages_in(&dirty(&r, pid), anon), BTreeSet::new());
+    assert_eq!(pages_in(&dirty(&r, pid), file), BTreeSet::new());
     drop(tracker);
-    ask("1");
+    ask("a 1");
     let _ = py.kill();
     let _ = py.wait();
 }
