@@ -176,7 +176,7 @@ pub fn run_checks() -> Report {
         if probe.works { Status::Ok } else { Status::Warn },
         if probe.works { format!("works: {}", probe.reason) } else { format!("does not work: {}", probe.reason) },
         (!probe.works).then_some(
-            "optional: needs Linux 6.7+ (userfaultfd WP_ASYNC, PAGEMAP_SCAN), x86_64 and ptrace; without it pre-copy rounds dump everything",
+            "optional: needs Linux 6.7+ (userfaultfd WP_ASYNC, PAGEMAP_SCAN), x86_64 and ptrace; pre-copy works without it",
         ),
     ));
 

@@ -22,9 +22,13 @@ pub enum MemtrackError {
     /// The tracee did not reach a ptrace stop in time (stopped by the cgroup freezer?).
     #[error("pid {pid} did not stop for ptrace within {waited_ms} ms (frozen?)")]
     StopTimeout { pid: i32, waited_ms: u64 },
-    /// The tracee reached a stop the injector cannot work from (it exited, or was killed).
+    /// The tracee exited (or was killed) while the injector had it stopped.
     #[error("pid {pid} left the injection: {what}")]
     Lost { pid: i32, what: String },
+    /// Single-stepping the injected syscall ended somewhere unexpected; the tracee's registers
+    /// were restored.
+    #[error("pid {pid}: the injected syscall at {site:#x} stepped to {rip:#x}")]
+    StrayStep { pid: i32, site: u64, rip: u64 },
     /// No `syscall` instruction to borrow, and poking one is unsafe (other threads run the code).
     #[error("pid {pid}: no syscall instruction found to inject through ({threads} threads, so none is poked)")]
     NoSyscallSite { pid: i32, threads: usize },

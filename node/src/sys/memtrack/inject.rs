@@ -20,6 +20,8 @@
 //!
 //! The tracee is stopped for about 0.1 ms. If the tracker dies between steps 3 and 5 the kernel
 //! detaches and the tracee resumes with the injected registers; that window is two syscalls.
+//! The waits use `waitpid(pid, __WALL)`: should the tracee be the caller's own child and die
+//! during the injection, its exit status is consumed here.
 
 use std::os::fd::OwnedFd;
 use std::time::Duration;
@@ -290,7 +292,7 @@ mod imp {
                     return Ok(after.rax as i64);
                 }
                 if after.rip != self.site_addr {
-                    return Err(MemtrackError::Lost { pid: self.pid, what: format!("stepped to {:#x}, not past the syscall", after.rip) });
+                    return Err(MemtrackError::StrayStep { pid: self.pid, site: self.site_addr, rip: after.rip });
                 }
                 // Stopped before the instruction ran: a signal (held back) or a group stop.
                 if event == 0 && sig != libc::SIGTRAP {

@@ -27,10 +27,12 @@
 //!
 //! # Cost
 //! A round is one `/proc/PID/maps` read plus one `PAGEMAP_SCAN` per registered range for each
-//! process. Measured on this machine kind (2 vCPU VM, Linux 6.18), a process with 1 GiB
-//! populated and 1% of its pages (2,621, random) written between rounds:
-//! `round()` ROUND_1G_FIGURE
-//! (`cargo test -p hotspot-node --test memtrack -- --ignored --nocapture round_time_1g`).
+//! process. Measured on this machine kind (2 vCPU VM, Linux 6.18, load average 5.5 from other
+//! builds, debug build), a process with 1 GiB populated and 1% of its pages (2,621 of 262,144,
+//! random) written between rounds: `round()` takes 0.96-1.25 ms (medians 1.00-1.13 ms over
+//! three runs of seven rounds; one outlier at 5.1 ms), a round with nothing written 0.5-0.7 ms,
+//! and the first round (adopting, registering and write-protecting the 1 GiB) 53-144 ms:
+//! `cargo test -p hotspot-node --test memtrack -- --ignored --nocapture round_time_1g`.
 //! Adopting a process stops it for about 0.1 ms; a write to a protected page costs the writer
 //! about 1 us, once per page and round.
 
