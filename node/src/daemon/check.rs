@@ -47,6 +47,8 @@ pub struct Report {
     pub lazy_pages: bool,
     /// Kernel soft-dirty tracking (CRIU pre-dump); without it pre-copy relies on content addressing.
     pub memory_tracking: bool,
+    /// Our own dirty-page tracking (`sys::memtrack`: userfaultfd WP_ASYNC + PAGEMAP_SCAN) works.
+    pub dirty_page_tracking: bool,
     pub checks: Vec<Check>,
 }
 
@@ -167,6 +169,17 @@ pub fn run_checks() -> Report {
         }
     }
 
+    // The probe forks a child and tracks it exactly as a workload would be tracked.
+    let probe = crate::sys::memtrack::probe();
+    checks.push(check(
+        "dirty-page tracking",
+        if probe.works { Status::Ok } else { Status::Warn },
+        if probe.works { format!("works: {}", probe.reason) } else { format!("does not work: {}", probe.reason) },
+        (!probe.works).then_some(
+            "optional: needs Linux 6.7+ (userfaultfd WP_ASYNC, PAGEMAP_SCAN), x86_64 and ptrace; pre-copy works without it",
+        ),
+    ));
+
     let missing_ns: Vec<&str> =
         ["pid", "net", "mnt", "uts", "ipc", "cgroup"].into_iter().filter(|ns| !Path::new("/proc/self/ns").join(ns).exists()).collect();
     checks.push(check(
@@ -210,7 +223,7 @@ pub fn run_checks() -> Report {
     ));
 
     let ok = checks.iter().all(|c| c.status != Status::Fail);
-    Report { ok, kernel, criu: criu_info, lazy_pages, memory_tracking, checks }
+    Report { ok, kernel, criu: criu_info, lazy_pages, memory_tracking, dirty_page_tracking: probe.works, checks }
 }
 
 /// The human table `hotspot-node check` prints.

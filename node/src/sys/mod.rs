@@ -10,10 +10,13 @@
 //! - [`clock`]: the wall clock persisted times use.
 //! - [`names`]: the `hs-…` namespace names.
 //! - [`fault`]: test-build fault injection (empty in release builds).
+//! - [`memtrack`]: dirty-page tracking of a process tree (userfaultfd async write-protect +
+//!   `PAGEMAP_SCAN`), and the host probe `check` reports.
 
 pub mod cgroup;
 pub mod clock;
 pub mod loopdev;
+pub mod memtrack;
 pub mod mounts;
 pub mod names;
 pub mod netns;
