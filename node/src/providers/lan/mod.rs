@@ -115,13 +115,27 @@ impl LanProvider {
         netns::ip(&["neigh", "show", "proxy", &ip.to_string(), "dev", &self.interface]).is_ok_and(|o| !o.trim().is_empty())
     }
 
+    /// Lets the workload behind `uplink` reach the LAN through this node: forwarding on, the
+    /// uplink answering the workload's ARP for LAN hosts (`proxy_arp`). Done before a restore
+    /// too: a restored workload's first packets leave at once, and an ARP the uplink does not
+    /// answer yet is retried only a second later (a second of stall on top of the freeze).
+    /// Proxy answers to broadcast requests also wait a random 0..`proxy_delay` (default 0.8 s),
+    /// on the uplink and on the LAN side, so that delay is set to 0 on both.
+    fn open_uplink(&self, uplink: &str) -> Result<(), LanError> {
+        write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
+        write_sysctl(&format!("/proc/sys/net/ipv4/conf/{uplink}/proxy_arp"), "1")?;
+        for dev in [uplink, self.interface.as_str()] {
+            write_sysctl(&format!("/proc/sys/net/ipv4/neigh/{dev}/proxy_delay"), "0")?;
+        }
+        Ok(())
+    }
+
     /// Makes the workload of `rec` reachable from the LAN through this node (idempotent):
     /// forwarding on, route to its uplink, ARP answered on both sides, gratuitous ARP sent.
     fn publish_locked(&self, published: &mut HashSet<Ipv4Addr>, rec: &WorkloadRecord) -> Result<(), LanError> {
         let Some(ip) = ipv4_of(&rec.name, rec.address.map(|a| a.to_string()).as_deref())? else { return Ok(()) };
         let uplink = rec.uplink.as_ref().filter(|u| u.netns.is_none()).ok_or_else(|| LanError::NoUplink(rec.name.clone()))?;
-        write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
-        write_sysctl(&format!("/proc/sys/net/ipv4/conf/{}/proxy_arp", uplink.interface), "1")?;
+        self.open_uplink(&uplink.interface)?;
         let (host, ip_text) = (format!("{ip}/32"), ip.to_string());
         netns::ip(&["route", "replace", &host, "dev", &uplink.interface])?;
         netns::ip(&["neigh", "replace", "proxy", &ip_text, "dev", &self.interface])?;
@@ -250,12 +264,15 @@ impl LanProvider {
         }
         if !netns::has_service_if(ns) {
             let uplink = crate::workload::uplink_if_name(&spec.name);
-            let made = netns::create_veth(ns, &uplink, None).and_then(|()| netns::ip(&["route", "replace", &format!("{ip}/32"), "dev", &uplink]));
+            let made = netns::create_veth(ns, &uplink, None)
+                .and_then(|()| netns::ip(&["route", "replace", &format!("{ip}/32"), "dev", &uplink]))
+                .map_err(LanError::from)
+                .and_then(|_| self.open_uplink(&uplink));
             if let Err(e) = made {
                 if created {
                     let _ = netns::delete(ns);
                 }
-                return Err(e.into());
+                return Err(e);
             }
         }
         Ok(created)
